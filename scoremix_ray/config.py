@@ -1,0 +1,239 @@
+"""One typed config for every setting.
+
+Load order: pydantic defaults < YAML file (`--config`) < `--set a.b=value` overrides. Validation happens
+once, here; every error is a single line naming the key (``ConfigError``). Stage cache keys hash only the
+sections that feed a stage (see ``section_hash``), so a sweep over selection strategies reuses data,
+generator and baseline recognizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from scoremix_ray.errors import ScoreMixError
+
+
+class ConfigError(ScoreMixError):
+    """A bad config key or value; the message names the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors, not silently ignored typos.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "folder", "parquet", "recordio"] = "digits"
+    path: Path | None = None  # image folder root, Parquet file/dir, or the train.rec of a RecordIO pair
+    image_size: int = Field(16, ge=8, le=512)  # 16 keeps the embedded default at minutes on 2 CPU cores
+    channels: Literal[1, 3] = 1  # images are converted to this many channels on load
+    per_class: int | None = Field(None, ge=1)  # K training images per class (limited-data regime); None = all
+    protocol: Literal["open-set", "closed-set"] = "open-set"
+    unseen_fraction: float = Field(0.5, gt=0.0, lt=1.0)  # open-set: share of classes held out entirely
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # closed-set: share of each class's images held out
+    num_pairs: int = Field(1000, ge=20)  # verification pairs, half same, half different
+    split_seed: int = 0  # which classes are unseen / which images are held out (the "fold")
+    verification_bin: Path | None = None  # optional InsightFace .bin set evaluated besides the pairs
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source != "digits" and self.path is None:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        return self
+
+
+class GeneratorConfig(_Section):
+    # Architecture of the diffusers UNet2DModel inside the EDM preconditioning.
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = False  # attention blocks at the lowest resolution (off: small images, CPU)
+    sigma_data: float = Field(0.5, gt=0)
+    p_mean: float = -1.2  # log-normal training sigmas: ln(sigma) ~ N(P_mean, P_std^2)
+    p_std: float = Field(1.2, gt=0)
+    label_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # > 0 trains a null label for classifier-free guidance
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    checkpoint_every: int = Field(250, ge=1)
+    guide_checkpoint_step: int | None = None  # keep this step's EMA weights as the autoguidance model;
+    # None = a quarter of training (a weaker, earlier model, as in "light autoguidance")
+    log_every: int = Field(50, ge=1)
+
+
+class SamplerConfig(_Section):
+    steps: int = Field(18, ge=1)  # EDM Heun; the paper uses 32, fewer suffices for 16x16 digits
+    sigma_min: float = Field(0.002, gt=0)
+    sigma_max: float = Field(80.0, gt=0)
+    rho: float = Field(7.0, gt=0)
+    guidance: Literal["none", "cfg", "autoguidance"] = "none"
+    guidance_scale: float = Field(1.0, ge=0.0)  # g in D = D_weak + g (D_strong - D_weak); 1 = no guidance
+    batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> "SamplerConfig":
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sampler.sigma_min ({self.sigma_min}) must be below sampler.sigma_max ({self.sigma_max})")
+        return self
+
+
+class RecognizerConfig(_Section):
+    widths: tuple[int, ...] = (16, 32, 64)  # one IResNet stage per entry
+    blocks: tuple[int, ...] = (1, 1, 1)
+    embedding_dim: int = Field(64, ge=2)
+    head: Literal["arcface", "cosface"] = "arcface"
+    scale: float = Field(32.0, gt=0)
+    margin: float = Field(0.5, ge=0)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    hflip: bool = False  # digits are not mirror-symmetric; faces are
+
+
+class SelectionConfig(_Section):
+    strategy: str = "embedding-distant"
+    count: int = Field(10, ge=1)  # number of tuples = number of new synthetic classes
+    tuple_size: int = Field(2, ge=2)
+    max_uses_per_class: int | None = Field(None, ge=1)
+
+
+class GenerationConfig(_Section):
+    method: str = "scoremix"
+    per_tuple: int = Field(50, ge=1)  # images per synthetic class
+    weights: tuple[float, ...] = (0.5, 0.5)
+    weight_schedule: Literal["constant", "linear"] = "constant"
+    num_actors: int = Field(1, ge=1)
+    actor_cpus: float = Field(0.5, gt=0)  # fractional: a 2-CPU box hangs with whole CPUs per actor
+    actor_gpus: float = Field(0.0, ge=0)
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = None  # None = sqlite:///<out>/mlflow.db
+    experiment: str = "scoremix-ray"
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None = start a local Ray; "auto" = join the running cluster
+    num_workers: int = Field(1, ge=1)  # Ray Train workers (1 is fastest on a 2-core box)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class Config(_Section):
+    name: str = "default"
+    seed: int = 0  # model initialisation, training order, sampling noise
+    out_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    recognizer: RecognizerConfig = RecognizerConfig()
+    selection: SelectionConfig = SelectionConfig()
+    generation: GenerationConfig = GenerationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / self.name
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{'.'.join(keys[: i + 1])}' is a value, not a section (in --set {dotted})")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b=value' -> ('a.b', value), the value read as YAML (so 32 is an int, 0.5,0.5 a string)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str) and "," in value:  # "0.5,0.5" -> [0.5, 0.5] for tuple fields
+        value = [yaml.safe_load(v) for v in value.split(",")]
+    return key.strip(), value
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc) or "config"
+    if first["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        allowed = ", ".join(model.model_fields) if model else "?"
+        return f"unknown config key '{key}' (allowed here: {allowed})"
+    msg = first["msg"].removeprefix("Value error, ")
+    if "input" in first and first["type"] != "value_error":
+        return f"bad value for config key '{key}': {msg} (got {first['input']!r})"
+    return f"bad config: {msg}" if first["type"] == "value_error" else f"config key '{key}': {msg}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(tree).__name__}")
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        raise ConfigError(_one_line(e) + where) from None
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def section_hash(cfg: Config, *sections: str, seed: bool = True) -> str:
+    """Content address of the settings that feed a stage (and the seed, if it does): the stage's cache key."""
+    payload = {s: getattr(cfg, s).model_dump(mode="json") for s in sections}
+    if seed:
+        payload["seed"] = cfg.seed
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Flat 'a.b' -> value mapping, for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = node
+
+    walk("", cfg.model_dump(mode="json"))
+    return out

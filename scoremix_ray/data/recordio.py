@@ -1,0 +1,126 @@
+"""InsightFace face-recognition formats, read directly (no mxnet).
+
+RecordIO (`train.rec` + `train.idx`), as MXNet's `MXIndexedRecordIO` writes it:
+  .idx  text lines "key<TAB>byte offset"
+  .rec  records: uint32 magic 0xced7230a | uint32 lrec (upper 3 bits: continuation flag, lower 29: length)
+        | payload | zero padding to 4 bytes.
+  payload = IRHeader struct "<IfQQ" (flag, label, id, id2) [+ `flag` float32 labels if flag > 0] + image.
+InsightFace's record 0 is a header whose labels (flag > 0) give (first identity record, ...): image records
+are keys 1 .. label[0]-1. Without that header every key is an image.
+
+Verification `.bin`: pickle of (list of encoded images, list of issame); pair i is images 2i, 2i+1.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from scoremix_ray.errors import ScoreMixError
+
+MAGIC = 0xCED7230A
+_HEADER = struct.Struct("<IfQQ")
+_LEN_MASK = (1 << 29) - 1
+
+
+def pack(label: float | list[float], image: bytes, id_: int = 0) -> bytes:
+    """One record payload (IRHeader + image bytes), as mxnet.recordio.pack writes it."""
+    if isinstance(label, (list, tuple, np.ndarray)):
+        labels = np.asarray(label, dtype=np.float32)
+        return _HEADER.pack(len(labels), 0.0, id_, 0) + labels.tobytes() + image
+    return _HEADER.pack(0, float(label), id_, 0) + image
+
+
+def unpack(payload: bytes) -> tuple[np.ndarray | float, bytes]:
+    flag, label, _, _ = _HEADER.unpack_from(payload)
+    body = payload[_HEADER.size :]
+    if flag > 0:
+        labels = np.frombuffer(body[: 4 * flag], dtype=np.float32)
+        return labels, body[4 * flag :]
+    return label, body
+
+
+def write_indexed(rec_path: str | Path, payloads: list[bytes]) -> None:
+    """Write `payloads` as records 0..n-1 with their .idx beside `rec_path`."""
+    rec_path = Path(rec_path)
+    lines = []
+    with open(rec_path, "wb") as f:
+        for key, payload in enumerate(payloads):
+            lines.append(f"{key}\t{f.tell()}\n")
+            f.write(struct.pack("<II", MAGIC, len(payload)))
+            f.write(payload + b"\0" * (-len(payload) % 4))
+    rec_path.with_suffix(".idx").write_text("".join(lines))
+
+
+def read_indexed(rec_path: str | Path) -> dict[int, bytes]:
+    """All records of a .rec/.idx pair as {key: payload}; errors name the file and the key."""
+    rec_path = Path(rec_path)
+    idx_path = rec_path.with_suffix(".idx")
+    for p in (rec_path, idx_path):
+        if not p.is_file():
+            raise ScoreMixError(f"RecordIO file not found: {p}")
+    offsets: dict[int, int] = {}
+    for n, line in enumerate(idx_path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            key, off = line.split("\t")
+            offsets[int(key)] = int(off)
+        except ValueError:
+            raise ScoreMixError(f"{idx_path}: line {n} is not 'key<TAB>offset': {line[:60]!r}") from None
+    data = rec_path.read_bytes()
+    out = {}
+    for key, off in offsets.items():
+        if off + 8 > len(data):
+            raise ScoreMixError(f"{idx_path} does not match {rec_path}: key {key} points past the end (offset {off})")
+        magic, lrec = struct.unpack_from("<II", data, off)
+        length = lrec & _LEN_MASK
+        if magic != MAGIC or off + 8 + length > len(data):
+            raise ScoreMixError(f"{idx_path} does not match {rec_path}: no record at offset {off} (key {key})")
+        if lrec >> 29:
+            raise ScoreMixError(f"{rec_path}: key {key} is a multi-part record, which is not supported")
+        out[key] = data[off + 8 : off + 8 + length]
+    return out
+
+
+def read_recordio(rec_path: str | Path) -> list[tuple[int, bytes, str]]:
+    """(label, image bytes, name) for every image record of an InsightFace train.rec."""
+    records = read_indexed(rec_path)
+    if not records:
+        raise ScoreMixError(f"{rec_path} holds no records")
+    keys = sorted(records)
+    label0, _ = unpack(records[keys[0]])
+    if isinstance(label0, np.ndarray) and keys[0] == 0:  # InsightFace header record
+        keys = [k for k in keys if 1 <= k < int(label0[0])]
+    out = []
+    for k in keys:
+        label, img = unpack(records[k])
+        label = float(label[0]) if isinstance(label, np.ndarray) else label
+        out.append((int(label), img, f"{rec_path}#{k}"))
+    return out
+
+
+def write_bin(path: str | Path, images: list[bytes], issame: list[bool]) -> None:
+    if len(images) != 2 * len(issame):
+        raise ValueError("a .bin set needs two images per issame entry")
+    with open(path, "wb") as f:
+        pickle.dump((images, issame), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
+    """InsightFace verification set -> (encoded images, issame bool array)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreMixError(f"verification .bin file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            bins, issame = pickle.load(f, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 -- any unpickling failure means "not a .bin set"
+        raise ScoreMixError(f"{path} is not an InsightFace .bin set (pickled (images, issame)): {e}") from None
+    issame = np.asarray(issame, dtype=bool)
+    if len(bins) != 2 * len(issame):
+        raise ScoreMixError(f"{path}: {len(bins)} images for {len(issame)} pairs (need exactly two per pair)")
+    return [bytes(b) for b in bins], issame

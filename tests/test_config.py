@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from scoremix_ray.config import ConfigError, flatten, load_config, parse_override, section_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["data.image_size=32", "generation.weights=0.3,0.7", "selection.strategy=random"])
+    assert cfg.data.image_size == 32
+    assert cfg.generation.weights == (0.3, 0.7)
+    assert cfg.selection.strategy == "random"
+
+
+def test_yaml_then_override(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  image_size: 24\nseed: 3\n")
+    cfg = load_config(f, ["seed=5"])
+    assert (cfg.data.image_size, cfg.seed) == (24, 5)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.imgsize=3", "unknown config key 'data.imgsize' (allowed here: source, path, image_size"),
+    ("data.image_size=-1", "'data.image_size'"),
+    ("data.protocol=foo", "'open-set' or 'closed-set'"),
+    ("nosuch=1", "unknown config key 'nosuch'"),
+    ("data.source=folder", "data.path is required"),
+    ("sampler.sigma_min=100", "sampler.sigma_min"),
+])
+def test_bad_keys_and_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("data:\n  image_size: big\n")
+    with pytest.raises(ConfigError, match=r"'data.image_size'.*in .*bad.yaml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("novalue")
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "webface.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.name == name.removesuffix(".yaml")
+
+
+def test_webface_is_a_cluster_setting():
+    cfg = load_config(ROOT / "configs" / "webface.yaml")
+    assert cfg.data.image_size == 112 and cfg.recognizer.blocks == (3, 4, 14, 3) and cfg.ray.use_gpu
+
+
+def test_section_hash_tracks_only_its_sections():
+    a = load_config(None, [])
+    b = load_config(None, ["selection.strategy=random"])
+    c = load_config(None, ["data.image_size=32"])
+    assert section_hash(a, "data") == section_hash(b, "data")
+    assert section_hash(a, "data") != section_hash(c, "data")
+    assert section_hash(a, "data", seed=False) == section_hash(load_config(None, ["seed=9"]), "data", seed=False)
+    assert flatten(a)["data.image_size"] == 16
