@@ -51,6 +51,45 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
     return split, d
 
 
+def generator_stage(cfg: Config, split: Split, data_dir: Path) -> Path:
+    """Stage 2: the class-conditional EDM generator, trained with Ray Train on the training split only.
+
+    Cached by data + generator settings + seed; an interrupted training resumes from its last checkpoint.
+    After training: a sample grid (one row per class) and the class accuracy of the samples.
+    """
+    from scoremix_ray.distributed.train import fit_generator
+
+    d = stage_dir(cfg, "generator", section_hash(cfg, "data", "generator"))
+    if (d / "quality.json").is_file():
+        log.info("generator: reusing %s", d)
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    metrics = fit_generator(cfg, data_dir / "split.npz", d)
+    quality = generator_quality(cfg, split, d)
+    quality["train"] = metrics
+    (d / "quality.json").write_text(json.dumps(quality, indent=2))
+    log.info("generator: class accuracy of samples %.3f (grid %s)", quality["class_accuracy"], d / "samples.png")
+    return d
+
+
+def generator_quality(cfg: Config, split: Split, gen_dir: Path, per_class: int = 20) -> dict:
+    """Sample `per_class` images of every class, save a grid, and score them with a pixel classifier."""
+    import torch
+
+    from scoremix_ray.diffusion.sampler import generate, sample_seed
+    from scoremix_ray.diffusion.train import load_generator
+    from scoremix_ray.evaluation.quality import class_accuracy, pixel_classifier
+
+    net = load_generator(gen_dir)
+    n = split.train.num_classes
+    labels = torch.arange(n).repeat_interleave(per_class)
+    seeds = [sample_seed(cfg.seed, int(c), i % per_class) for i, c in enumerate(labels)]
+    images = generate(net, labels[:, None], torch.ones(len(labels), 1), seeds, cfg.sampler)
+    class_grid(images, labels.numpy(), 10, gen_dir / "samples.png")
+    clf = pixel_classifier(split.train.images, split.train.labels, cfg.seed)
+    return class_accuracy(clf, images, labels.numpy())
+
+
 def write_run_config(cfg: Config) -> Path:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.run_dir / "config.yaml"
@@ -62,5 +101,8 @@ def run(cfg: Config) -> dict:
     """All stages that exist so far, for one config; returns a summary dict."""
     split, data_dir = data_stage(cfg)
     result = {"data": {"dir": str(data_dir), **split.summary()}}
+    gen_dir = generator_stage(cfg, split, data_dir)
+    quality = json.loads((gen_dir / "quality.json").read_text())
+    result["generator"] = {"dir": str(gen_dir), "class_accuracy": quality["class_accuracy"]}
     (cfg.run_dir / "stages.json").write_text(json.dumps(result, indent=2))
     return result

@@ -1,0 +1,153 @@
+"""EDM deterministic Heun sampler and the ScoreMix mixed denoiser.
+
+The sampler is a pure function of (denoise, noise, sigmas): it neither loads weights nor knows about Ray.
+Plain class-conditional sampling is the mixed denoiser with one class and weight 1, so there is one
+sampler and one way to call the network.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from scoremix_ray.errors import ScoreMixError
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma scalar tensor) -> D(x; sigma)
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """t_i = (s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, i < N, and t_N = 0 (EDM eq. 5)."""
+    i = torch.arange(steps, dtype=torch.float64)
+    inv = sigma_max ** (1 / rho) + i / max(steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    return torch.cat([inv**rho, torch.zeros(1, dtype=torch.float64)])
+
+
+def trajectory_progress(sigma: float, sigma_min: float, sigma_max: float, rho: float) -> float:
+    """Where sigma lies on the Karras schedule: 0 at sigma_max, 1 at sigma_min (= step i / (N-1))."""
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return float(np.clip((a - sigma ** (1 / rho)) / (a - b), 0.0, 1.0))
+
+
+@torch.no_grad()
+def heun_sample(denoise: Denoise, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """EDM Algorithm 1 (deterministic, 2nd order): Euler step, then the trapezoidal correction unless t_next = 0.
+
+    dx/dt = (x - D(x; t)) / t;  x_0 = noise * t_0.
+    """
+    x = noise.to(torch.float64) * sigmas[0]
+    for t_cur, t_next in zip(sigmas[:-1], sigmas[1:]):
+        d_cur = (x - denoise(x.float(), t_cur).double()) / t_cur
+        x_next = x + (t_next - t_cur) * d_cur
+        if t_next > 0:
+            d_next = (x_next - denoise(x_next.float(), t_next).double()) / t_next
+            x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_next)
+        x = x_next
+    return x.float()
+
+
+def check_weights(weights: torch.Tensor, what: str = "weights") -> None:
+    """Convex: every w_k >= 0 and sum_k w_k = 1 (sum < 1 washes images out, > 1 saturates them)."""
+    w = weights.double()
+    if (w < 0).any() or not torch.allclose(w.sum(-1), torch.ones(()).double(), atol=1e-4):
+        bad = w[(w < 0).any(-1) | ((w.sum(-1) - 1).abs() > 1e-4)][0].tolist()
+        raise ScoreMixError(f"mixing {what} must be non-negative and sum to 1, got {[round(v, 4) for v in bad]}")
+
+
+def mixed_denoiser(
+    net: Callable,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    weights_end: torch.Tensor | None = None,
+    schedule: tuple[float, float, float] | None = None,
+    guidance: str = "none",
+    guidance_scale: float = 1.0,
+    guide_net: Callable | None = None,
+    null_label: int | None = None,
+) -> Denoise:
+    """D_mix(x; sigma) = sum_k w_k D(x; sigma, c_k), all K conditions in ONE batched network call.
+
+    labels, weights: (B, K). With `weights_end`, the weights ramp linearly from `weights` at sigma_max to
+    `weights_end` at sigma_min (`schedule` = (sigma_min, sigma_max, rho) locates sigma on the trajectory).
+    Since the EDM score is (D - x) / sigma^2 and the weights sum to 1, this is the convex mix of scores.
+    Guidance composes with the mix:
+      cfg:          D = D_mix(null) + g (D_mix - D(null))          (one extra condition in the same call)
+      autoguidance: D = D_weak_mix + g (D_mix - D_weak_mix)       (the weak model is an earlier checkpoint)
+    """
+    b, k = labels.shape
+    check_weights(weights)
+    if weights_end is not None:
+        check_weights(weights_end, "end weights")
+        if schedule is None:
+            raise ValueError("a weight ramp needs schedule=(sigma_min, sigma_max, rho)")
+    if guidance == "cfg" and null_label is None:
+        raise ScoreMixError("classifier-free guidance needs a generator trained with generator.label_dropout > 0")
+    if guidance == "autoguidance" and guide_net is None:
+        raise ScoreMixError("autoguidance needs the earlier (guide) checkpoint of the generator")
+    conds = labels
+    if guidance == "cfg":
+        conds = torch.cat([labels, torch.full((b, 1), null_label, dtype=labels.dtype)], 1)
+    flat = conds.T.reshape(-1)  # condition-major: [c_1 of every sample, c_2 of every sample, ...]
+    kk = conds.shape[1]
+
+    def mix_of(model: Callable, x: torch.Tensor, sigma: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        d = model(x.repeat(kk, 1, 1, 1), sigma.float().reshape(1).to(x.device), flat.to(x.device))
+        d = d.reshape(kk, b, *x.shape[1:])
+        mixed = torch.einsum("kb...,bk->b...", d[:k], w.to(d))
+        if guidance == "cfg":
+            return d[k] + guidance_scale * (mixed - d[k])
+        return mixed
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        w = weights
+        if weights_end is not None:
+            p = trajectory_progress(float(sigma), *schedule)
+            w = (1 - p) * weights + p * weights_end
+        d = mix_of(net, x, sigma, w)
+        if guidance == "autoguidance":
+            d_weak = mix_of(guide_net, x, sigma, w)
+            d = d_weak + guidance_scale * (d - d_weak)
+        return d
+
+    return denoise
+
+
+def sample_seed(run_seed: int, key: int, index: int) -> int:
+    """The noise seed of sample (key, index): independent of batch, order and process."""
+    return int(np.random.SeedSequence([run_seed, key, index]).generate_state(1, np.uint64)[0] & (2**63 - 1))
+
+
+def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """One standard-normal tensor per seed, stacked: sample i's noise depends on seeds[i] alone."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def generate(
+    net: Callable,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    seeds: list[int],
+    scfg,
+    weights_end: torch.Tensor | None = None,
+    guide_net: Callable | None = None,
+) -> np.ndarray:
+    """Images for rows (labels_k, weights_k, seed) in batches of `scfg.batch_size`; uint8 (B, H, W, C).
+
+    `scfg` is a SamplerConfig; `net` an EDMDenoiser (its image shape and null label are read from it).
+    """
+    from scoremix_ray.data.images import from_model
+
+    unet_cfg = net.unet.config
+    shape = (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
+    sigmas = karras_sigmas(scfg.steps, scfg.sigma_min, scfg.sigma_max, scfg.rho)
+    out = []
+    for lo in range(0, len(seeds), scfg.batch_size):
+        sl = slice(lo, lo + scfg.batch_size)
+        denoise = mixed_denoiser(
+            net, labels[sl], weights[sl], None if weights_end is None else weights_end[sl],
+            (scfg.sigma_min, scfg.sigma_max, scfg.rho), scfg.guidance, scfg.guidance_scale, guide_net,
+            net.null_label,
+        )  # fmt: skip
+        out.append(from_model(heun_sample(denoise, seeded_noise(seeds[sl], shape), sigmas).cpu().numpy()))
+    return np.concatenate(out)

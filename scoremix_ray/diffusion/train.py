@@ -1,0 +1,144 @@
+"""Generator training loop, free of Ray: `scoremix_ray.distributed.train` runs it on Ray Train workers,
+the benchmark and tests run it in a plain process.
+
+Every random draw of step s comes from a generator seeded by (seed, rank, s), so a run resumed from a
+checkpoint continues exactly where the interrupted one was, not merely "from similar weights".
+Checkpoints (`<dir>/checkpoints/step_XXXXXXX/state.pt`) hold model, EMA, optimizer and the config.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from scoremix_ray.config import GeneratorConfig
+from scoremix_ray.data.images import to_model
+from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, edm_loss
+
+log = logging.getLogger("scoremix_ray")
+KEEP_CHECKPOINTS = 2
+
+# report(metrics, checkpoint_dir or None): the caller's hook (Ray Train's report, or a plain logger).
+Report = Callable[[dict, Path | None], None]
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    done = sorted(p for p in ckpt_root.glob("step_*") if (p / "state.pt").is_file())
+    return done[-1] if done else None
+
+
+def _save_checkpoint(ckpt_root: Path, step: int, state: dict) -> Path:
+    d = ckpt_root / f"step_{step:07d}"
+    tmp = ckpt_root / f".tmp_step_{step:07d}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp / "state.pt")
+    if d.exists():
+        shutil.rmtree(d)
+    tmp.rename(d)  # a checkpoint is either complete or absent
+    for old in sorted(ckpt_root.glob("step_*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return d
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), net.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, b in zip(ema.buffers(), net.buffers()):
+        e.copy_(b)
+
+
+def train_generator(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    cfg: GeneratorConfig,
+    seed: int,
+    out_dir: str | Path,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    report: Report | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Train (or resume) the EDM generator on uint8 images (N, H, W, C); returns the final model folder.
+
+    Rank 0 writes checkpoints; `prepare` wraps the network for data parallelism (DDP under Ray Train).
+    Each rank draws batch_size // world_size images per step.
+    """
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    x_all = torch.from_numpy(to_model(images))
+    y_all = torch.from_numpy(labels.astype(np.int64))
+    torch.manual_seed(seed)  # model initialisation: identical on every rank
+    net = build_denoiser(cfg, num_classes, images.shape[1], images.shape[3]).to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    guide_step = cfg.guide_checkpoint_step or max(1, cfg.steps // 4)
+    step = 0
+    ckpt = latest_checkpoint(ckpt_root)
+    if ckpt is not None:
+        state = torch.load(ckpt / "state.pt", map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log.info("generator: resumed from %s (step %d of %d)", ckpt, step, cfg.steps)
+    model = prepare(net)
+    per_rank = max(1, cfg.batch_size // world_size)
+    t0, seen, losses = time.time(), 0, []
+    while step < cfg.steps:
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+        idx = torch.randint(len(x_all), (per_rank,), generator=gen)
+        y, c = x_all[idx].to(device), y_all[idx].to(device)
+        if net.null_label is not None:  # label dropout trains the unconditional model for CFG
+            drop = torch.rand(per_rank, generator=gen) < cfg.label_dropout
+            c = torch.where(drop.to(device), torch.full_like(c, net.null_label), c)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        loss = edm_loss(model, y, c, cfg, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        # EMA decay warms up so a short run's average is not dominated by the random initialisation.
+        _ema_update(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        seen += per_rank * world_size
+        losses.append(loss.item())
+        ckpt_dir = None
+        if rank == 0 and step == guide_step:
+            ema.save(out_dir / "guide")  # the weaker, earlier model for autoguidance
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if rank == 0:
+                ckpt_dir = _save_checkpoint(ckpt_root, step, {
+                    "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "step": step, "config": cfg.model_dump(mode="json"),
+                })  # fmt: skip
+        if step % cfg.log_every == 0 or ckpt_dir is not None or step == cfg.steps:
+            dt = time.time() - t0
+            metrics = {"step": step, "loss": float(np.mean(losses)), "steps_per_s": len(losses) / dt,
+                       "images_per_s": seen / dt}  # fmt: skip
+            if rank == 0:
+                log.info("generator: step %d/%d loss %.4f  %.2f steps/s  %.0f img/s",
+                         step, cfg.steps, metrics["loss"], metrics["steps_per_s"], metrics["images_per_s"])
+            if report is not None:
+                report(metrics, ckpt_dir)
+            t0, seen, losses = time.time(), 0, []
+    final = out_dir / "final"
+    if rank == 0:
+        if not (out_dir / "guide").exists():  # resumed past guide_step in an older layout, or steps < guide
+            ema.save(out_dir / "guide")
+        ema.save(final)
+    return final
+
+
+def load_generator(stage_dir: str | Path, which: str = "final", device: str = "cpu") -> EDMDenoiser:
+    return EDMDenoiser.load(Path(stage_dir) / which, device)
