@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from scoremix_ray.config import GeneratorConfig
+from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, loss_weight, precond
+from scoremix_ray.diffusion.train import latest_checkpoint, train_generator
+
+from conftest import TINY_GEN
+
+
+def test_preconditioning_identities():
+    sd = 0.5
+    sigma = torch.tensor([1e-4, 0.5, 80.0], dtype=torch.float64)
+    c_skip, c_out, c_in, c_noise = precond(sigma, sd)
+    # sigma -> 0: D(x) -> x (the identity skip); sigma = sigma_data: equal split
+    assert c_skip[0].item() == pytest.approx(1.0, abs=1e-7) and c_out[0].item() == pytest.approx(1e-4, rel=1e-3)
+    assert c_skip[1].item() == pytest.approx(0.5) and c_out[1].item() == pytest.approx(sd / np.sqrt(2))
+    # c_in normalises the noisy input to unit variance: Var(y + n) = sd^2 + sigma^2
+    assert (c_in.flatten() ** 2 * (sd**2 + sigma**2)).allclose(torch.ones(3, dtype=torch.float64))
+    assert c_noise.allclose(sigma.log() / 4)
+    # EDM's weighting makes the effective training target unit-weighted: lambda c_out^2 = 1
+    assert (loss_weight(sigma, sd) * c_out.flatten() ** 2).allclose(torch.ones(3, dtype=torch.float64))
+
+
+def test_denoiser_is_identity_at_tiny_sigma():
+    net = build_denoiser(GeneratorConfig(**TINY_GEN), 3, 8, 1)
+    x = torch.randn(4, 1, 8, 8)
+    d = net(x, torch.tensor(1e-6), torch.tensor([0, 1, 2, 0]))
+    assert torch.allclose(d, x, atol=1e-4)
+
+
+def _digits(size=8, n=5, per=40):
+    from scoremix_ray.config import DataConfig
+    from scoremix_ray.data import load_labelled, make_split
+
+    s = make_split(load_labelled("digits", None, size, 1), DataConfig(image_size=size, per_class=per, num_pairs=50))
+    return s.train.images, s.train.labels, s.train.num_classes
+
+
+def test_loss_decreases(tmp_path):
+    images, labels, n = _digits()
+    losses = []
+    cfg = GeneratorConfig(**{**TINY_GEN, "steps": 60})
+    train_generator(images, labels, n, cfg, 0, tmp_path, report=lambda m, c: losses.append(m["loss"]))
+    assert len(losses) == 6
+    assert np.mean(losses[-2:]) < 0.75 * losses[0], losses
+
+
+def test_resume_after_interrupt_continues_exactly(tmp_path):
+    images, labels, n = _digits()
+    cfg = GeneratorConfig(**TINY_GEN)  # 40 steps, checkpoints at 20 and 40
+    train_generator(images, labels, n, cfg, 0, tmp_path / "straight")
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_at_30(metrics, ckpt):
+        if metrics["step"] == 30:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_generator(images, labels, n, cfg, 0, tmp_path / "resumed", report=crash_at_30)
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step_0000020"
+    steps = []
+    train_generator(images, labels, n, cfg, 0, tmp_path / "resumed", report=lambda m, c: steps.append(m["step"]))
+    assert steps == [30, 40]  # continued from step 20, did not restart at 0
+    a = EDMDenoiser.load(tmp_path / "straight" / "final").state_dict()
+    b = EDMDenoiser.load(tmp_path / "resumed" / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the uninterrupted run
+
+
+def test_save_load_roundtrip(tmp_path):
+    net = build_denoiser(GeneratorConfig(**{**TINY_GEN, "label_dropout": 0.1}), 4, 8, 1).eval()
+    net.save(tmp_path / "g")
+    back = EDMDenoiser.load(tmp_path / "g")
+    assert (back.num_classes, back.null_label, back.sigma_data) == (4, 4, 0.5)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net(x, torch.tensor(1.3), torch.tensor([0, 3])), back(x, torch.tensor(1.3), torch.tensor([0, 3])))
+    assert back.condition_vectors().shape == (4, back.unet.class_embedding.weight.shape[1])
+
+
+def test_load_missing_generator_is_clear(tmp_path):
+    from scoremix_ray.errors import ScoreMixError
+
+    with pytest.raises(ScoreMixError, match="no trained generator at"):
+        EDMDenoiser.load(tmp_path)

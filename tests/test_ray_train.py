@@ -1,0 +1,30 @@
+"""The generator through Ray Train's TorchTrainer, data-parallel with 2 CPU workers."""
+
+import json
+
+from scoremix_ray.config import load_config
+from scoremix_ray.diffusion.edm import EDMDenoiser
+from scoremix_ray.distributed.train import fit_generator
+from scoremix_ray.pipeline import data_stage
+
+
+def test_torchtrainer_two_workers(ray_session, tmp_path):
+    cfg = load_config(None, [
+        f"out_dir={tmp_path}", "data.image_size=8", "data.per_class=30",
+        "generator.block_out_channels=16,32", "generator.steps=20", "generator.batch_size=16",
+        "generator.checkpoint_every=10", "generator.log_every=10",
+        "ray.num_workers=2", "ray.cpus_per_worker=1",
+    ])  # fmt: skip
+    split, data_dir = data_stage(cfg)
+    metrics = fit_generator(cfg, data_dir / "split.npz", tmp_path / "gen")
+    assert metrics["step"] == 20 and metrics["loss"] > 0  # Result.metrics is filled (checkpoint reported)
+    net = EDMDenoiser.load(tmp_path / "gen" / "final")
+    assert net.num_classes == split.train.num_classes
+    ckpts = sorted(p.name for p in (tmp_path / "gen" / "checkpoints").iterdir())
+    assert ckpts == ["step_0000010", "step_0000020"]
+    # a second fit with more steps continues from the last checkpoint instead of starting over
+    cfg.generator.steps = 30
+    metrics = fit_generator(cfg, data_dir / "split.npz", tmp_path / "gen")
+    assert metrics["step"] == 30
+    state = __import__("torch").load(tmp_path / "gen" / "checkpoints" / "step_0000030" / "state.pt", weights_only=False)
+    assert state["step"] == 30 and json.dumps(state["config"])
