@@ -29,3 +29,40 @@ def test_data_inspect(tmp_path):
     assert "train: 100 images in 5 classes" in r.stdout
     grids = list(tmp_path.glob("stages/data-*/train_grid.png"))
     assert len(grids) == 1 and grids[0].stat().st_size > 500
+
+
+TINY = ["--set", "data.image_size=8", "--set", "data.per_class=30", "--set", "generator.block_out_channels=16,32",
+        "--set", "generator.steps=30", "--set", "generator.batch_size=16", "--set", "generator.log_every=10",
+        "--set", "sampler.steps=6"]
+
+
+def test_train_generator_and_sample(tmp_path):
+    r = _cli("train-generator", "--out", str(tmp_path), *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "class accuracy of samples" in r.stdout
+    gen = next(tmp_path.glob("stages/generator-*"))
+    assert (gen / "final" / "edm.json").is_file() and (gen / "guide" / "edm.json").is_file()
+    assert (gen / "samples.png").is_file()
+    assert "steps/s" in r.stderr and "loss" in r.stderr  # progress while training
+    names = yaml.safe_load((next(tmp_path.glob("stages/data-*")) / "summary.json").read_text())
+    assert names["train_classes"] == 5
+    # the cached generator is reused: sampling does not train again
+    from scoremix_ray.data import Split
+
+    train_names = Split.load(next(tmp_path.glob("stages/data-*")) / "split.npz").train.class_names
+    a, b = train_names[0], train_names[1]
+    r = _cli("sample", "--out", str(tmp_path), *TINY, "--mix", f"{a},{b}", "--sweep-weights", "--per-class", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "reusing" in r.stderr and "step 10/30" not in r.stderr
+    assert r.stdout.count("row:") == 5 and f"0.5*class {a} + 0.5*class {b}" in r.stdout
+    from PIL import Image
+
+    png = Image.open(tmp_path / "default" / f"mix_{a}_{b}_sweep.png")
+    assert png.size == (4 * (4 * 9 + 1), 4 * (5 * 9 + 1))  # 4 columns x 5 weight rows of 8px + 1px pads, x4
+    r = _cli("sample", "--out", str(tmp_path), *TINY, "--classes", a, "--per-class", "3")
+    assert r.returncode == 0 and (tmp_path / "default" / f"classes_{a}.png").is_file()
+    unseen = next(str(c) for c in range(10) if str(c) not in train_names)
+    r = _cli("sample", "--out", str(tmp_path), *TINY, "--mix", f"{a},{unseen}")
+    assert r.returncode == 2 and f"class '{unseen}' is not a training class" in r.stderr
+    r = _cli("sample", "--out", str(tmp_path), *TINY, "--mix", f"{a},{b}", "--weights", "0.9,0.3")
+    assert r.returncode == 2 and "sum to 1" in r.stderr and r.stderr.strip().count("\n") == 0
