@@ -27,7 +27,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from scoremix_ray.config import load_config
     from scoremix_ray.diffusion.train import train_generator
-    from scoremix_ray.distributed.train import fit_generator
+    from scoremix_ray.distributed.train import fit
     from scoremix_ray.pipeline import data_stage
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -49,7 +49,7 @@ def main() -> None:
 
     ray.init(num_cpus=a.threads, include_dashboard=False, log_to_driver=False)
     t = time.perf_counter()
-    rayrate = fit_generator(cfg, data_dir / "split.npz", tmp / "ray")["images_per_s"]  # last report window
+    rayrate = fit("generator", cfg, data_dir / "split.npz", tmp / "ray")["images_per_s"]  # last report window
     wall_ray = time.perf_counter() - t
     ray.shutdown()
     print(f"{a.steps} steps, batch {cfg.generator.batch_size}, 16x16, {a.threads} threads; Ray: {a.workers} worker(s)")

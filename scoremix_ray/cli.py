@@ -90,6 +90,70 @@ def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutO
     typer.echo(f"class accuracy of samples (pixel classifier): {q['class_accuracy']:.3f}; grid: {d / 'samples.png'}")
 
 
+METRIC_ROWS = ["verification_accuracy", "verification_accuracy_std", "roc_auc", "tar_at_far_1e-1",
+               "tar_at_far_1e-2", "tar_at_far_1e-3", "rank1_accuracy", "closed_set_accuracy"]
+
+
+def metrics_table(columns: dict[str, dict]) -> str:
+    """Rows = metric names, one column per recognizer (or evaluation set); '-' where not measured."""
+    names = list(columns)
+    lines = [f"{'metric':<28}" + "".join(f"{n:>14}" for n in names)]
+    for key in METRIC_ROWS:
+        if not any(key in c for c in columns.values()):
+            continue
+        cells = [columns[n].get(key) for n in names]
+        lines.append(f"{key:<28}" + "".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in cells))
+    notes = sorted({note for c in columns.values() for note in c.get("notes", [])})
+    return "\n".join(lines + [f"note: {n}" for n in notes])
+
+
+@app.command("train-recognizer")
+def train_recognizer_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+    """Train (or resume) the baseline recognizer on the real training split with Ray Train; evaluate it."""
+    from scoremix_ray import pipeline
+
+    _setup_logging()
+    cfg = _cfg(config, set_, out)
+    split, data_dir = pipeline.data_stage(cfg)
+    d, metrics = pipeline.recognizer_stage(cfg, split, data_dir)
+    cols = {"pairs": metrics} | ({"bin": metrics["bin"]} if "bin" in metrics else {})
+    typer.echo(metrics_table(cols))
+    typer.echo(f"recognizer: {d / 'final'}; metrics: {d / 'metrics.json'}")
+
+
+@app.command()
+def evaluate(
+    recognizer: Annotated[Path, typer.Option("--recognizer", help="Recognizer folder (a stage folder or its final/).")],
+    bin_: Annotated[Optional[Path], typer.Option("--bin", help="InsightFace verification .bin file.")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
+) -> None:  # fmt: skip
+    """Evaluate a trained recognizer on the config's verification pairs (and a .bin set); writes metrics.json
+    next to the model."""
+    from scoremix_ray import pipeline
+    from scoremix_ray.evaluation.recognizer import evaluate_bin, evaluate_split
+    from scoremix_ray.recognition.train import Recognizer
+
+    _setup_logging()
+    cfg = _cfg(config, set_, out)
+    model_dir = recognizer / "final" if (recognizer / "final" / "recognizer.json").is_file() else recognizer
+    net = Recognizer.load(model_dir)
+    if (net.meta["image_size"], net.meta["channels"]) != (cfg.data.image_size, cfg.data.channels):
+        raise ScoreMixError(
+            f"recognizer {model_dir} expects {net.meta['image_size']}px x {net.meta['channels']} channel(s), the "
+            f"config's data is {cfg.data.image_size}px x {cfg.data.channels}; pass the config it was trained with"
+        )
+    split, _ = pipeline.data_stage(cfg)
+    flip = cfg.recognizer.hflip
+    cols = {"pairs": evaluate_split(net, split, flip)}
+    if bin_ is not None:
+        cols["bin"] = evaluate_bin(net, bin_, flip)
+    typer.echo(metrics_table(cols))
+    path = model_dir.parent / "metrics.json" if model_dir.name == "final" else model_dir / "metrics.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**old, **cols["pairs"], **({"bin": cols["bin"]} if bin_ else {})}, indent=2))
+    typer.echo(f"metrics: {path}")
+
+
 def _class_ids(text: str, names: list[str]) -> list[int]:
     ids = []
     for name in (t.strip() for t in text.split(",") if t.strip()):

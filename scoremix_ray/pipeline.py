@@ -19,8 +19,8 @@ from scoremix_ray.data.images import save_grid
 
 log = logging.getLogger("scoremix_ray")
 
-STAGES_AVAILABLE = ["data", "generator"]
-STAGES_PENDING = ["recognizer", "select", "generate", "augmented recognizer", "evaluate", "track"]
+STAGES_AVAILABLE = ["data", "generator", "baseline recognizer"]
+STAGES_PENDING = ["select", "generate", "augmented recognizer", "evaluate", "track"]
 
 
 def stage_dir(cfg: Config, stage: str, key: str) -> Path:
@@ -57,14 +57,14 @@ def generator_stage(cfg: Config, split: Split, data_dir: Path) -> Path:
     Cached by data + generator settings + seed; an interrupted training resumes from its last checkpoint.
     After training: a sample grid (one row per class) and the class accuracy of the samples.
     """
-    from scoremix_ray.distributed.train import fit_generator
+    from scoremix_ray.distributed.train import fit
 
     d = stage_dir(cfg, "generator", section_hash(cfg, "data", "generator"))
     if (d / "quality.json").is_file():
         log.info("generator: reusing %s", d)
         return d
     d.mkdir(parents=True, exist_ok=True)
-    metrics = fit_generator(cfg, data_dir / "split.npz", d)
+    metrics = fit("generator", cfg, data_dir / "split.npz", d)
     quality = generator_quality(cfg, split, d)
     quality["train"] = metrics
     (d / "quality.json").write_text(json.dumps(quality, indent=2))
@@ -90,6 +90,37 @@ def generator_quality(cfg: Config, split: Split, gen_dir: Path, per_class: int =
     return class_accuracy(clf, images, labels.numpy())
 
 
+def recognizer_stage(cfg: Config, split: Split, data_dir: Path, out: Path | None = None,
+                     synthetic: Path | None = None) -> tuple[Path, dict]:
+    """Stages 3 and 6: train a recognizer with Ray Train (on real data, plus `synthetic` Parquet shards for
+    the augmented one), then evaluate it on the split's pairs. Writes `final/` (the model), `centres.npy`
+    (class centres of the training images, for selection) and `metrics.json`.
+
+    The baseline (out=None) is cached by data + recognizer settings + seed, shared by every strategy.
+    """
+    from scoremix_ray.distributed.train import fit
+    from scoremix_ray.evaluation.recognizer import evaluate_bin, evaluate_split
+    from scoremix_ray.recognition.train import Recognizer, class_centres, embed
+
+    d = out or stage_dir(cfg, "recognizer", section_hash(cfg, "data", "recognizer"))
+    if (d / "metrics.json").is_file():
+        log.info("recognizer: reusing %s", d)
+        return d, json.loads((d / "metrics.json").read_text())
+    d.mkdir(parents=True, exist_ok=True)
+    train_metrics = fit("recognizer", cfg, data_dir / "split.npz", d, synthetic)
+    net = Recognizer.load(d / "final")
+    emb = embed(net, split.train.images, flip=cfg.recognizer.hflip)
+    np.save(d / "centres.npy", class_centres(emb, split.train.labels, split.train.num_classes))
+    metrics = evaluate_split(net, split, flip=cfg.recognizer.hflip)
+    if cfg.data.verification_bin is not None:
+        metrics["bin"] = evaluate_bin(net, cfg.data.verification_bin, flip=cfg.recognizer.hflip)
+    metrics["train"] = train_metrics
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("recognizer: verification accuracy %.4f +- %.4f, AUC %.4f (%s)", metrics["verification_accuracy"],
+             metrics["verification_accuracy_std"], metrics["roc_auc"], d)
+    return d, metrics
+
+
 def write_run_config(cfg: Config) -> Path:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.run_dir / "config.yaml"
@@ -104,5 +135,10 @@ def run(cfg: Config) -> dict:
     gen_dir = generator_stage(cfg, split, data_dir)
     quality = json.loads((gen_dir / "quality.json").read_text())
     result["generator"] = {"dir": str(gen_dir), "class_accuracy": quality["class_accuracy"]}
+    rec_dir, baseline = recognizer_stage(cfg, split, data_dir)
+    result["recognizer"] = {"dir": str(rec_dir)}
+    metrics = {"baseline": {k: v for k, v in baseline.items() if k != "train"}}
+    (cfg.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    result["metrics"] = metrics
     (cfg.run_dir / "stages.json").write_text(json.dumps(result, indent=2))
     return result

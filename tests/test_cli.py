@@ -66,3 +66,31 @@ def test_train_generator_and_sample(tmp_path):
     assert r.returncode == 2 and f"class '{unseen}' is not a training class" in r.stderr
     r = _cli("sample", "--out", str(tmp_path), *TINY, "--mix", f"{a},{b}", "--weights", "0.9,0.3")
     assert r.returncode == 2 and "sum to 1" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_train_recognizer_and_evaluate_bin(tmp_path):
+    import json
+
+    from scoremix_ray.data import Split
+    from scoremix_ray.data.images import encode_png
+    from scoremix_ray.data.recordio import write_bin
+
+    rec = [*TINY, "--set", "recognizer.widths=8,16", "--set", "recognizer.blocks=1,1", "--set", "recognizer.epochs=3",
+           "--set", "recognizer.batch_size=32", "--set", "data.num_pairs=400"]
+    r = _cli("train-recognizer", "--out", str(tmp_path), *rec)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "epoch 3/3" in r.stderr and "verification_accuracy" in r.stdout
+    assert "note: FAR 0.001 needs >= 1000 different pairs, have 200" in r.stdout
+    stage = next(tmp_path.glob("stages/recognizer-*"))
+    assert (stage / "centres.npy").is_file() and (stage / "final" / "model.pt").is_file()
+    # a .bin made of the unseen test images, in the InsightFace layout (pairs stored consecutively)
+    split = Split.load(next(tmp_path.glob("stages/data-*")) / "split.npz")
+    blobs = [encode_png(split.test.images[i]) for pair in split.pairs[:100] for i in pair]
+    write_bin(tmp_path / "digits.bin", blobs, split.issame[:100].tolist())
+    r = _cli("evaluate", "--recognizer", str(stage), "--bin", str(tmp_path / "digits.bin"), "--out", str(tmp_path), *rec)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((stage / "metrics.json").read_text())
+    assert m["bin"]["pairs"] == 100 and 0 <= m["bin"]["roc_auc"] <= 1
+    assert m["verification_accuracy"] > 0.5 and m["train"]["epoch"] == 3
+    r = _cli("evaluate", "--recognizer", str(stage), "--out", str(tmp_path), "--set", "data.image_size=16")
+    assert r.returncode == 2 and "expects 8px" in r.stderr

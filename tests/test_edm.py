@@ -4,7 +4,8 @@ import torch
 
 from scoremix_ray.config import GeneratorConfig
 from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, loss_weight, precond
-from scoremix_ray.diffusion.train import latest_checkpoint, train_generator
+from scoremix_ray.checkpoints import latest_checkpoint
+from scoremix_ray.diffusion.train import train_generator
 
 from conftest import TINY_GEN
 

@@ -4,7 +4,7 @@ import json
 
 from scoremix_ray.config import load_config
 from scoremix_ray.diffusion.edm import EDMDenoiser
-from scoremix_ray.distributed.train import fit_generator
+from scoremix_ray.distributed.train import fit
 from scoremix_ray.pipeline import data_stage
 
 
@@ -16,7 +16,7 @@ def test_torchtrainer_two_workers(ray_session, tmp_path):
         "ray.num_workers=2", "ray.cpus_per_worker=1",
     ])  # fmt: skip
     split, data_dir = data_stage(cfg)
-    metrics = fit_generator(cfg, data_dir / "split.npz", tmp_path / "gen")
+    metrics = fit("generator", cfg, data_dir / "split.npz", tmp_path / "gen")
     assert metrics["step"] == 20 and metrics["loss"] > 0  # Result.metrics is filled (checkpoint reported)
     net = EDMDenoiser.load(tmp_path / "gen" / "final")
     assert net.num_classes == split.train.num_classes
@@ -24,7 +24,7 @@ def test_torchtrainer_two_workers(ray_session, tmp_path):
     assert ckpts == ["step_0000010", "step_0000020"]
     # a second fit with more steps continues from the last checkpoint instead of starting over
     cfg.generator.steps = 30
-    metrics = fit_generator(cfg, data_dir / "split.npz", tmp_path / "gen")
+    metrics = fit("generator", cfg, data_dir / "split.npz", tmp_path / "gen")
     assert metrics["step"] == 30
     state = __import__("torch").load(tmp_path / "gen" / "checkpoints" / "step_0000030" / "state.pt", weights_only=False)
     assert state["step"] == 30 and json.dumps(state["config"])

@@ -107,3 +107,18 @@ def load_labelled(source: str, path: Path | None, size: int, channels: int) -> L
     if source == "recordio":
         return _from_items(read_recordio(path), size, channels)
     raise ScoreMixError(f"unknown data source '{source}' (valid: digits, folder, parquet, recordio)")
+
+
+def read_synthetic(path: str | Path, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic Parquet shards (DESIGN.md schema): images and their labels as written (new classes keep
+    their ids `num_real_classes + rank`; label-preserving methods keep the real ids)."""
+    path = Path(path)
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files or not files[0].exists():
+        raise ScoreMixError(f"no synthetic .parquet files at {path}")
+    images, labels = [], []
+    for f in files:
+        table = pq.read_table(f, columns=["image", "label"])
+        images += [decode(b, size, channels, f"{f} row {i}") for i, b in enumerate(table.column("image").to_pylist())]
+        labels += table.column("label").to_pylist()
+    return np.stack(images), np.asarray(labels, np.int64)

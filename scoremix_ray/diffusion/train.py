@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,33 +17,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from scoremix_ray.checkpoints import latest_checkpoint, load_state, save_checkpoint, step_generator
 from scoremix_ray.config import GeneratorConfig
 from scoremix_ray.data.images import to_model
 from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, edm_loss
 
 log = logging.getLogger("scoremix_ray")
-KEEP_CHECKPOINTS = 2
 
 # report(metrics, checkpoint_dir or None): the caller's hook (Ray Train's report, or a plain logger).
 Report = Callable[[dict, Path | None], None]
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    done = sorted(p for p in ckpt_root.glob("step_*") if (p / "state.pt").is_file())
-    return done[-1] if done else None
-
-
-def _save_checkpoint(ckpt_root: Path, step: int, state: dict) -> Path:
-    d = ckpt_root / f"step_{step:07d}"
-    tmp = ckpt_root / f".tmp_step_{step:07d}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(state, tmp / "state.pt")
-    if d.exists():
-        shutil.rmtree(d)
-    tmp.rename(d)  # a checkpoint is either complete or absent
-    for old in sorted(ckpt_root.glob("step_*"))[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return d
 
 
 @torch.no_grad()
@@ -86,7 +67,7 @@ def train_generator(
     step = 0
     ckpt = latest_checkpoint(ckpt_root)
     if ckpt is not None:
-        state = torch.load(ckpt / "state.pt", map_location=device, weights_only=False)
+        state = load_state(ckpt, device)
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -96,7 +77,7 @@ def train_generator(
     per_rank = max(1, cfg.batch_size // world_size)
     t0, seen, losses = time.time(), 0, []
     while step < cfg.steps:
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+        gen = step_generator(seed, rank, step)
         idx = torch.randint(len(x_all), (per_rank,), generator=gen)
         y, c = x_all[idx].to(device), y_all[idx].to(device)
         if net.null_label is not None:  # label dropout trains the unconditional model for CFG
@@ -118,7 +99,7 @@ def train_generator(
             ema.save(out_dir / "guide")  # the weaker, earlier model for autoguidance
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if rank == 0:
-                ckpt_dir = _save_checkpoint(ckpt_root, step, {
+                ckpt_dir = save_checkpoint(ckpt_root, step, {
                     "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "step": step, "config": cfg.model_dump(mode="json"),
                 })  # fmt: skip

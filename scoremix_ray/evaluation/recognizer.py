@@ -1,0 +1,39 @@
+"""A trained recognizer against the split's seed-fixed pairs and, optionally, an InsightFace `.bin` set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from scoremix_ray.data import Split
+from scoremix_ray.evaluation.verification import (
+    closed_set_accuracy, pair_scores, rank1_accuracy, verification_metrics,
+)  # fmt: skip
+from scoremix_ray.recognition.train import Recognizer, class_centres, embed
+
+
+def evaluate_split(net: Recognizer, split: Split, flip: bool = False) -> dict:
+    """Verification on the split's pairs, rank-1 identification among the test images, and closed-set
+    accuracy (nearest training-class centre) where the test classes are training classes."""
+    emb = embed(net, split.test.images, flip=flip)
+    out = verification_metrics(pair_scores(emb, split.pairs), split.issame)
+    out["rank1_accuracy"] = rank1_accuracy(emb, split.test.labels)
+    if split.protocol == "closed-set":
+        train_emb = embed(net, split.train.images, flip=flip)
+        centres = class_centres(train_emb, split.train.labels, split.train.num_classes)
+        out["closed_set_accuracy"] = closed_set_accuracy(emb, split.test.labels, centres)
+    return out
+
+
+def evaluate_bin(net: Recognizer, path: str | Path, flip: bool = False) -> dict:
+    """An InsightFace verification `.bin` (image pairs stored consecutively), decoded to the model's size."""
+    from scoremix_ray.data.images import decode
+    from scoremix_ray.data.recordio import read_bin
+
+    blobs, issame = read_bin(path)
+    size, channels = net.meta["image_size"], net.meta["channels"]
+    images = np.stack([decode(b, size, channels, f"{path} image {i}") for i, b in enumerate(blobs)])
+    emb = embed(net, images, flip=flip)
+    pairs = np.arange(len(images)).reshape(-1, 2)
+    return verification_metrics(pair_scores(emb, pairs), issame)

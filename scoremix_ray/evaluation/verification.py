@@ -1,0 +1,96 @@
+"""Verification and identification metrics on cosine similarity scores.
+
+All take scores (higher = more alike) and a boolean `issame` per pair, so the same code scores the split's
+pairs, an InsightFace `.bin` set, or any hand-built case in the tests. Keys follow DESIGN.md's
+`metrics.json` contract.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+FAR_LEVELS = (1e-1, 1e-2, 1e-3)
+
+
+def _far_key(far: float) -> str:
+    return f"tar_at_far_{far:.0e}".replace("e-0", "e-")  # 1e-2 -> "tar_at_far_1e-2"
+
+
+def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
+    """The threshold (midpoint between consecutive sorted scores, or beyond either end) that maximises
+    accuracy of `score > t` as "same"; ties go to the lowest threshold."""
+    s = np.sort(np.unique(scores))
+    cands = np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]])
+    # accuracy at every candidate in one pass: #same above t + #different at or below t
+    order = np.argsort(scores)
+    ss, same = scores[order], issame[order]
+    below = np.searchsorted(ss, cands, side="right")  # pairs with score <= t
+    diff_below = np.concatenate([[0], np.cumsum(~same)])[below]
+    same_above = same.sum() - np.concatenate([[0], np.cumsum(same)])[below]
+    return float(cands[np.argmax(diff_below + same_above)])
+
+
+def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> tuple[float, float]:
+    """LFW protocol: contiguous folds; each fold is scored at the threshold best on the other folds.
+    Returns (mean, std) of the per-fold accuracies."""
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    n = len(scores)
+    if n < folds:
+        raise ValueError(f"{n} pairs are too few for {folds}-fold verification accuracy")
+    bounds = np.linspace(0, n, folds + 1).astype(int)
+    accs = []
+    for k in range(folds):
+        test = np.zeros(n, bool)
+        test[bounds[k]:bounds[k + 1]] = True
+        t = best_threshold(scores[~test], issame[~test])
+        accs.append(np.mean((scores[test] > t) == issame[test]))
+    return float(np.mean(accs)), float(np.std(accs))
+
+
+def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float | None:
+    """True-accept rate at the threshold whose false-accept rate is at most `far`. None when there are
+    fewer than 1/far different pairs: a FAR that small cannot be measured (one false accept is > far)."""
+    neg = np.sort(np.asarray(scores)[~issame])[::-1]
+    pos = np.asarray(scores)[issame]
+    if len(neg) < 1 / far or len(pos) == 0:
+        return None
+    k = int(np.floor(far * len(neg)))  # false accepts allowed
+    t = neg[k] if k < len(neg) else -np.inf  # accept strictly above the (k+1)-th highest negative
+    return float(np.mean(pos > t))
+
+
+def verification_metrics(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> dict:
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    acc, std = kfold_accuracy(scores, issame, folds)
+    out: dict = {"verification_accuracy": acc, "verification_accuracy_std": std,
+                 "roc_auc": float(roc_auc_score(issame, scores)), "pairs": int(len(scores)),
+                 "negative_pairs": int((~issame).sum())}  # fmt: skip
+    notes = []
+    for far in FAR_LEVELS:
+        out[_far_key(far)] = tar_at_far(scores, issame, far)
+        if out[_far_key(far)] is None:
+            notes.append(f"FAR {far:g} needs >= {int(1 / far)} different pairs, have {int((~issame).sum())}")
+    if notes:
+        out["notes"] = notes
+    return out
+
+
+def pair_scores(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each pair of L2-normalised embeddings."""
+    return np.einsum("pd,pd->p", emb[pairs[:, 0]], emb[pairs[:, 1]])
+
+
+def closed_set_accuracy(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> float:
+    """Share of images whose nearest class centre (cosine) is their own class."""
+    return float(np.mean((emb @ centres.T).argmax(1) == labels))
+
+
+def rank1_accuracy(emb: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out rank-1 identification: each image against all others as the gallery; counted only for
+    images whose class has another image in the gallery."""
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    counts = np.bincount(labels)
+    has_mate = counts[labels] >= 2
+    return float(np.mean(labels[sim.argmax(1)][has_mate] == labels[has_mate]))

@@ -1,0 +1,1 @@
+"""The recognizer: IResNet backbone, margin heads, training loop, embeddings."""

@@ -1,0 +1,180 @@
+"""Recognizer training loop, free of Ray (`scoremix_ray.distributed.train` runs it on Ray Train workers).
+
+Recipe (insightface arcface_torch, scaled down): SGD with momentum 0.9 and weight decay, linear warmup
+for the first epoch then cosine decay to 0, margin-softmax loss on the head's logits. The data are held
+in memory as one uint8 tensor (digits, a few thousand synthetic images; see the issue-5 note for why not
+Ray Data here). Each epoch's order is a permutation seeded by (seed, epoch), so every rank agrees on it
+and takes its own slice; a run resumed from an epoch checkpoint continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scoremix_ray.checkpoints import latest_checkpoint, load_state, save_checkpoint, step_generator
+from scoremix_ray.config import RecognizerConfig
+from scoremix_ray.data.images import to_model
+from scoremix_ray.recognition.backbone import IResNet
+from scoremix_ray.recognition.heads import MarginHead
+
+log = logging.getLogger("scoremix_ray")
+
+Report = Callable[[dict, Path | None], None]
+
+
+class Recognizer(nn.Module):
+    """Backbone + margin head. `forward` gives embeddings (not normalised); `head` is only for training."""
+
+    def __init__(self, cfg: RecognizerConfig, num_classes: int, image_size: int, channels: int):
+        super().__init__()
+        self.meta = {"config": cfg.model_dump(mode="json"), "num_classes": num_classes,
+                     "image_size": image_size, "channels": channels}  # fmt: skip
+        self.backbone = IResNet(channels, image_size, cfg.widths, cfg.blocks, cfg.embedding_dim, cfg.dropout)
+        self.head = MarginHead(cfg.embedding_dim, num_classes, cfg.head, cfg.scale, cfg.margin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), path / "model.pt")
+        (path / "recognizer.json").write_text(json.dumps(self.meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "Recognizer":
+        from scoremix_ray.errors import ScoreMixError
+
+        path = Path(path)
+        if not (path / "recognizer.json").is_file():
+            raise ScoreMixError(f"no recognizer in {path} (expected recognizer.json and model.pt)")
+        meta = json.loads((path / "recognizer.json").read_text())
+        net = cls(RecognizerConfig(**meta["config"]), meta["num_classes"], meta["image_size"], meta["channels"])
+        net.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
+        return net.to(device).eval()
+
+
+def learning_rate(cfg: RecognizerConfig, step: int, total: int, warmup: int) -> float:
+    """Linear warmup to cfg.lr, then cosine to 0: lr_t = lr * (1 + cos(pi (t - w) / (T - w))) / 2."""
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_recognizer(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    cfg: RecognizerConfig,
+    seed: int,
+    out_dir: str | Path,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    prepare: Callable[[nn.Module], nn.Module] = lambda m: m,
+    report: Report | None = None,
+    device: str = "cpu",
+    stop_after_epochs: int | None = None,
+) -> Path:
+    """Train (or resume) on uint8 images (N, H, W, C) with int labels; returns the final model folder.
+
+    `stop_after_epochs` ends this call early (as an interruption would), for tests of resume.
+    """
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    x_all = torch.from_numpy(to_model(images))
+    y_all = torch.from_numpy(labels.astype(np.int64))
+    torch.manual_seed(seed)  # initialisation identical on every rank
+    net = Recognizer(cfg, num_classes, images.shape[1], images.shape[3]).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    per_rank = max(1, cfg.batch_size // world_size)
+    steps_per_epoch = max(1, len(x_all) // (per_rank * world_size))  # drop the ragged last batch
+    total = cfg.epochs * steps_per_epoch
+    epoch = 0
+    ckpt = latest_checkpoint(ckpt_root)
+    if ckpt is not None:
+        state = load_state(ckpt, device)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        epoch = state["epoch"]
+        log.info("recognizer: resumed from %s (epoch %d of %d)", ckpt, epoch, cfg.epochs)
+    model = prepare(net)
+    last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, epoch + stop_after_epochs)
+    while epoch < last_epoch:
+        t0, losses, correct, seen = time.time(), [], 0, 0
+        gen = step_generator(seed, 0, epoch)  # rank 0's stream: one permutation shared by all ranks
+        order = torch.randperm(len(x_all), generator=gen)
+        flip_gen = step_generator(seed, rank + 1, epoch)
+        model.train()
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            chunk = order[(i * world_size + rank) * per_rank:(i * world_size + rank + 1) * per_rank]
+            x, y = x_all[chunk], y_all[chunk]
+            if cfg.hflip:
+                flip = torch.rand(len(x), generator=flip_gen) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x, y = x.to(device), y.to(device)
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(cfg, step, total, steps_per_epoch)
+            logits = net.head(model(x), y)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            correct += int((logits.detach().argmax(1) == y).sum())  # with the margin: a pessimistic accuracy
+            seen += len(y)
+        epoch += 1
+        ckpt_dir = None
+        if rank == 0:
+            ckpt_dir = save_checkpoint(ckpt_root, epoch, {
+                "net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                "config": cfg.model_dump(mode="json"),
+            })  # fmt: skip
+        dt = time.time() - t0
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "train_accuracy": correct / max(1, seen),
+                   "images_per_s": seen * world_size / dt}  # fmt: skip
+        if rank == 0:
+            log.info("recognizer: epoch %d/%d loss %.3f  train acc %.3f  %.0f img/s",
+                     epoch, cfg.epochs, metrics["loss"], metrics["train_accuracy"], metrics["images_per_s"])
+        if report is not None:
+            report(metrics, ckpt_dir)
+    final = out_dir / "final"
+    if rank == 0 and epoch == cfg.epochs:
+        net.eval().save(final)
+    return final
+
+
+@torch.no_grad()
+def embed(net: Recognizer, images: np.ndarray, batch_size: int = 512, flip: bool = False) -> np.ndarray:
+    """L2-normalised embeddings (N, D) of uint8 images. With `flip`, the embedding of the image plus that of
+    its mirror (the insightface test-time habit, only where mirroring is meaningful)."""
+    net.eval()
+    device = next(net.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(to_model(images[i:i + batch_size])).to(device)
+        e = net(x)
+        if flip:
+            e = e + net(x.flip(3))
+        out.append(F.normalize(e, dim=1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, net.head.weight.shape[1]), np.float32)
+
+
+def class_centres(emb: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class centre: mean of the L2-normalised embeddings, re-normalised. (num_classes, D)."""
+    centres = np.zeros((num_classes, emb.shape[1]), np.float64)
+    np.add.at(centres, labels, emb)
+    norms = np.linalg.norm(centres, axis=1, keepdims=True)
+    return (centres / np.where(norms > 0, norms, 1)).astype(np.float32)
