@@ -154,6 +154,51 @@ def evaluate(
     typer.echo(f"metrics: {path}")
 
 
+@app.command("select")
+def select_cmd(
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Selection strategy (config selection.strategy).")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="Number of tuples (config selection.count).")] = None,
+    top: Annotated[int, typer.Option("--top", help="Rows to print.")] = 10,
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
+) -> None:  # fmt: skip
+    """Rank class tuples with a strategy (stages 1-3 are computed or reused); writes pairs.parquet."""
+    from scoremix_ray import pipeline
+    from scoremix_ray.selection import STRATEGIES
+
+    _setup_logging()
+    sets = list(set_ or []) + ([f"selection.strategy={strategy}"] if strategy else []) + (
+        [f"selection.count={count}"] if count else [])  # fmt: skip
+    cfg = _cfg(config, sets, out)
+    if cfg.selection.strategy not in STRATEGIES:  # fail before minutes of training
+        raise ScoreMixError(f"unknown selection.strategy '{cfg.selection.strategy}' (valid: {', '.join(STRATEGIES)})")
+    split, _, gen_dir, rec_dir = pipeline.shared_stages(cfg)
+    sel, path = pipeline.select_stage(cfg, split, gen_dir, rec_dir)
+    names = split.train.class_names
+    typer.echo(f"{'rank':>4}  {'classes':<16}{'score':>10}{'emb dist':>10}{'cond dist':>10}")
+    for r in range(min(top, len(sel.tuples))):
+        cls = ",".join(names[c] for c in sel.tuples[r])
+        typer.echo(f"{r:>4}  {cls:<16}{sel.scores[r]:>10.4f}{sel.embedding_distance[r]:>10.4f}"
+                   f"{sel.condition_distance[r]:>10.4f}")  # fmt: skip
+    typer.echo(f"pairs: {path} ({len(sel.tuples)} tuples, strategy {sel.strategy})")
+
+
+@app.command()
+def align(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+    """Alignment of the generator's condition space with the recognizer's class centres, beside each
+    metric's permutation null; written to metrics.json under "alignment"."""
+    from scoremix_ray import pipeline
+
+    _setup_logging()
+    cfg = _cfg(config, set_, out)
+    _, _, gen_dir, rec_dir = pipeline.shared_stages(cfg)
+    a = pipeline.alignment_stage(cfg, gen_dir, rec_dir)
+    typer.echo(f"{'metric':<20}{'value':>10}{'null':>10}   ({a['classes']} classes, k={a['topk']}, "
+               f"null = mean of {a['permutations']} shuffled class orders)")
+    for key in ("cka_linear", "cka_linear_biased", "cka_rbf", "mutual_knn", "cknna", "distance_spearman"):
+        typer.echo(f"{key:<20}{a[key]:>10.4f}{a[key + '_null']:>10.4f}")
+    typer.echo(f"metrics: {pipeline.update_metrics(cfg, alignment=a)}")
+
+
 def _class_ids(text: str, names: list[str]) -> list[int]:
     ids = []
     for name in (t.strip() for t in text.split(",") if t.strip()):

@@ -19,8 +19,8 @@ from scoremix_ray.data.images import save_grid
 
 log = logging.getLogger("scoremix_ray")
 
-STAGES_AVAILABLE = ["data", "generator", "baseline recognizer"]
-STAGES_PENDING = ["select", "generate", "augmented recognizer", "evaluate", "track"]
+STAGES_AVAILABLE = ["data", "generator", "baseline recognizer", "select", "alignment"]
+STAGES_PENDING = ["generate", "augmented recognizer", "track"]
 
 
 def stage_dir(cfg: Config, stage: str, key: str) -> Path:
@@ -121,6 +121,52 @@ def recognizer_stage(cfg: Config, split: Split, data_dir: Path, out: Path | None
     return d, metrics
 
 
+def shared_stages(cfg: Config) -> tuple[Split, Path, Path, Path]:
+    """Stages 1-3, computed once per setting and reused: (split, data dir, generator dir, recognizer dir)."""
+    split, data_dir = data_stage(cfg)
+    gen_dir = generator_stage(cfg, split, data_dir)
+    rec_dir, _ = recognizer_stage(cfg, split, data_dir)
+    return split, data_dir, gen_dir, rec_dir
+
+
+def class_spaces(gen_dir: Path, rec_dir: Path):
+    """The generator's condition vectors and the baseline recognizer's class centres, same class order."""
+    from scoremix_ray.diffusion.train import load_generator
+    from scoremix_ray.selection.strategies import Spaces
+
+    condition = load_generator(gen_dir).condition_vectors().numpy()
+    return Spaces(embedding=np.load(rec_dir / "centres.npy"), condition=condition)
+
+
+def select_stage(cfg: Config, split: Split, gen_dir: Path, rec_dir: Path):
+    """Stage 4: rank class tuples with `selection.strategy`; writes `<run>/pairs.parquet`."""
+    from scoremix_ray.selection import select
+
+    sc = cfg.selection
+    sel = select(sc.strategy, class_spaces(gen_dir, rec_dir), sc.count, sc.tuple_size, sc.max_uses_per_class, cfg.seed)
+    path = sel.write(cfg.run_dir / "pairs.parquet", split.train.class_names)
+    log.info("select: %d tuples by %s -> %s", len(sel.tuples), sc.strategy, path)
+    return sel, path
+
+
+def alignment_stage(cfg: Config, gen_dir: Path, rec_dir: Path) -> dict:
+    """Stage 7 (part): how well the generator's condition space matches the recognizer's embedding space."""
+    from scoremix_ray.evaluation.alignment import alignment
+
+    sp = class_spaces(gen_dir, rec_dir)
+    return alignment(sp.condition, sp.embedding, seed=cfg.seed)
+
+
+def update_metrics(cfg: Config, **sections: dict) -> Path:
+    """Merge sections ("baseline", "augmented", "alignment") into `<run>/metrics.json`."""
+    path = cfg.run_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics.update(sections)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2))
+    return path
+
+
 def write_run_config(cfg: Config) -> Path:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.run_dir / "config.yaml"
@@ -130,15 +176,17 @@ def write_run_config(cfg: Config) -> Path:
 
 def run(cfg: Config) -> dict:
     """All stages that exist so far, for one config; returns a summary dict."""
-    split, data_dir = data_stage(cfg)
-    result = {"data": {"dir": str(data_dir), **split.summary()}}
-    gen_dir = generator_stage(cfg, split, data_dir)
+    split, data_dir, gen_dir, rec_dir = shared_stages(cfg)
     quality = json.loads((gen_dir / "quality.json").read_text())
-    result["generator"] = {"dir": str(gen_dir), "class_accuracy": quality["class_accuracy"]}
-    rec_dir, baseline = recognizer_stage(cfg, split, data_dir)
-    result["recognizer"] = {"dir": str(rec_dir)}
-    metrics = {"baseline": {k: v for k, v in baseline.items() if k != "train"}}
-    (cfg.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    result["metrics"] = metrics
+    baseline = json.loads((rec_dir / "metrics.json").read_text())
+    result = {
+        "data": {"dir": str(data_dir), **split.summary()},
+        "generator": {"dir": str(gen_dir), "class_accuracy": quality["class_accuracy"]},
+        "recognizer": {"dir": str(rec_dir)},
+    }
+    sel, pairs_path = select_stage(cfg, split, gen_dir, rec_dir)
+    result["select"] = {"pairs": str(pairs_path), "tuples": sel.tuples.tolist()}
+    baseline = {k: v for k, v in baseline.items() if k != "train"}
+    result["metrics"] = str(update_metrics(cfg, baseline=baseline, alignment=alignment_stage(cfg, gen_dir, rec_dir)))
     (cfg.run_dir / "stages.json").write_text(json.dumps(result, indent=2))
     return result

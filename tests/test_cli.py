@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import yaml
 
 
@@ -94,3 +95,17 @@ def test_train_recognizer_and_evaluate_bin(tmp_path):
     assert m["verification_accuracy"] > 0.5 and m["train"]["epoch"] == 3
     r = _cli("evaluate", "--recognizer", str(stage), "--out", str(tmp_path), "--set", "data.image_size=16")
     assert r.returncode == 2 and "expects 8px" in r.stderr
+    # stage 4 and the alignment on the same (cached) stages: only the generator is new work
+    r = _cli("select", "--strategy", "embedding-close", "--count", "3", "--out", str(tmp_path), *rec)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "recognizer: reusing" in r.stderr and "pairs:" in r.stdout
+    from scoremix_ray.selection import Selection
+
+    sel = Selection.read(tmp_path / "default" / "pairs.parquet")
+    assert sel.tuples.shape == (3, 2) and np.all(np.diff(sel.scores) >= 0)  # closest first
+    r = _cli("align", "--out", str(tmp_path), *rec)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((tmp_path / "default" / "metrics.json").read_text())["alignment"]
+    assert a["classes"] == 5 and -1 <= a["cka_linear"] <= 1 and "cknna_null" in a
+    r = _cli("select", "--strategy", "nearest", "--out", str(tmp_path), *rec)
+    assert r.returncode == 2 and "unknown selection.strategy 'nearest' (valid: random," in r.stderr

@@ -1,0 +1,255 @@
+"""Selection strategies: rank class tuples and keep the top `count`; each tuple becomes one new class.
+
+A strategy is one small function registered by name that returns (tuples, scores) in rank order:
+
+    @register("my-strategy")
+    def my_strategy(spaces: Spaces, opt: Options) -> tuple[np.ndarray, np.ndarray]: ...
+
+Distances are cosine distances, 1 - cos, between the recognizer's class centres ("embedding") or the
+generator's class-embedding vectors ("condition"). A tuple's distance is the sum of its pairwise distances
+(for a pair, the distance itself), so `embedding-distant` with `tuple_size=3` and `triplet-sum-max` agree.
+
+Exact top-N over all C(n, 3) triplets without materialising them: one block per first class i holds the
+(n-i-1)^2 sums for j, k > i (O(n^2) memory); each block's best N candidates are merged into a running top-N
+with `argpartition`. Work is O(n^3 / 3) vectorised additions (n = 1000 classes: a few seconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from scoremix_ray.errors import ScoreMixError
+
+
+@dataclass
+class Spaces:
+    """The two class spaces, rows in the same class order (training class ids 0..n-1)."""
+
+    embedding: np.ndarray | None = None  # recognizer class centres (n, d)
+    condition: np.ndarray | None = None  # generator class-embedding vectors (n, d')
+
+    def distances(self, which: str) -> np.ndarray:
+        x = getattr(self, which)
+        if x is None:
+            raise ScoreMixError(f"this strategy needs the {which} space, which was not given")
+        return cosine_distance(x)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.embedding if self.embedding is not None else self.condition)
+
+
+@dataclass
+class Options:
+    count: int
+    tuple_size: int = 2
+    max_uses: int | None = None  # how often one class may appear across the selected tuples
+    seed: int = 0
+
+
+Strategy = Callable[[Spaces, Options], tuple[np.ndarray, np.ndarray]]
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register(name: str) -> Callable[[Strategy], Strategy]:
+    def deco(fn: Strategy) -> Strategy:
+        STRATEGIES[name] = fn
+        return fn
+
+    return deco
+
+
+def cosine_distance(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return np.clip(1.0 - x @ x.T, 0.0, 2.0)
+
+
+def tuple_distance(dist: np.ndarray, tuples: np.ndarray) -> np.ndarray:
+    """Sum of pairwise distances within each tuple."""
+    return sum(dist[tuples[:, a], tuples[:, b]] for a, b in itertools.combinations(range(tuples.shape[1]), 2))
+
+
+def top_tuples(dist: np.ndarray, k: int, m: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Exact best `m` k-tuples (k = 2 or 3, i < j < k) by summed distance, sorted best first."""
+    n, sign = len(dist), -1.0 if largest else 1.0  # minimise sign * score
+    if k == 2:
+        i, j = np.triu_indices(n, 1)
+        key = sign * dist[i, j]
+        keep = np.argpartition(key, m - 1)[:m] if m < len(key) else np.arange(len(key))
+        cand, ckey = np.stack([i[keep], j[keep]], 1), key[keep]
+    elif k == 3:
+        cand, ckey = np.zeros((0, 3), np.int64), np.zeros(0)
+        for i in range(n - 2):
+            rest = np.arange(i + 1, n)
+            block = dist[i, rest][:, None] + dist[i, rest][None, :] + dist[np.ix_(rest, rest)]
+            jj, kk = np.triu_indices(len(rest), 1)
+            key = sign * block[jj, kk]
+            if len(key) > m:
+                part = np.argpartition(key, m - 1)[:m]
+                jj, kk, key = jj[part], kk[part], key[part]
+            trip = np.stack([np.full(len(key), i), rest[jj], rest[kk]], 1)
+            cand, ckey = np.concatenate([cand, trip]), np.concatenate([ckey, key])
+            if len(ckey) > m:
+                part = np.argpartition(ckey, m - 1)[:m]
+                cand, ckey = cand[part], ckey[part]
+    else:
+        raise ScoreMixError(f"ranked strategies support tuples of 2 or 3 classes, not selection.tuple_size={k}")
+    # best first; ties broken by the tuple itself so the order is deterministic
+    order = np.lexsort([*cand.T[::-1], ckey])
+    return cand[order].astype(np.int64), sign * ckey[order]
+
+
+def greedy_limit(tuples: np.ndarray, count: int, max_uses: int | None) -> np.ndarray:
+    """Indices of the first `count` tuples, in rank order, that keep every class within `max_uses`."""
+    if max_uses is None:
+        return np.arange(min(count, len(tuples)))
+    uses: dict[int, int] = {}
+    keep = []
+    for r, t in enumerate(tuples):
+        if all(uses.get(int(c), 0) < max_uses for c in t):
+            keep.append(r)
+            for c in t:
+                uses[int(c)] = uses.get(int(c), 0) + 1
+            if len(keep) == count:
+                break
+    return np.asarray(keep, np.int64)
+
+
+def ranked(dist: np.ndarray, opt: Options, largest: bool, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top `opt.count` tuples by summed distance; with `max_uses`, greedily down the exact ranking (the
+    candidate list doubles until the greedy pass is complete, so the result equals a full-ranking pass)."""
+    k = k or opt.tuple_size
+    total = math.comb(len(dist), k)
+    m = min(total, opt.count if opt.max_uses is None else 4 * opt.count)
+    while True:
+        cand, scores = top_tuples(dist, k, m, largest)
+        keep = greedy_limit(cand, opt.count, opt.max_uses)
+        if len(keep) == opt.count or m == total:
+            return cand[keep], scores[keep]
+        m = min(total, 2 * m)
+
+
+@register("random")
+def random_tuples(spaces: Spaces, opt: Options) -> tuple[np.ndarray, np.ndarray]:
+    """Uniformly random distinct tuples (the paper's control); the score is the draw order."""
+    n, k, rng = spaces.num_classes, opt.tuple_size, np.random.default_rng(opt.seed)
+    if math.comb(n, k) <= 1_000_000:
+        cand = np.asarray(list(itertools.combinations(range(n), k)), np.int64)[rng.permutation(math.comb(n, k))]
+    else:  # too many to list: draw, deduplicate, keep draw order
+        draws = np.sort(np.stack([rng.choice(n, k, replace=False) for _ in range(8 * opt.count)]), 1)
+        _, first = np.unique(draws, axis=0, return_index=True)
+        cand = draws[np.sort(first)]
+    keep = greedy_limit(cand, opt.count, opt.max_uses)
+    return cand[keep], np.arange(len(keep), dtype=np.float64)
+
+
+@register("embedding-distant")
+def embedding_distant(spaces: Spaces, opt: Options):
+    return ranked(spaces.distances("embedding"), opt, largest=True)
+
+
+@register("embedding-close")
+def embedding_close(spaces: Spaces, opt: Options):
+    return ranked(spaces.distances("embedding"), opt, largest=False)
+
+
+@register("condition-distant")
+def condition_distant(spaces: Spaces, opt: Options):
+    return ranked(spaces.distances("condition"), opt, largest=True)
+
+
+@register("condition-close")
+def condition_close(spaces: Spaces, opt: Options):
+    return ranked(spaces.distances("condition"), opt, largest=False)
+
+
+@register("triplet-sum-max")
+def triplet_sum_max(spaces: Spaces, opt: Options):
+    return ranked(spaces.distances("embedding"), opt, largest=True, k=3)
+
+
+@register("triplet-sum-min")
+def triplet_sum_min(spaces: Spaces, opt: Options):
+    return ranked(spaces.distances("embedding"), opt, largest=False, k=3)
+
+
+@dataclass
+class Selection:
+    """The selected tuples in rank order; tuple r becomes new class `num_real_classes + r`."""
+
+    strategy: str
+    tuples: np.ndarray  # int64 (N, K), training class ids
+    scores: np.ndarray  # float64 (N,), the strategy's own score
+    embedding_distance: np.ndarray | None = None  # summed pairwise distances, for every strategy alike
+    condition_distance: np.ndarray | None = None
+
+    def to_table(self, class_names: list[str] | None = None):
+        import pyarrow as pa
+
+        cols = {
+            "rank": pa.array(np.arange(len(self.tuples)), pa.int64()),
+            "classes": pa.array(self.tuples.tolist(), pa.list_(pa.int64())),
+            "strategy": pa.array([self.strategy] * len(self.tuples), pa.string()),
+            "score": pa.array(self.scores, pa.float64()),
+        }
+        if class_names is not None:
+            cols["names"] = pa.array([[class_names[c] for c in t] for t in self.tuples], pa.list_(pa.string()))
+        for name in ("embedding_distance", "condition_distance"):
+            if getattr(self, name) is not None:
+                cols[name] = pa.array(getattr(self, name), pa.float64())
+        return pa.table(cols)
+
+    def write(self, path: str | Path, class_names: list[str] | None = None) -> Path:
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self.to_table(class_names), path)
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Selection":
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        if not path.is_file():
+            raise ScoreMixError(f"pairs file not found: {path}")
+        t = pq.read_table(path)
+        missing = {"classes", "score"} - set(t.column_names)
+        if missing:
+            raise ScoreMixError(f"pairs file {path} lacks column(s) {', '.join(sorted(missing))}")
+        tuples = t.column("classes").to_pylist()
+        if len({len(x) for x in tuples}) > 1:
+            raise ScoreMixError(f"pairs file {path}: tuples of different sizes in column 'classes'")
+        strategy = t.column("strategy")[0].as_py() if "strategy" in t.column_names and len(t) else "file"
+        return cls(strategy, np.asarray(tuples, np.int64).reshape(len(tuples), -1), t.column("score").to_numpy())
+
+
+def select(strategy: str, spaces: Spaces, count: int, tuple_size: int = 2, max_uses: int | None = None,
+           seed: int = 0) -> Selection:  # fmt: skip
+    if strategy not in STRATEGIES:
+        raise ScoreMixError(f"unknown selection.strategy '{strategy}' (valid: {', '.join(STRATEGIES)})")
+    n = spaces.num_classes
+    k = 3 if strategy.startswith("triplet") else tuple_size
+    if k > n:
+        raise ScoreMixError(f"selection needs tuples of {k} distinct classes; only {n} training classes")
+    if max_uses is None and count > math.comb(n, k):
+        raise ScoreMixError(
+            f"selection.count={count} exceeds the {math.comb(n, k)} possible {k}-tuples of {n} classes"
+        )  # fmt: skip
+    tuples, scores = STRATEGIES[strategy](spaces, Options(count, tuple_size, max_uses, seed))
+    if len(tuples) < count:
+        raise ScoreMixError(
+            f"only {len(tuples)} tuples satisfy selection.max_uses_per_class={max_uses}; lower selection.count "
+            f"({count}) or raise the limit"
+        )  # fmt: skip
+    dists = {w: tuple_distance(spaces.distances(w), tuples) if getattr(spaces, w) is not None else None
+             for w in ("embedding", "condition")}  # fmt: skip
+    return Selection(strategy, tuples, np.asarray(scores, np.float64), dists["embedding"], dists["condition"])
