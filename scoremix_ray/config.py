@@ -110,11 +110,14 @@ class SelectionConfig(_Section):
 class GenerationConfig(_Section):
     method: str = "scoremix"
     per_tuple: int = Field(50, ge=1)  # images per synthetic class
-    weights: tuple[float, ...] = (0.5, 0.5)  # convex mixing weights, one per class of a tuple
+    weights: tuple[float, ...] | None = None  # convex mixing weights, one per class of a tuple; None = uniform
     weights_end: tuple[float, ...] | None = None  # if set, weights ramp linearly to these over the trajectory
+    unit_size: int = Field(64, ge=1)  # rows rendered as one network batch and written as one Parquet shard;
+    # fixed by the plan, so the bytes do not depend on actor count or Ray's batching
     num_actors: int = Field(1, ge=1)
     actor_cpus: float = Field(0.5, gt=0)  # fractional: a 2-CPU box hangs with whole CPUs per actor
-    actor_gpus: float = Field(0.0, ge=0)
+    actor_gpus: float = Field(0.0, ge=0)  # 1 per actor on a GPU cluster
+    threads_per_actor: int | None = Field(None, ge=1)  # torch CPU threads; None = CPU cores // num_actors
 
 
 class TrackingConfig(_Section):

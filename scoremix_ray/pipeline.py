@@ -7,6 +7,7 @@ No Ray here beyond calling the thin wrappers in `scoremix_ray.distributed`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,8 +20,9 @@ from scoremix_ray.data.images import save_grid
 
 log = logging.getLogger("scoremix_ray")
 
-STAGES_AVAILABLE = ["data", "generator", "baseline recognizer", "select", "alignment"]
-STAGES_PENDING = ["generate", "augmented recognizer", "track"]
+STAGES_AVAILABLE = ["data", "generator", "baseline recognizer", "select", "generate", "augmented recognizer",
+                    "evaluate"]
+STAGES_PENDING = ["track (MLflow)"]
 
 
 def stage_dir(cfg: Config, stage: str, key: str) -> Path:
@@ -149,6 +151,48 @@ def select_stage(cfg: Config, split: Split, gen_dir: Path, rec_dir: Path):
     return sel, path
 
 
+def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, selection=None) -> Path:
+    """Stage 5: the method's plan rendered by the Ray Data actor pool into Parquet shards.
+
+    Content-addressed by the generator, the sampler, the method and the plan itself (which holds tuples,
+    weights and seeds): the same tuples give the same folder whichever strategy chose them, and an
+    interrupted generation resumes in place. Actor counts are not in the key: they do not change the bytes.
+    """
+    from scoremix_ray.distributed.generate import generate_shards
+    from scoremix_ray.generation import plan_digest, preview
+    from scoremix_ray.methods import PlanContext, get_method
+
+    method = get_method(cfg.generation.method)
+    plan = method.plan(PlanContext(cfg, split.train.num_classes, selection))
+    key = {"generator": gen_dir.name, "sampler": cfg.sampler.model_dump(mode="json", exclude={"batch_size"}),
+           "method": method.name, "unit_size": cfg.generation.unit_size, "plan": plan_digest(plan)}  # fmt: skip
+    d = stage_dir(cfg, "generate", hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12])
+    if (d / "manifest.json").is_file() and json.loads((d / "manifest.json").read_text())["complete"]:
+        log.info("generate: reusing %s", d)
+        return d
+    manifest = generate_shards(cfg, method.name, plan, gen_dir, data_dir / "split.npz", d)
+    (d / "generation.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}, indent=2))
+    preview(d, cfg.data.image_size, cfg.data.channels)
+    return d
+
+
+def augmented_stage(cfg: Config, split: Split, data_dir: Path, synth_dir: Path) -> tuple[Path, dict]:
+    """Stage 6: the same recognizer recipe on real + synthetic images; cached by recognizer settings and
+    the synthetic set it saw."""
+    key = hashlib.sha256(f"{section_hash(cfg, 'data', 'recognizer')}/{synth_dir.name}".encode()).hexdigest()[:12]
+    return recognizer_stage(cfg, split, data_dir, stage_dir(cfg, "augmented", key), synth_dir / "shards")
+
+
+DELTA_KEYS = ["verification_accuracy", "roc_auc", "tar_at_far_1e-1", "tar_at_far_1e-2", "tar_at_far_1e-3",
+              "rank1_accuracy", "closed_set_accuracy"]
+
+
+def deltas(baseline: dict, augmented: dict) -> dict:
+    """augmented - baseline for each metric both have."""
+    return {k: augmented[k] - baseline[k] for k in DELTA_KEYS
+            if baseline.get(k) is not None and augmented.get(k) is not None}
+
+
 def alignment_stage(cfg: Config, gen_dir: Path, rec_dir: Path) -> dict:
     """Stage 7 (part): how well the generator's condition space matches the recognizer's embedding space."""
     from scoremix_ray.evaluation.alignment import alignment
@@ -175,18 +219,31 @@ def write_run_config(cfg: Config) -> Path:
 
 
 def run(cfg: Config) -> dict:
-    """All stages that exist so far, for one config; returns a summary dict."""
+    """One experiment: stages 1-3 (shared, cached), then select, generate, augmented recognizer, evaluate.
+    Writes `<run>/metrics.json` ({baseline, augmented, delta, alignment}) and `<run>/stages.json`."""
+    from scoremix_ray.methods import get_method
+
+    method = get_method(cfg.generation.method)  # an unknown method fails before any training
     split, data_dir, gen_dir, rec_dir = shared_stages(cfg)
     quality = json.loads((gen_dir / "quality.json").read_text())
-    baseline = json.loads((rec_dir / "metrics.json").read_text())
+    baseline = {k: v for k, v in json.loads((rec_dir / "metrics.json").read_text()).items() if k != "train"}
+    sel = None
     result = {
         "data": {"dir": str(data_dir), **split.summary()},
         "generator": {"dir": str(gen_dir), "class_accuracy": quality["class_accuracy"]},
         "recognizer": {"dir": str(rec_dir)},
     }
-    sel, pairs_path = select_stage(cfg, split, gen_dir, rec_dir)
-    result["select"] = {"pairs": str(pairs_path), "tuples": sel.tuples.tolist()}
-    baseline = {k: v for k, v in baseline.items() if k != "train"}
-    result["metrics"] = str(update_metrics(cfg, baseline=baseline, alignment=alignment_stage(cfg, gen_dir, rec_dir)))
+    if method.new_classes:
+        sel, pairs_path = select_stage(cfg, split, gen_dir, rec_dir)
+        result["select"] = {"pairs": str(pairs_path), "tuples": sel.tuples.tolist()}
+    synth_dir = generate_stage(cfg, split, data_dir, gen_dir, sel)
+    result["generate"] = {"dir": str(synth_dir), "grid": str(synth_dir / "samples.png")}
+    aug_dir, augmented = augmented_stage(cfg, split, data_dir, synth_dir)
+    augmented = {k: v for k, v in augmented.items() if k != "train"}
+    result["augmented"] = {"dir": str(aug_dir)}
+    result["metrics"] = str(update_metrics(
+        cfg, baseline=baseline, augmented=augmented, delta=deltas(baseline, augmented),
+        alignment=alignment_stage(cfg, gen_dir, rec_dir),
+    ))  # fmt: skip
     (cfg.run_dir / "stages.json").write_text(json.dumps(result, indent=2))
     return result

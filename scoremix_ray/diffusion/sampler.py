@@ -118,6 +118,15 @@ def sample_seed(run_seed: int, key: int, index: int) -> int:
     return int(np.random.SeedSequence([run_seed, key, index]).generate_state(1, np.uint64)[0] & (2**63 - 1))
 
 
+def tuple_key(classes) -> int:
+    """The noise stream of a class tuple: the class itself for one class (the plain sampler), else a hash of
+    the sorted classes, so a tuple gets the same images whichever strategy picked it and in either order."""
+    classes = [int(c) for c in classes]
+    if len(classes) == 1:
+        return classes[0]
+    return 2**32 + int(np.random.SeedSequence(sorted(classes)).generate_state(1, np.uint32)[0])
+
+
 def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     """One standard-normal tensor per seed, stacked: sample i's noise depends on seeds[i] alone."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])

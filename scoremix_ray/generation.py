@@ -1,0 +1,135 @@
+"""Synthetic images as Parquet shards: the plan, its work units, atomic shard files, the manifest. No Ray
+here: `scoremix_ray.distributed.generate` runs `render_unit` on a Ray Data actor pool, tests and benchmarks
+run it in a plain loop.
+
+The plan (`plan.parquet`, one row per image) is cut into fixed units of `generation.unit_size` rows. A unit is
+always rendered as one network batch and written as one file `shards/unit-XXXXXX.parquet` (temp file, then
+rename), so:
+  - a rerun after an interruption renders only the units whose file is missing, and every (label, index)
+    ends up exactly once (a unit file is complete or absent);
+  - the bytes do not depend on how many actors ran or how Ray batched the work (the same rows always share
+    a network batch; CPU kernels can differ in the last bit between batch shapes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scoremix_ray.data.images import encode_png, save_grid
+from scoremix_ray.errors import ScoreMixError
+
+log = logging.getLogger("scoremix_ray")
+
+SCHEMA = pa.schema([
+    ("image", pa.binary()), ("label", pa.int64()), ("method", pa.string()), ("classes", pa.list_(pa.int64())),
+    ("weights", pa.list_(pa.float64())), ("seed", pa.int64()), ("index", pa.int64()),
+])  # fmt: skip
+
+
+def plan_digest(plan: pa.Table) -> str:
+    """Content hash of the plan's values (independent of chunking and of a Parquet round trip)."""
+    payload = json.dumps({c: plan.column(c).to_pylist() for c in sorted(plan.column_names)})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def units(num_rows: int, unit_size: int) -> list[tuple[int, int, int]]:
+    return [(u, lo, min(lo + unit_size, num_rows)) for u, lo in enumerate(range(0, num_rows, unit_size))]
+
+
+def unit_path(out_dir: Path, unit: int) -> Path:
+    return Path(out_dir) / "shards" / f"unit-{unit:06d}.parquet"
+
+
+def write_plan(out_dir: Path, plan: pa.Table) -> Path:
+    """Save the plan once; a folder holding another plan is an error, never silently mixed."""
+    out_dir = Path(out_dir)
+    path = out_dir / "plan.parquet"
+    if path.is_file():
+        if plan_digest(pq.read_table(path)) != plan_digest(plan):
+            raise ScoreMixError(f"{out_dir} holds shards of a different plan; use another output folder")
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".plan.tmp.parquet"
+    pq.write_table(plan, tmp)
+    tmp.rename(path)
+    return path
+
+
+def missing_units(out_dir: Path, num_rows: int, unit_size: int) -> list[tuple[int, int, int]]:
+    """Units without a complete shard. A shard that cannot be read or holds the wrong row count (a crash
+    mid-write on a filesystem without atomic rename) is removed and rendered again."""
+    todo = []
+    for u, lo, hi in units(num_rows, unit_size):
+        path = unit_path(out_dir, u)
+        if path.is_file():
+            try:
+                if pq.read_metadata(path).num_rows == hi - lo:
+                    continue
+            except Exception:  # noqa: BLE001 -- any unreadable file is simply redone
+                pass
+            path.unlink()
+        todo.append((u, lo, hi))
+    return todo
+
+
+def render_unit(ctx, method, plan: pa.Table, unit: int, lo: int, hi: int, out_dir: Path) -> dict:
+    """Render rows [lo, hi) of the plan as one batch and write them as one shard, atomically."""
+    t0 = time.time()
+    rows = plan.slice(lo, hi - lo)
+    images = method.render(ctx, rows)
+    table = pa.table({
+        "image": pa.array([encode_png(im) for im in images], pa.binary()),
+        "label": rows.column("label"), "method": pa.array([method.name] * len(rows), pa.string()),
+        "classes": rows.column("classes"), "weights": rows.column("weights"), "seed": rows.column("seed"),
+        "index": rows.column("index"),
+    }, schema=SCHEMA)  # fmt: skip
+    path = unit_path(out_dir, unit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.rename(path)
+    return {"unit": unit, "rows": hi - lo, "seconds": time.time() - t0}
+
+
+def write_manifest(out_dir: Path, num_rows: int, unit_size: int, extra: dict | None = None) -> dict:
+    """What was written: one entry per shard (rows, sha256), the totals, and whether it is complete."""
+    out_dir = Path(out_dir)
+    shards = []
+    for u, lo, hi in units(num_rows, unit_size):
+        path = unit_path(out_dir, u)
+        if path.is_file():
+            shards.append({"file": str(path.relative_to(out_dir)), "rows": hi - lo,
+                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})  # fmt: skip
+    manifest = {"rows": num_rows, "rows_written": sum(s["rows"] for s in shards), "unit_size": unit_size,
+                "complete": sum(s["rows"] for s in shards) == num_rows, "shards": shards, **(extra or {})}  # fmt: skip
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_shards(out_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    files = sorted((Path(out_dir) / "shards").glob("unit-*.parquet"))
+    if not files:
+        raise ScoreMixError(f"no synthetic shards under {out_dir}/shards")
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def preview(out_dir: Path, size: int, channels: int, tuples: int = 8, per_tuple: int = 8) -> Path:
+    """A grid PNG of the first `tuples` labels, `per_tuple` images each."""
+    from scoremix_ray.data.images import decode
+
+    t = read_shards(out_dir, ["image", "label", "index"])
+    labels, idx = t.column("label").to_numpy(), t.column("index").to_numpy()
+    rows = []
+    for lab in sorted(set(labels.tolist()))[:tuples]:
+        take = np.flatnonzero(labels == lab)
+        take = take[np.argsort(idx[take])][:per_tuple]
+        rows.append(np.stack([decode(t.column("image")[int(i)].as_py(), size, channels, "shard") for i in take]))
+    return save_grid(rows, Path(out_dir) / "samples.png")
