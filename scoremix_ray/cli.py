@@ -24,12 +24,15 @@ app.add_typer(data_app, name="data")
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: a.b=value (repeatable).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output folder (config key out_dir).")]
+UriOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: SQLite in --out).")]
 
 
-def _cfg(config: Path | None, sets: list[str] | None, out: Path | None = None) -> Config:
+def _cfg(config: Path | None, sets: list[str] | None, out: Path | None = None, uri: str | None = None) -> Config:
     overrides = list(sets or [])
     if out is not None:
         overrides.append(f"out_dir={out}")
+    if uri is not None:
+        overrides.append(f"tracking.tracking_uri={uri}")
     return load_config(config, overrides)
 
 
@@ -61,16 +64,17 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
 
 
 @app.command()
-def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None) -> None:
     """Run the whole experiment for one strategy: data, generator, baseline recognizer (all three cached),
-    select, generate, augmented recognizer, evaluate; prints baseline vs augmented."""
-    from scoremix_ray import pipeline
+    select, generate, augmented recognizer, evaluate; prints baseline vs augmented and logs to MLflow."""
+    from scoremix_ray import pipeline, tracking
 
     _setup_logging()
-    cfg = _cfg(config, set_, out)
+    cfg = _cfg(config, set_, out, tracking_uri)
     start = time.time()
     pipeline.write_run_config(cfg)
     result = pipeline.run(cfg)
+    run_id = tracking.log_run(cfg, json.loads(Path(result["metrics"]).read_text()), tracking.run_artifacts(cfg, result))
     metrics = json.loads(Path(result["metrics"]).read_text())
     typer.echo(metrics_table({"baseline": metrics["baseline"], "augmented": metrics["augmented"],
                               "delta": metrics["delta"]}))  # fmt: skip
@@ -78,9 +82,55 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> No
     typer.echo(f"alignment (condition vs embedding space): CKA linear {a['cka_linear']:.3f} (null "
                f"{a['cka_linear_null']:.3f}), mutual kNN {a['mutual_knn']:.3f} (null {a['mutual_knn_null']:.3f})")
     typer.echo(f"samples: {result['generate']['grid']}")
+    typer.echo(f"mlflow: run {run_id} in {tracking.tracking_uri(cfg)} (mlflow ui --backend-store-uri ...)")
     typer.echo(f"done in {time.time() - start:.0f} s; run folder: {cfg.run_dir} (metrics.json, pairs.parquet)")
-    if pipeline.STAGES_PENDING:
-        typer.echo(f"not implemented yet (skipped): {', '.join(pipeline.STAGES_PENDING)}")
+
+
+def _list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+@app.command()
+def sweep(
+    strategies: Annotated[Optional[str], typer.Option("--strategies", help="Comma-separated selection strategies.")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0",
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: generation.method).")] = None,
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="Extra axis key=v1,v2 (';' between tuple values).")] = None,
+    name: Annotated[str, typer.Option("--name", help="Sweep name (MLflow parent run, Tune folder).")] = "sweep",
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None,
+) -> None:  # fmt: skip
+    """Ray Tune sweep over strategies x methods x seeds (x --grid axes); one MLflow child run per trial."""
+    from tuning.sweep import parse_grid, run_sweep
+
+    _setup_logging()
+    cfg = _cfg(config, set_, out, tracking_uri)
+    try:
+        seed_list = [int(s) for s in _list(seeds)]
+    except ValueError:
+        raise ScoreMixError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+    summary = run_sweep(cfg, _list(strategies) or [cfg.selection.strategy], seed_list,
+                        _list(methods) or None, parse_grid(grid or []), name)  # fmt: skip
+    failed = [t for t in summary["trials"] if t["error"]]
+    typer.echo(f"{len(summary['trials'])} trials, {len(failed)} failed; MLflow parent run {summary['parent_run_id']} "
+               f"in {summary['tracking_uri']}")  # fmt: skip
+    for t in failed:
+        typer.echo(f"failed: {t['name']}: {t['error'].strip().splitlines()[-1][:300]}")
+    typer.echo(f"compare: scoremix-ray report --out {cfg.out_dir}")
+
+
+@app.command()
+def report(
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment (tracking.experiment).")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="Metric to compare.")] = "augmented.verification_accuracy",
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None,
+) -> None:  # fmt: skip
+    """Strategies (and methods) from MLflow: mean +- std over seeds as a table and a bar plot PNG."""
+    from scoremix_ray.report import strategy_table, plot_strategies
+
+    cfg = _cfg(config, set_, out, tracking_uri)
+    table = strategy_table(cfg, experiment, metric)
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    typer.echo(f"plot: {plot_strategies(table, metric, Path(cfg.out_dir) / 'report.png')}")
 
 
 @app.command("train-generator")

@@ -40,7 +40,7 @@ def _worker(conf: dict) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.model_validate(conf["config"])
-    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    torch.set_num_threads(max(1, round(cfg.ray.cpus_per_worker)))  # 1.99 CPUs in a sweep: still 2 threads
     ctx = ray.train.get_context()
     world = ctx.get_world_size()
     device = ray.train.torch.get_device()

@@ -137,7 +137,7 @@ def train_recognizer(
             seen += len(y)
         epoch += 1
         ckpt_dir = None
-        if rank == 0:
+        if rank == 0 and (epoch % cfg.checkpoint_every == 0 or epoch == last_epoch):
             ckpt_dir = save_checkpoint(ckpt_root, epoch, {
                 "net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                 "config": cfg.model_dump(mode="json"),

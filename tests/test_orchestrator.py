@@ -1,0 +1,186 @@
+"""The orchestrator: a Tune sweep on 2 CPUs with MLflow child runs, a failing trial, the report and the
+notebook, a shared MLflow server over HTTP, `ray job submit` against a local cluster, cluster.yaml."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scoremix_ray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the whole pipeline at toy size: 8x8 digits, a 30-step generator, a 3-epoch recognizer
+TINY_RUN = [
+    "data.image_size=8", "data.per_class=30", "data.num_pairs=200",
+    "generator.block_out_channels=16,32", "generator.steps=30", "generator.batch_size=16", "generator.log_every=10",
+    "sampler.steps=4", "recognizer.widths=8,16", "recognizer.blocks=1,1", "recognizer.epochs=3",
+    "recognizer.batch_size=32", "selection.count=2", "generation.per_tuple=8", "generation.unit_size=8",
+    "ray.cpus_per_worker=1",
+]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def test_cluster_yaml_validates_and_listens_on_loopback():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    text = (ROOT / "cluster.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    validate_config(prepare_config(cfg))  # Ray's own schema check (no cloud access needed)
+    assert cfg["provider"]["type"] == "aws" and "gpu_worker" in cfg["available_node_types"]
+    assert any("pip install" in c and "scoremix-ray" in c for c in cfg["setup_commands"])
+    assert any("/mnt/shared" in c for c in cfg["setup_commands"])  # shared storage on every node
+    head = " ".join(cfg["head_start_ray_commands"] + cfg["head_setup_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "--host 127.0.0.1" in head and "0.0.0.0" not in text
+    assert "aws_secret_access_key" not in text.lower() and "AKIA" not in text
+    bad = {**cfg, "available_node_types": {**cfg["available_node_types"], "gpu_worker": {"resources": {}}}}
+    with pytest.raises(Exception):
+        validate_config(prepare_config(bad))
+
+
+def test_sweep_with_a_failing_trial_then_report_and_notebook(ray_session, tmp_path):
+    from scoremix_ray.report import strategy_table
+    from scoremix_ray.tracking import client, load_runs
+    from tuning.sweep import run_sweep
+
+    base = load_config(None, [f"out_dir={tmp_path}", *TINY_RUN])
+    # selection.count=50 is more than the 10 pairs 5 classes have: that trial fails, the others go on
+    summary = run_sweep(base, ["random", "embedding-distant"], [0], grid={"selection.count": ["2", "50"]},
+                        name="tiny")  # fmt: skip
+    trials = {t["name"]: t for t in summary["trials"]}
+    assert len(trials) == 4
+    failed = [n for n, t in trials.items() if t["error"]]
+    assert sorted(failed) == ["scoremix-embedding-distant-s0-count50", "scoremix-random-s0-count50"]
+    assert "exceeds the 10 possible" in trials[failed[0]]["error"]
+    ok = trials["scoremix-random-s0-count2"]
+    assert 0 <= ok["augmented.verification_accuracy"] <= 1 and "delta.verification_accuracy" in ok
+    # stages 1-3 were computed once: one generator and one baseline recognizer for both strategies
+    assert len(list(tmp_path.glob("stages/generator-*"))) == 1 and len(list(tmp_path.glob("stages/recognizer-*"))) == 1
+    # MLflow: a parent with four children (two FAILED, with their error), params, metrics, artifacts
+    mc = client(base)
+    parent = mc.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    runs = load_runs(base)
+    assert len(runs) == 4 and set(runs["tags.mlflow.parentRunId"]) == {summary["parent_run_id"]}
+    assert sorted(runs["status"]) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    done = runs[runs["status"] == "FINISHED"].iloc[0]
+    assert done["params.recognizer.head"] == "arcface" and done["metrics.alignment.cka_linear_null"] == done["metrics.alignment.cka_linear_null"]
+    arts = {a.path for a in mc.list_artifacts(done["run_id"])}
+    assert {"samples.png", "pairs.parquet", "metrics.json", "config.yaml"} <= arts
+    bad = runs[runs["status"] == "FAILED"].iloc[0]
+    assert "exceeds the 10 possible" in bad["tags.scoremix.error"]
+    table = strategy_table(base)
+    assert set(table["strategy"]) == {"random", "embedding-distant"} and list(table["runs"]) == [1, 1]
+    # the notebook runs top to bottom on this sweep's MLflow store
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "compare_strategies.ipynb", as_version=4)
+    os.environ["SCOREMIX_OUT"] = str(tmp_path)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        del os.environ["SCOREMIX_OUT"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not any(o.output_type == "error" for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the plot and two sample grids
+    assert (tmp_path / "report.png").is_file()
+
+
+def test_shared_mlflow_server_over_http(tmp_path):
+    from scoremix_ray.tracking import client, log_run
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", 90)
+        cfg = load_config(None, [f"out_dir={tmp_path / 'client'}", f"tracking.tracking_uri=http://127.0.0.1:{port}",
+                                 "name=over-http"])  # fmt: skip
+        (tmp_path / "metrics.json").write_text(json.dumps({"baseline": {"roc_auc": 0.8}}))
+        rid = log_run(cfg, {"baseline": {"roc_auc": 0.8}, "augmented": {"roc_auc": 0.85}},
+                      [tmp_path / "metrics.json"])  # fmt: skip
+        run = client(cfg).get_run(rid)  # read back over HTTP
+        assert run.data.metrics == {"baseline.roc_auc": 0.8, "augmented.roc_auc": 0.85}
+        assert run.data.params["name"] == "over-http"
+        assert [a.path for a in client(cfg).list_artifacts(rid)] == ["metrics.json"]
+        assert not (tmp_path / "client" / "mlflow.db").exists()  # nothing went to the local default store
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+
+
+def test_ray_job_submit_runs_the_sweep(tmp_path):
+    """`ray start --head` a separate local cluster, submit a one-trial sweep with --working-dir."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    port, dash = _free_port(), _free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    temp = Path("/tmp") / f"rayjob{port}"  # Ray's socket paths must stay short
+    try:
+        subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
+                        "--disable-usage-stats"], check=True, env=env, capture_output=True)  # fmt: skip
+        address = f"http://127.0.0.1:{dash}"
+        _wait_http(address, 60)
+        sets = [a for s in TINY_RUN + ["selection.count=1"] for a in ("--set", s)]
+        r = subprocess.run(
+            [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+             "python", "-m", "scoremix_ray", "sweep", "--strategies", "embedding-close", "--seeds", "0",
+             "--out", str(tmp_path / "job"), "--name", "job", *sets],
+            env=env, capture_output=True, text=True, timeout=420,
+        )  # fmt: skip
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        assert "1 trials, 0 failed" in r.stdout
+        summary = json.loads((tmp_path / "job" / "job.json").read_text())
+        assert summary["trials"][0]["augmented.verification_accuracy"] > 0
+    finally:
+        _stop_cluster(temp)
+
+
+def _stop_cluster(temp: Path) -> None:
+    """Stop only that cluster (`ray stop` would also stop the test session's Ray): its processes carry
+    its temp dir on their command line; its workers exit with their raylet."""
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=20)
+
+
+def test_concurrency_leaves_room_for_inner_work():
+    from tuning.sweep import TRIAL_CPU, concurrency, fit_to_cluster
+
+    base = load_config(None, [])  # 1 Train worker x 2 CPUs: a trial's work is 2 CPUs
+    fitted = fit_to_cluster(base, 2.0)
+    assert fitted.ray.cpus_per_worker + TRIAL_CPU <= 2.0 and concurrency([fitted], 2.0) == 1
+    small = load_config(None, ["ray.cpus_per_worker=1"])
+    assert concurrency([small], 2.0) == 2 and concurrency([small], 16.0) == 15  # 1 + 15 * 0.01 <= 16
+    assert fit_to_cluster(small, 2.0).ray.cpus_per_worker == 1
