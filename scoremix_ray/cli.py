@@ -260,7 +260,7 @@ def generate(
                             f"{split.train.num_classes} classes")  # fmt: skip
     if sel is None and method.new_classes:
         sel, _ = pipeline.select_stage(cfg, split, gen_dir, rec_dir)
-    d = pipeline.generate_stage(cfg, split, data_dir, gen_dir, sel)
+    d = pipeline.generate_stage(cfg, split, data_dir, gen_dir, sel, rec_dir)
     info = json.loads((d / "generation.json").read_text()) if (d / "generation.json").is_file() else {}
     typer.echo(f"synthetic: {d / 'shards'} ({info.get('rows_written', '?')} images, manifest {d / 'manifest.json'})")
     typer.echo(f"grid: {d / 'samples.png'}")

@@ -114,6 +114,16 @@ class GenerationConfig(_Section):
     per_tuple: int = Field(50, ge=1)  # images per synthetic class
     weights: tuple[float, ...] | None = None  # convex mixing weights, one per class of a tuple; None = uniform
     weights_end: tuple[float, ...] | None = None  # if set, weights ramp linearly to these over the trajectory
+    budget: int | None = Field(None, ge=1)  # synthetic images every method adds; None = selection.count *
+    # per_tuple (ScoreMix's), so a sweep over methods compares like with like
+    edit_strength: float = Field(0.5, gt=0.0, le=1.0)  # DiffuseMix: share of the trajectory re-noised
+    fractal_weight: float = Field(0.2, ge=0.0, le=1.0)  # DiffuseMix: fractal blend weight
+    filter_tau: float = Field(0.6, ge=-1.0, le=1.0)  # DiffCoRe-Mix: min cosine to the class centre
+    filter_candidates: int = Field(2, ge=1)  # DiffCoRe-Mix: generated candidates per image
+    mix_alpha: float = Field(0.4, gt=0.0)  # mixup/cutmix: lambda ~ Beta(alpha, alpha)
+    inversion_strength: float = Field(0.6, gt=0.0, le=1.0)  # Diff-II: how far up the trajectory to invert
+    guided_fraction: float = Field(0.5, ge=0.0, le=1.0)  # Diff-II: share of the denoising steps with guidance
+    guidance_scale: float = Field(1.5, ge=0.0)  # Diff-II: guidance in its first (high-noise) stage
     unit_size: int = Field(64, ge=1)  # rows rendered as one network batch and written as one Parquet shard;
     # fixed by the plan, so the bytes do not depend on actor count or Ray's batching
     num_actors: int = Field(1, ge=1)

@@ -85,6 +85,7 @@ def render_unit(ctx, method, plan: pa.Table, unit: int, lo: int, hi: int, out_di
     t0 = time.time()
     rows = plan.slice(lo, hi - lo)
     images = method.render(ctx, rows)
+    images, stats = images if isinstance(images, tuple) else (images, {})
     table = pa.table({
         "image": pa.array([encode_png(im) for im in images], pa.binary()),
         "label": rows.column("label"), "method": pa.array([method.name] * len(rows), pa.string()),
@@ -93,6 +94,8 @@ def render_unit(ctx, method, plan: pa.Table, unit: int, lo: int, hi: int, out_di
     }, schema=SCHEMA)  # fmt: skip
     path = unit_path(out_dir, unit)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if stats:  # before the shard: a shard on disk always has its stats beside it
+        path.with_suffix(".stats.json").write_text(json.dumps(stats))
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     tmp.rename(path)
@@ -102,14 +105,18 @@ def render_unit(ctx, method, plan: pa.Table, unit: int, lo: int, hi: int, out_di
 def write_manifest(out_dir: Path, num_rows: int, unit_size: int, extra: dict | None = None) -> dict:
     """What was written: one entry per shard (rows, sha256), the totals, and whether it is complete."""
     out_dir = Path(out_dir)
-    shards = []
+    shards, stats = [], {}
     for u, lo, hi in units(num_rows, unit_size):
         path = unit_path(out_dir, u)
         if path.is_file():
             shards.append({"file": str(path.relative_to(out_dir)), "rows": hi - lo,
                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})  # fmt: skip
+            if path.with_suffix(".stats.json").is_file():
+                for k, v in json.loads(path.with_suffix(".stats.json").read_text()).items():
+                    stats[k] = stats.get(k, 0) + v
     manifest = {"rows": num_rows, "rows_written": sum(s["rows"] for s in shards), "unit_size": unit_size,
-                "complete": sum(s["rows"] for s in shards) == num_rows, "shards": shards, **(extra or {})}  # fmt: skip
+                "complete": sum(s["rows"] for s in shards) == num_rows, "stats": stats, "shards": shards,
+                **(extra or {})}  # fmt: skip
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

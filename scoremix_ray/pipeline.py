@@ -151,7 +151,8 @@ def select_stage(cfg: Config, split: Split, gen_dir: Path, rec_dir: Path):
     return sel, path
 
 
-def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, selection=None) -> Path:
+def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, selection=None,
+                   rec_dir: Path | None = None) -> Path:  # fmt: skip
     """Stage 5: the method's plan rendered by the Ray Data actor pool into Parquet shards.
 
     Content-addressed by the generator, the sampler, the method and the plan itself (which holds tuples,
@@ -163,14 +164,17 @@ def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, sel
     from scoremix_ray.methods import PlanContext, get_method
 
     method = get_method(cfg.generation.method)
-    plan = method.plan(PlanContext(cfg, split.train.num_classes, selection))
+    plan = method.plan(PlanContext(cfg, split.train.num_classes, selection, split))
     key = {"generator": gen_dir.name, "sampler": cfg.sampler.model_dump(mode="json", exclude={"batch_size"}),
-           "method": method.name, "unit_size": cfg.generation.unit_size, "plan": plan_digest(plan)}  # fmt: skip
+           "method": method.name, "unit_size": cfg.generation.unit_size, "plan": plan_digest(plan),
+           "method_settings": cfg.generation.model_dump(mode="json", exclude={"num_actors", "actor_cpus", "actor_gpus",
+                                                                               "threads_per_actor"}),
+           "recognizer": rec_dir.name if rec_dir else None}  # fmt: skip
     d = stage_dir(cfg, "generate", hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12])
     if (d / "manifest.json").is_file() and json.loads((d / "manifest.json").read_text())["complete"]:
         log.info("generate: reusing %s", d)
         return d
-    manifest = generate_shards(cfg, method.name, plan, gen_dir, data_dir / "split.npz", d)
+    manifest = generate_shards(cfg, method.name, plan, gen_dir, data_dir / "split.npz", d, rec_dir)
     (d / "generation.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}, indent=2))
     preview(d, cfg.data.image_size, cfg.data.channels)
     return d
@@ -236,7 +240,7 @@ def run(cfg: Config) -> dict:
     if method.new_classes:
         sel, pairs_path = select_stage(cfg, split, gen_dir, rec_dir)
         result["select"] = {"pairs": str(pairs_path), "tuples": sel.tuples.tolist()}
-    synth_dir = generate_stage(cfg, split, data_dir, gen_dir, sel)
+    synth_dir = generate_stage(cfg, split, data_dir, gen_dir, sel, rec_dir)
     result["generate"] = {"dir": str(synth_dir), "grid": str(synth_dir / "samples.png")}
     aug_dir, augmented = augmented_stage(cfg, split, data_dir, synth_dir)
     augmented = {k: v for k, v in augmented.items() if k != "train"}

@@ -69,43 +69,64 @@ def test_train_generator_and_sample(tmp_path):
     assert r.returncode == 2 and "sum to 1" in r.stderr and r.stderr.strip().count("\n") == 0
 
 
-def test_train_recognizer_and_evaluate_bin(tmp_path):
+def _in_process(*args):
+    """The CLI in this process, on the session's Ray (no Ray start-up per command)."""
+    from typer.testing import CliRunner
+
+    from scoremix_ray.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r
+
+
+def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     import json
+    import logging
 
     from scoremix_ray.data import Split
     from scoremix_ray.data.images import encode_png
     from scoremix_ray.data.recordio import write_bin
+    from scoremix_ray.selection import Selection
 
+    caplog.set_level(logging.INFO, logger="scoremix_ray")
     rec = [*TINY, "--set", "recognizer.widths=8,16", "--set", "recognizer.blocks=1,1", "--set", "recognizer.epochs=3",
-           "--set", "recognizer.batch_size=32", "--set", "data.num_pairs=400"]
-    r = _cli("train-recognizer", "--out", str(tmp_path), *rec)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "epoch 3/3" in r.stderr and "verification_accuracy" in r.stdout
-    assert "note: FAR 0.001 needs >= 1000 different pairs, have 200" in r.stdout
+           "--set", "recognizer.batch_size=32", "--set", "data.num_pairs=400", "--set", "ray.cpus_per_worker=1"]
+    r = _in_process("train-recognizer", "--out", tmp_path, *rec)
+    assert r.exit_code == 0, r.output[-2000:]
+    assert "verification_accuracy" in r.output
+    assert "note: FAR 0.001 needs >= 1000 different pairs, have 200" in r.output
     stage = next(tmp_path.glob("stages/recognizer-*"))
     assert (stage / "centres.npy").is_file() and (stage / "final" / "model.pt").is_file()
     # a .bin made of the unseen test images, in the InsightFace layout (pairs stored consecutively)
     split = Split.load(next(tmp_path.glob("stages/data-*")) / "split.npz")
     blobs = [encode_png(split.test.images[i]) for pair in split.pairs[:100] for i in pair]
     write_bin(tmp_path / "digits.bin", blobs, split.issame[:100].tolist())
-    r = _cli("evaluate", "--recognizer", str(stage), "--bin", str(tmp_path / "digits.bin"), "--out", str(tmp_path), *rec)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _in_process("evaluate", "--recognizer", stage, "--bin", tmp_path / "digits.bin", "--out", tmp_path, *rec)
+    assert r.exit_code == 0, r.output[-2000:]
     m = json.loads((stage / "metrics.json").read_text())
     assert m["bin"]["pairs"] == 100 and 0 <= m["bin"]["roc_auc"] <= 1
     assert m["verification_accuracy"] > 0.5 and m["train"]["epoch"] == 3
     r = _cli("evaluate", "--recognizer", str(stage), "--out", str(tmp_path), "--set", "data.image_size=16")
     assert r.returncode == 2 and "expects 8px" in r.stderr
     # stage 4 and the alignment on the same (cached) stages: only the generator is new work
-    r = _cli("select", "--strategy", "embedding-close", "--count", "3", "--out", str(tmp_path), *rec)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "recognizer: reusing" in r.stderr and "pairs:" in r.stdout
-    from scoremix_ray.selection import Selection
-
+    caplog.clear()
+    r = _in_process("select", "--strategy", "embedding-close", "--count", "3", "--out", tmp_path, *rec)
+    assert r.exit_code == 0, r.output[-2000:]
+    assert "recognizer: reusing" in caplog.text and "pairs:" in r.output
     sel = Selection.read(tmp_path / "default" / "pairs.parquet")
     assert sel.tuples.shape == (3, 2) and np.all(np.diff(sel.scores) >= 0)  # closest first
-    r = _cli("align", "--out", str(tmp_path), *rec)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _in_process("align", "--out", tmp_path, *rec)
+    assert r.exit_code == 0, r.output[-2000:]
     a = json.loads((tmp_path / "default" / "metrics.json").read_text())["alignment"]
     assert a["classes"] == 5 and -1 <= a["cka_linear"] <= 1 and "cknna_null" in a
+    r = _in_process("generate", "--pairs", tmp_path / "default" / "pairs.parquet", "--per-tuple", "4", "--out", tmp_path,
+                    *rec, "--set", "generation.unit_size=4")  # fmt: skip
+    assert r.exit_code == 0, r.output[-2000:]
+    gen = next(tmp_path.glob("stages/generate-*"))
+    manifest = json.loads((gen / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["rows_written"] == 12 and len(manifest["shards"]) == 3
+    assert (gen / "samples.png").is_file() and "12 images" in r.output
     r = _cli("select", "--strategy", "nearest", "--out", str(tmp_path), *rec)
     assert r.returncode == 2 and "unknown selection.strategy 'nearest' (valid: random," in r.stderr

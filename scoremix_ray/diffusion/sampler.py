@@ -31,12 +31,11 @@ def trajectory_progress(sigma: float, sigma_min: float, sigma_max: float, rho: f
 
 
 @torch.no_grad()
-def heun_sample(denoise: Denoise, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """EDM Algorithm 1 (deterministic, 2nd order): Euler step, then the trapezoidal correction unless t_next = 0.
-
-    dx/dt = (x - D(x; t)) / t;  x_0 = noise * t_0.
-    """
-    x = noise.to(torch.float64) * sigmas[0]
+def heun_integrate(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """EDM Algorithm 1 (deterministic, 2nd order) on the probability-flow ODE dx/dt = (x - D(x; t)) / t, from
+    state x at sigmas[0] through sigmas[-1]: an Euler step, then the trapezoidal correction unless t_next = 0.
+    Descending sigmas sample (or finish a partial noising); ascending sigmas invert an image to noise."""
+    x = x.to(torch.float64)
     for t_cur, t_next in zip(sigmas[:-1], sigmas[1:]):
         d_cur = (x - denoise(x.float(), t_cur).double()) / t_cur
         x_next = x + (t_next - t_cur) * d_cur
@@ -45,6 +44,11 @@ def heun_sample(denoise: Denoise, noise: torch.Tensor, sigmas: torch.Tensor) -> 
             x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_next)
         x = x_next
     return x.float()
+
+
+def heun_sample(denoise: Denoise, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Sampling from pure noise: x_0 = noise * t_0, integrated down to t_N = 0."""
+    return heun_integrate(denoise, noise.to(torch.float64) * sigmas[0], sigmas)
 
 
 def check_weights(weights: torch.Tensor, what: str = "weights") -> None:

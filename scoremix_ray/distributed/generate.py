@@ -34,8 +34,11 @@ class UnitRenderer:
         if device == "cpu":
             torch.set_num_threads(g.threads_per_actor or max(1, (os.cpu_count() or 1) // g.num_actors))
         gen_dir = Path(conf["generator_dir"])
-        guide = load_generator(gen_dir, "guide", device) if cfg.sampler.guidance == "autoguidance" else None
-        self.ctx = RenderContext(cfg, load_generator(gen_dir, "final", device), guide, Path(conf["split_path"]))
+        wants_guide = cfg.sampler.guidance == "autoguidance" or conf["method"] == "diffii"
+        guide = load_generator(gen_dir, "guide", device) if wants_guide and (gen_dir / "guide").is_dir() else None
+        rec = conf.get("recognizer_dir")
+        self.ctx = RenderContext(cfg, load_generator(gen_dir, "final", device), guide, Path(conf["split_path"]),
+                                 Path(rec) if rec else None)  # fmt: skip
         self.method = get_method(conf["method"])
         self.plan = pq.read_table(Path(conf["out_dir"]) / "plan.parquet")
         self.out_dir = Path(conf["out_dir"])
@@ -51,7 +54,8 @@ class UnitRenderer:
         return out
 
 
-def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_path: Path, out_dir: Path) -> dict:
+def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_path: Path, out_dir: Path,
+                    recognizer_dir: Path | None = None) -> dict:  # fmt: skip
     """Render every missing unit of `plan` into `out_dir/shards` with a Ray Data actor pool; returns the
     manifest (plus images/s of this call)."""
     import ray
@@ -72,7 +76,8 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
     if todo:
         ensure_ray(cfg.ray)
         conf = {"config": cfg.model_dump(mode="json"), "method": method, "generator_dir": str(Path(generator_dir).resolve()),
-                "split_path": str(Path(split_path).resolve()), "out_dir": str(out_dir)}  # fmt: skip
+                "split_path": str(Path(split_path).resolve()), "out_dir": str(out_dir),
+                "recognizer_dir": str(Path(recognizer_dir).resolve()) if recognizer_dir else None}  # fmt: skip
         ds = ray.data.from_items([{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo],
                                  override_num_blocks=len(todo))  # fmt: skip
         ds = ds.map_batches(
@@ -87,4 +92,6 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
     rate = rendered / dt if rendered else 0.0
     log.info("generate: %d images rendered in %.1f s (%.1f images/s), %d in total -> %s", rendered, dt, rate,
              manifest["rows_written"], out_dir)
+    if manifest["stats"]:
+        log.info("generate: %s", ", ".join(f"{k} {v}" for k, v in manifest["stats"].items()))
     return {**manifest, "rendered": rendered, "seconds": dt, "images_per_s": rate}

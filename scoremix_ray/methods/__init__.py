@@ -5,7 +5,8 @@ A method is two plain functions registered by name:
                                             `index` (the Parquet schema minus `image` and `method`), plus any
                                             method-specific columns its renderer needs
   render(ctx: RenderContext, rows: pyarrow.Table) -> uint8 images (n, H, W, C), one per row, depending
-                                            only on those rows (so any shard can be regenerated alone)
+                                            only on those rows (so any shard can be regenerated alone);
+                                            or (images, stats dict), stats summed into the manifest
 The generation path (`scoremix_ray.generation`, Ray Data in `scoremix_ray.distributed.generate`) is shared.
 """
 
@@ -24,17 +25,37 @@ class PlanContext:
     cfg: Config
     num_real_classes: int
     selection: Any = None  # scoremix_ray.selection.Selection, for methods that make new classes
+    split: Any = None  # scoremix_ray.data.Split, for methods that start from real images
 
 
 @dataclass
 class RenderContext:
-    """What an actor holds once: the config, the generator (and its guide), the data stage on demand."""
+    """What an actor holds once: the config, the generator (and its guide); the data split and the baseline
+    recognizer are loaded on first use (only the methods that need them pay for them)."""
 
     cfg: Config
     net: Any
     guide: Any = None
     split_path: Path | None = None
+    recognizer_dir: Path | None = None
     _split: Any = field(default=None, repr=False)
+    _recognizer: Any = field(default=None, repr=False)
+
+    @property
+    def recognizer(self):
+        if self._recognizer is None:
+            from scoremix_ray.recognition.train import Recognizer
+
+            if self.recognizer_dir is None:
+                raise ScoreMixError("this method needs the baseline recognizer, which was not given")
+            self._recognizer = Recognizer.load(Path(self.recognizer_dir) / "final")
+        return self._recognizer
+
+    @property
+    def centres(self):
+        import numpy as np
+
+        return np.load(Path(self.recognizer_dir) / "centres.npy")
 
     @property
     def split(self):
@@ -61,7 +82,13 @@ def register(name: str, plan: Callable, render: Callable, new_classes: bool) -> 
 
 
 def get_method(name: str) -> Method:
-    import scoremix_ray.methods.scoremix  # noqa: F401  (registers itself)
+    # each module registers itself
+    import scoremix_ray.methods.classic  # noqa: F401
+    import scoremix_ray.methods.diffcoremix  # noqa: F401
+    import scoremix_ray.methods.diffii  # noqa: F401
+    import scoremix_ray.methods.diffusemix  # noqa: F401
+    import scoremix_ray.methods.plain  # noqa: F401
+    import scoremix_ray.methods.scoremix  # noqa: F401
 
     if name not in METHODS:
         raise ScoreMixError(f"unknown generation.method '{name}' (valid: {', '.join(METHODS)})")
