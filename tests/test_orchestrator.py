@@ -158,11 +158,14 @@ def test_ray_job_submit_runs_the_sweep(tiny_sweep):
     try:
         subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
                         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
+                        # the session's Ray already holds the default agent ports (52365, ...)
+                        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                        f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
                         "--disable-usage-stats"], check=True, env=env, capture_output=True)  # fmt: skip
         address = f"http://127.0.0.1:{dash}"
         _wait_http(address, 60)
         sets = [a for s in TINY_RUN for a in ("--set", s)]
-        for _ in range(40):  # the dashboard answers before its job agent is ready (slow under load)
+        for _ in range(20):  # the dashboard answers before its job agent is ready
             r = subprocess.run(
                 [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
                  "python", "-m", "scoremix_ray", "sweep", "--strategies", "random", "--seeds", "0",
