@@ -42,7 +42,7 @@ def _digits(size=8, n=5, per=40):
 def test_loss_decreases(tmp_path):
     images, labels, n = _digits()
     losses = []
-    cfg = GeneratorConfig(**{**TINY_GEN, "steps": 60})
+    cfg = GeneratorConfig(**{**TINY_GEN, "steps": 60, "checkpoint_every": 10})  # a report with each checkpoint
     train_generator(images, labels, n, cfg, 0, tmp_path, report=lambda m, c: losses.append(m["loss"]))
     assert len(losses) == 6
     assert np.mean(losses[-2:]) < 0.75 * losses[0], losses
@@ -50,7 +50,7 @@ def test_loss_decreases(tmp_path):
 
 def test_resume_after_interrupt_continues_exactly(tmp_path):
     images, labels, n = _digits()
-    cfg = GeneratorConfig(**TINY_GEN)  # 40 steps, checkpoints at 20 and 40
+    cfg = GeneratorConfig(**{**TINY_GEN, "checkpoint_every": 10})  # 40 steps, a checkpoint (and report) every 10
     train_generator(images, labels, n, cfg, 0, tmp_path / "straight")
 
     class Interrupt(Exception):
@@ -62,10 +62,10 @@ def test_resume_after_interrupt_continues_exactly(tmp_path):
 
     with pytest.raises(Interrupt):
         train_generator(images, labels, n, cfg, 0, tmp_path / "resumed", report=crash_at_30)
-    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step_0000020"
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step_0000030"
     steps = []
     train_generator(images, labels, n, cfg, 0, tmp_path / "resumed", report=lambda m, c: steps.append(m["step"]))
-    assert steps == [30, 40]  # continued from step 20, did not restart at 0
+    assert steps == [40]  # continued from step 30, did not restart at 0
     a = EDMDenoiser.load(tmp_path / "straight" / "final").state_dict()
     b = EDMDenoiser.load(tmp_path / "resumed" / "final").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the uninterrupted run

@@ -110,8 +110,8 @@ def train_generator(
             if rank == 0:
                 log.info("generator: step %d/%d loss %.4f  %.2f steps/s  %.0f img/s",
                          step, cfg.steps, metrics["loss"], metrics["steps_per_s"], metrics["images_per_s"])
-            if report is not None:
-                report(metrics, ckpt_dir)
+            if report is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                report(metrics, ckpt_dir)  # with checkpoints only: a Ray Train report costs ~1 s on 2 cores
             t0, seen, losses = time.time(), 0, []
     final = out_dir / "final"
     if rank == 0:

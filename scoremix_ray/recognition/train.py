@@ -137,7 +137,8 @@ def train_recognizer(
             seen += len(y)
         epoch += 1
         ckpt_dir = None
-        if rank == 0 and (epoch % cfg.checkpoint_every == 0 or epoch == last_epoch):
+        at_checkpoint = epoch % cfg.checkpoint_every == 0 or epoch == last_epoch
+        if rank == 0 and at_checkpoint:
             ckpt_dir = save_checkpoint(ckpt_root, epoch, {
                 "net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                 "config": cfg.model_dump(mode="json"),
@@ -148,7 +149,7 @@ def train_recognizer(
         if rank == 0:
             log.info("recognizer: epoch %d/%d loss %.3f  train acc %.3f  %.0f img/s",
                      epoch, cfg.epochs, metrics["loss"], metrics["train_accuracy"], metrics["images_per_s"])
-        if report is not None:
+        if report is not None and at_checkpoint:  # a Ray Train report costs ~1 s here: not every epoch
             report(metrics, ckpt_dir)
     final = out_dir / "final"
     if rank == 0 and epoch == cfg.epochs:
