@@ -20,10 +20,6 @@ from scoremix_ray.data.images import save_grid
 
 log = logging.getLogger("scoremix_ray")
 
-STAGES_AVAILABLE = ["data", "generator", "baseline recognizer", "select", "generate", "augmented recognizer",
-                    "evaluate"]
-STAGES_PENDING = ["track (MLflow)"]
-
 
 def stage_dir(cfg: Config, stage: str, key: str) -> Path:
     return cfg.out_dir / "stages" / f"{stage}-{key}"
@@ -240,6 +236,8 @@ def run(cfg: Config) -> dict:
     if method.new_classes:
         sel, pairs_path = select_stage(cfg, split, gen_dir, rec_dir)
         result["select"] = {"pairs": str(pairs_path), "tuples": sel.tuples.tolist()}
+    else:  # a label-preserving method selects nothing: no stale table from an earlier run of this name
+        (cfg.run_dir / "pairs.parquet").unlink(missing_ok=True)
     synth_dir = generate_stage(cfg, split, data_dir, gen_dir, sel, rec_dir)
     result["generate"] = {"dir": str(synth_dir), "grid": str(synth_dir / "samples.png")}
     aug_dir, augmented = augmented_stage(cfg, split, data_dir, synth_dir)
