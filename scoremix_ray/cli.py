@@ -119,15 +119,40 @@ def sweep(
 
 
 @app.command()
+def study(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None) -> None:
+    """The study of a config's `study` section: every method x strategy on every fold x seed as one Ray Tune
+    sweep (stages cached per fold and seed), logged to MLflow; writes and prints the report with paired
+    differences to the real-only baseline and their confidence intervals."""
+    from tuning.study import run_study
+
+    _setup_logging()
+    cfg = _cfg(config, set_, out, tracking_uri)
+    summary = run_study(cfg)
+    failed = [t for t in summary["trials"] if t["error"]]
+    typer.echo(Path(summary["report"]["markdown"]).read_text())
+    typer.echo(f"{len(summary['trials'])} trials, {len(failed)} failed, {summary['wall_time_s']:.0f} s; MLflow parent "
+               f"run {summary['parent_run_id']} in {summary['tracking_uri']}")  # fmt: skip
+    for t in failed:
+        typer.echo(f"failed: {t['name']}: {t['error'].strip().splitlines()[-1][:300]}")
+    typer.echo(f"report: {summary['report']['markdown']} (plot {summary['report']['plot']})")
+
+
+@app.command()
 def report(
     experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment (tracking.experiment).")] = None,
     metric: Annotated[str, typer.Option("--metric", help="Metric to compare.")] = "augmented.verification_accuracy",
     config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None,
 ) -> None:  # fmt: skip
-    """Strategies (and methods) from MLflow: mean +- std over seeds as a table and a bar plot PNG."""
-    from scoremix_ray.report import strategy_table, plot_strategies
+    """Strategies (and methods) from MLflow: mean +- std over seeds as a table and a bar plot PNG. With a
+    study config (a `study` section): the study's markdown table, interval plot and alignment per fold."""
+    from scoremix_ray.report import strategy_table, plot_strategies, write_study_report
 
     cfg = _cfg(config, set_, out, tracking_uri)
+    if cfg.study is not None:
+        paths = write_study_report(cfg)
+        typer.echo(paths["markdown"].read_text())
+        typer.echo(f"report: {paths['markdown']}; plot: {paths['plot']}; data: {paths['json']}")
+        return
     table = strategy_table(cfg, experiment, metric)
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     typer.echo(f"plot: {plot_strategies(table, metric, Path(cfg.out_dir) / 'report.png')}")

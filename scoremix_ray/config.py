@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scoremix_ray.errors import ScoreMixError
 
@@ -144,6 +144,38 @@ class RayConfig(_Section):
     cpus_per_worker: float = Field(2.0, gt=0)  # also the worker's torch threads; 1 worker x 2 threads here
 
 
+STUDY_STRATEGIES = ("random", "embedding-distant", "embedding-close", "condition-distant", "condition-close")
+STUDY_METHODS = ("scoremix", "plain", "diffusemix", "diffcoremix", "diffii", "mixup", "cutmix")
+
+
+class StudyConfig(_Section):
+    """A study: every condition (method x strategy) on every fold x seed, compared with the real-only baseline
+    of the same fold and seed. Fixed in a committed config before it runs; the report shows every condition."""
+
+    folds: tuple[int, ...] = (0, 1, 2, 3)  # data.split_seed values: different train/unseen class partitions
+    seeds: tuple[int, ...] = (0, 1)  # per fold: generator, recognizer and sampling seed (a generator each)
+    strategies: tuple[str, ...] = STUDY_STRATEGIES  # for methods that make new classes (ScoreMix)
+    methods: tuple[str, ...] = STUDY_METHODS
+    metrics: tuple[str, ...] = ("verification_accuracy", "roc_auc", "tar_at_far_1e-2", "rank1_accuracy")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)  # of the paired-difference intervals
+    interval: Literal["t", "bootstrap"] = "t"  # t: mean +- t_{n-1} s/sqrt(n); bootstrap: percentile, 10k resamples
+
+    @field_validator("folds", "seeds", "strategies", "methods", "metrics", mode="before")
+    @classmethod
+    def _one_is_a_list(cls, v: Any) -> Any:  # `--set study.seeds=0` means (0,)
+        return [v] if isinstance(v, (int, str)) else v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "StudyConfig":
+        for key in ("folds", "seeds", "methods", "strategies"):
+            values = getattr(self, key)
+            if not values:
+                raise ValueError(f"study.{key} is empty")
+            if len(set(values)) != len(values):
+                raise ValueError(f"study.{key} repeats a value: {list(values)}")
+        return self
+
+
 class Config(_Section):
     name: str = "default"
     seed: int = 0  # model initialisation, training order, sampling noise
@@ -156,6 +188,8 @@ class Config(_Section):
     generation: GenerationConfig = GenerationConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
+    study: StudyConfig | None = None  # set by a study config (configs/study-digits.yaml); `report` then
+    # reports the study
 
     @property
     def run_dir(self) -> Path:

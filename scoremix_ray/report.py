@@ -55,3 +55,186 @@ def plot_strategies(table, metric: str, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ---- the study: paired differences to the real-only baseline, per condition -------------------------------
+
+BASELINE = "baseline (real only)"
+
+
+def study_runs(cfg: Config):
+    """(parent run, its child runs as a DataFrame) of the latest study named `cfg.name` in the experiment."""
+    from scoremix_ray.tracking import client, experiment_id, load_runs
+
+    mc = client(cfg)
+    parents = mc.search_runs([experiment_id(mc, cfg.tracking.experiment)],
+                             f"tags.`scoremix.kind` = 'study' AND tags.`mlflow.runName` = '{cfg.name}'",
+                             order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    if not parents:
+        raise ScoreMixError(f"no study named '{cfg.name}' in MLflow experiment '{cfg.tracking.experiment}' "
+                            f"({cfg.tracking.tracking_uri or cfg.out_dir}); run `scoremix-ray study` first")  # fmt: skip
+    parent = parents[0]
+    runs = load_runs(cfg)
+    runs = runs[runs["tags.mlflow.parentRunId"] == parent.info.run_id].copy() if len(runs) else runs
+    return parent, runs
+
+
+def condition_of(method: str, strategy: str) -> str:
+    from scoremix_ray.methods import get_method
+
+    return f"{method} / {strategy}" if get_method(method).new_classes else method
+
+
+def study_conditions(cfg: Config) -> list[str]:
+    """Every condition of the study, in the config's order (the report lists each, run or not)."""
+    from scoremix_ray.methods import get_method
+
+    st = cfg.study
+    return [condition_of(m, s) for m in st.methods for s in (st.strategies if get_method(m).new_classes else [""])]
+
+
+def study_table(cfg: Config, runs, metric: str):
+    """One row per condition (the baseline first): cells run and failed, mean +- std of `metric` over
+    cells, and the paired difference to the baseline of the same cell with its interval and verdict."""
+    import pandas as pd
+
+    from scoremix_ray.evaluation.statistics import paired_interval, verdict
+
+    st = cfg.study
+    aug, delta, base = (f"metrics.{s}.{metric}".replace("@", "_at_") for s in ("augmented", "delta", "baseline"))
+    runs = runs.assign(condition=[condition_of(m, s) for m, s in zip(runs["tags.scoremix.method"],
+                                                                     runs["tags.scoremix.strategy"])])  # fmt: skip
+    ok = runs[runs["status"] == "FINISHED"]
+    cells = ok.drop_duplicates(["params.data.split_seed", "params.seed"])
+    b = cells[base].astype(float) if base in cells else pd.Series(dtype=float)
+    rows = [{"condition": BASELINE, "cells": len(b), "failed": 0, "mean": b.mean(), "std": b.std(ddof=1),
+             "diff": 0.0, "low": float("nan"), "high": float("nan"), "verdict": "reference"}]  # fmt: skip
+    for cond in study_conditions(cfg):
+        mine = ok[ok["condition"] == cond]
+        values = mine[aug].astype(float) if aug in mine else pd.Series(dtype=float)
+        diffs = mine[delta].astype(float) if delta in mine else pd.Series(dtype=float)
+        mean, low, high = paired_interval(diffs.to_numpy(), st.confidence, st.interval, seed=cfg.seed)
+        rows.append({"condition": cond, "cells": len(values), "failed": int((runs["condition"] == cond).sum() - len(mine)),
+                     "mean": values.mean(), "std": values.std(ddof=1), "diff": mean, "low": low, "high": high,
+                     "verdict": verdict(low, high) if len(diffs) else "not run"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+ALIGNMENT_KEYS = ["cka_linear", "cknna", "mutual_knn", "distance_spearman"]
+
+
+def alignment_by_fold(runs):
+    """Condition-space vs embedding-space alignment per fold (mean over the fold's seeds), beside the
+    permutation null; every trial of a cell logs the same alignment, so one row per cell is kept."""
+    ok = runs[runs["status"] == "FINISHED"].drop_duplicates(["params.data.split_seed", "params.seed"])
+    cols = {f"metrics.alignment.{k}{n}": f"{k}{n}" for k in ALIGNMENT_KEYS for n in ("", "_null") if
+            f"metrics.alignment.{k}{n}" in ok}  # fmt: skip
+    table = ok.assign(fold=ok["params.data.split_seed"].astype(int)).groupby("fold")[list(cols)].mean()
+    return table.rename(columns=cols).reset_index()
+
+
+def _fmt(v: float, sign: bool = False) -> str:
+    return "–" if v != v else (f"{v:+.3f}" if sign else f"{v:.3f}")
+
+
+def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str) -> str:
+    """The study as markdown: how it ran, the primary metric's table, the other metrics' differences, the
+    alignment per fold; every condition of the config appears."""
+    st, tags = cfg.study, parent.data.tags
+    first = st.metrics[0]
+    pct = f"{st.confidence:.0%}"
+    wall = int(tags.get("scoremix.wall_time_s", "0"))
+    lines = [
+        f"Study `{cfg.name}` (config sha {tags.get('scoremix.config_sha', '?')}): folds (data.split_seed) "
+        f"{', '.join(map(str, st.folds))} x seeds {', '.join(map(str, st.seeds))} = "
+        f"{len(st.folds) * len(st.seeds)} cells; {tags.get('scoremix.trials', '?')} trials. "
+        f"Wall time {wall // 3600} h {wall % 3600 // 60} min {wall % 60} s on {tags.get('scoremix.machine', '?')}.",
+        "",
+        f"`{first}` of the recognizer on unseen classes: mean +- std over cells; difference to the real-only "
+        f"baseline of the same cell with its {pct} interval ({st.interval}).",
+        "",
+        f"| condition | cells | {first} | difference [{pct} CI] | verdict |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in tables[first].itertuples():
+        ci = "" if r.low != r.low else f" [{_fmt(r.low, True)}, {_fmt(r.high, True)}]"
+        failed = f" ({r.failed} failed)" if r.failed else ""
+        diff = "" if r.condition == BASELINE else f"{_fmt(r.diff, True)}{ci}"
+        lines.append(f"| {r.condition} | {r.cells}{failed} | {_fmt(r.mean)} +- {_fmt(r.std)} | {diff} | {r.verdict} |")
+    others = [m for m in st.metrics[1:] if m in tables]
+    if others:
+        lines += ["", f"Differences in the other metrics ({pct} CI; * = the interval excludes 0):", "",
+                  "| condition | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]  # fmt: skip
+        for i, cond in enumerate(tables[first]["condition"]):
+            if cond == BASELINE:
+                lines.append(f"| {BASELINE} | " + " | ".join(_fmt(tables[m]["mean"][0]) for m in others) + " |")
+                continue
+            cells = []
+            for m in others:
+                r = tables[m].iloc[i]
+                star = "*" if r["verdict"] in ("higher than baseline", "lower than baseline") else ""
+                cells.append(f"{_fmt(r['diff'], True)}{star} [{_fmt(r['low'], True)}, {_fmt(r['high'], True)}]")
+            lines.append(f"| {cond} | " + " | ".join(cells) + " |")
+    if len(alignment):
+        keys = [k for k in ALIGNMENT_KEYS if k in alignment]
+        lines += ["", "Alignment of the generator's condition space with the baseline recognizer's class centres, per "
+                  "fold (mean over seeds; permutation null in brackets):", "",
+                  "| fold | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]  # fmt: skip
+        for _, r in alignment.iterrows():
+            lines.append(f"| {int(r['fold'])} | " + " | ".join(f"{r[k]:+.3f} ({r[k + '_null']:+.3f})" for k in keys) + " |")
+    lines += ["", f"![differences to the baseline]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
+    """One panel per metric: each condition's mean paired difference to the baseline with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(tables)
+    first = tables[metrics[0]]
+    conds = [c for c in first["condition"] if c != BASELINE]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 0.38 * len(conds) + 1.4),
+                             sharey=True, squeeze=False)  # fmt: skip
+    y = list(range(len(conds)))[::-1]
+    for ax, m in zip(axes[0], metrics):
+        t = tables[m].set_index("condition").loc[conds]
+        err = [(t["diff"] - t["low"]).fillna(0).to_numpy(), (t["high"] - t["diff"]).fillna(0).to_numpy()]
+        colors = ["#c44e52" if v == "lower than baseline" else "#55a868" if v == "higher than baseline" else "#4c72b0"
+                  for v in t["verdict"]]  # fmt: skip
+        ax.errorbar(t["diff"], y, xerr=err, fmt="none", ecolor="0.4", capsize=3)
+        ax.scatter(t["diff"], y, c=colors, zorder=3)
+        ax.axvline(0, color="k", lw=1, ls="--")
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("condition - baseline")
+    axes[0][0].set_yticks(y, conds)
+    fig.suptitle(f"paired difference to the real-only baseline, {confidence:.0%} CI", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_study_report(cfg: Config) -> dict[str, Path]:
+    """`<out>/<name>/report.md`, `differences.png` and `study.json` for the latest study named `cfg.name`."""
+    import json
+
+    parent, runs = study_runs(cfg)
+    if len(runs) == 0:
+        raise ScoreMixError(f"study '{cfg.name}' (MLflow run {parent.info.run_id}) has no trial runs yet")
+    tables = {m: study_table(cfg, runs, m) for m in cfg.study.metrics}
+    alignment = alignment_by_fold(runs)
+    d = cfg.run_dir
+    d.mkdir(parents=True, exist_ok=True)
+    plot = plot_differences(tables, cfg.study.confidence, d / "differences.png")
+    md = d / "report.md"
+    md.write_text(study_markdown(cfg, parent, tables, alignment, plot.name))
+    data = {"parent_run_id": parent.info.run_id, "tags": dict(parent.data.tags),
+            "tables": {m: t.to_dict(orient="records") for m, t in tables.items()},
+            "alignment": alignment.to_dict(orient="records")}  # fmt: skip
+    js = d / "study.json"
+    js.write_text(json.dumps(data, indent=2, default=float))
+    return {"markdown": md, "plot": plot, "json": js}

@@ -46,7 +46,7 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
 
 
 def start_parent(cfg: Config, name: str, tags: dict | None = None) -> str:
-    """A parent run for a sweep; its children are the trials."""
+    """A parent run for a sweep or a study (`scoremix.kind`); its children are the trials."""
     mc = client(cfg)
     run = mc.create_run(experiment_id(mc, cfg.tracking.experiment), run_name=name,
                         tags={"scoremix.kind": "sweep", **(tags or {})})  # fmt: skip
@@ -99,5 +99,5 @@ def load_runs(cfg: Config, experiment: str | None = None):
     mlflow.set_tracking_uri(tracking_uri(cfg))
     df = mlflow.search_runs(experiment_names=[experiment or cfg.tracking.experiment])
     if len(df) and "tags.scoremix.kind" in df:
-        df = df[df["tags.scoremix.kind"] != "sweep"]
+        df = df[df["tags.scoremix.kind"].isna()]  # parents (sweeps, studies) carry a kind; runs do not
     return df

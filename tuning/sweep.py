@@ -3,7 +3,7 @@
     scoremix-ray sweep --strategies random,embedding-distant --seeds 0,1 [--grid generation.per_tuple=20,50]
     python -m tuning.sweep --strategies random,embedding-distant --seeds 0,1
 
-Shared stages (data, generator, baseline recognizer) are computed once per seed in the driver before any
+Shared stages (data, generator, baseline recognizer) are computed once per fold and seed in the driver before any
 trial starts, so trials only select, generate and train the augmented recognizer. Each trial starts Ray Data
 actors and a Ray Train run of its own: the trial itself reserves a sliver of CPU and the concurrency is
 capped by what one trial's inner work needs, so inner placement groups always fit (no deadlock on 2 CPUs).
@@ -18,7 +18,7 @@ import math
 import traceback
 from pathlib import Path
 
-from scoremix_ray.config import Config, ConfigError, with_overrides
+from scoremix_ray.config import Config, ConfigError, section_hash, with_overrides
 
 log = logging.getLogger("scoremix_ray")
 
@@ -133,9 +133,30 @@ def _trial_error(trial) -> str:
     return str(getattr(trial, "error_msg", "") or "")
 
 
+def shared_settings(configs: list[Config]) -> list[Config]:
+    """One config per distinct stages 1-3 (data, generator, baseline recognizer and seed), in trial order:
+    each is computed once, before the trials, and every trial that shares it reuses it."""
+    cells: dict[str, Config] = {}
+    for c in configs:
+        cells.setdefault(section_hash(c, "data", "generator", "recognizer"), c)
+    return list(cells.values())
+
+
+def widen_for_driver(cfg: Config, cpus: float) -> Config:
+    """Shared stages run one at a time before any trial: on a single node give their Train worker every CPU
+    (trials may be sized to share the node). CPUs are not in any stage's cache key."""
+    import ray
+
+    if len(ray.nodes()) != 1 or cfg.ray.use_gpu:
+        return cfg
+    per = math.floor(cpus / cfg.ray.num_workers * 100) / 100
+    return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cpus_per_worker": max(per, cfg.ray.cpus_per_worker)})})
+
+
 def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: list[str] | None = None,
-              grid: dict[str, list] | None = None, name: str = "sweep") -> dict:  # fmt: skip
-    """Shared stages per seed, then one Tune trial per config; returns a summary (also `<out>/<name>.json`)."""
+              grid: dict[str, list] | None = None, name: str = "sweep", tags: dict | None = None) -> dict:  # fmt: skip
+    """Shared stages per (fold, seed), then one Tune trial per config; returns a summary (also
+    `<out>/<name>.json`). `tags` go on the MLflow parent run."""
     import ray
     from ray import tune
 
@@ -146,12 +167,13 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     ensure_ray(base.ray)
     cpus = ray.cluster_resources().get("CPU", 1.0)
     configs = [fit_to_cluster(c, cpus) for c in configs]
-    for seed in sorted({c.seed for c in configs}):
-        log.info("sweep: shared stages for seed %d", seed)
-        pipeline.shared_stages(next(c for c in configs if c.seed == seed))
+    cells = shared_settings(configs)
+    for i, c in enumerate(cells, 1):
+        log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
+        pipeline.shared_stages(widen_for_driver(c, cpus))
     at_once = concurrency(configs, cpus)
     log.info("sweep: %d trials, %d at a time on %g CPUs", len(configs), at_once, cpus)
-    parent = tracking.start_parent(base, name, {"scoremix.trials": str(len(configs))})
+    parent = tracking.start_parent(base, name, {"scoremix.trials": str(len(configs)), **(tags or {})})
     status = "FAILED"
     try:
         tuner = tune.Tuner(

@@ -114,7 +114,8 @@ def metrics(x: np.ndarray, y: np.ndarray, topk: int) -> dict:
 def alignment(x: np.ndarray, y: np.ndarray, topk: int | None = None, permutations: int = 100,
               seed: int = 0) -> dict:  # fmt: skip
     """All metrics, each with `<name>_null`: the mean over `permutations` random row orders of y (what the
-    metric gives when the two spaces share nothing but their marginal geometry)."""
+    metric gives when the two spaces share nothing but their marginal geometry), and `<name>_p`: the
+    one-sided permutation p-value (1 + #{null >= observed}) / (1 + permutations)."""
     n = len(x)
     if len(y) != n:
         raise ValueError(f"alignment needs the same classes in both spaces: {n} vs {len(y)} rows")
@@ -125,6 +126,8 @@ def alignment(x: np.ndarray, y: np.ndarray, topk: int | None = None, permutation
     rng = np.random.default_rng(seed)
     nulls = [metrics(x, y[rng.permutation(n)], topk) for _ in range(permutations)]
     for key in list(out):
-        out[f"{key}_null"] = float(np.mean([m[key] for m in nulls]))
+        null = np.array([m[key] for m in nulls])
+        out[f"{key}_null"] = float(null.mean())
+        out[f"{key}_p"] = float((1 + np.sum(null >= out[key] - 1e-12)) / (1 + permutations))
     out["classes"], out["topk"], out["permutations"] = n, topk, permutations
     return out

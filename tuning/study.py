@@ -1,0 +1,83 @@
+"""The study: every condition of `study` (methods x strategies) on every fold x seed, as one Ray Tune sweep.
+
+    scoremix-ray study --config configs/study-digits.yaml
+
+A fold is a `data.split_seed` (one train/unseen class partition, its real images and verification pairs);
+a seed fixes the generator, the recognizer's initialisation and the sampling noise. Every condition of a
+(fold, seed) cell sees the same real data, pairs, generator and baseline (stages 1-3 are content-addressed
+and computed once per cell before the trials start). The real-only baseline is each cell's baseline
+recognizer; each trial logs its paired difference to it. The report (`scoremix_ray.report`) turns the
+MLflow runs into the table, the interval plot and the alignment per fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import time
+
+from scoremix_ray.config import Config, ConfigError, to_yaml, with_overrides
+
+log = logging.getLogger("scoremix_ray")
+
+
+def check_folds(base: Config) -> dict[int, list[str]]:
+    """Stage 1 for every fold; two folds with the same class partition would count one fold twice."""
+    from scoremix_ray.pipeline import data_stage
+
+    seen: dict[tuple, int] = {}
+    out = {}
+    for fold in base.study.folds:
+        split, _ = data_stage(with_overrides(base, [f"data.split_seed={fold}"]))
+        key = tuple(split.train.class_names)
+        if key in seen:
+            raise ConfigError(f"study.folds {seen[key]} and {fold} give the same training classes {list(key)}; "
+                              f"pick other data.split_seed values")  # fmt: skip
+        seen[key] = fold
+        out[fold] = list(key)
+    return out
+
+
+def machine() -> str:
+    """Where the study ran, for the report: CPU model and count, GPUs Ray sees, OS."""
+    import ray
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    res = ray.cluster_resources() if ray.is_initialized() else {}
+    gpus = int(res.get("GPU", 0))
+    return (f"{len(ray.nodes()) if ray.is_initialized() else 1} node(s), {res.get('CPU', os.cpu_count()):g} CPUs "
+            f"({cpu}), {gpus} GPU(s), {platform.system()} {platform.release()}")  # fmt: skip
+
+
+def run_study(base: Config) -> dict:
+    """Run (or finish: every stage is cached) the study; log it to MLflow; write the report."""
+    from scoremix_ray import tracking
+    from scoremix_ray.distributed.runtime import ensure_ray
+    from scoremix_ray.report import write_study_report
+    from tuning.sweep import run_sweep
+
+    st = base.study
+    if st is None:
+        raise ConfigError("this config has no 'study' section (see configs/study-digits.yaml)")
+    start = time.time()
+    ensure_ray(base.ray)
+    partitions = check_folds(base)
+    for fold, classes in partitions.items():
+        log.info("study: fold %d trains on classes %s", fold, ",".join(classes))
+    tags = {"scoremix.kind": "study", "scoremix.config_sha": hashlib.sha256(to_yaml(base).encode()).hexdigest()[:12]}
+    summary = run_sweep(base, list(st.strategies), list(st.seeds), list(st.methods),
+                        {"data.split_seed": [str(f) for f in st.folds]}, base.name, tags)  # fmt: skip
+    wall = time.time() - start
+    mc = tracking.client(base)
+    mc.set_tag(summary["parent_run_id"], "scoremix.wall_time_s", f"{wall:.0f}")
+    mc.set_tag(summary["parent_run_id"], "scoremix.machine", machine())
+    summary["wall_time_s"] = wall
+    summary["report"] = {k: str(v) for k, v in write_study_report(base).items()}
+    return summary
