@@ -127,7 +127,7 @@ def alignment_by_fold(runs):
     """Condition-space vs embedding-space alignment per fold (mean over the fold's seeds), beside the
     permutation null; every trial of a cell logs the same alignment, so one row per cell is kept."""
     ok = runs[runs["status"] == "FINISHED"].drop_duplicates(["params.data.split_seed", "params.seed"])
-    cols = {f"metrics.alignment.{k}{n}": f"{k}{n}" for k in ALIGNMENT_KEYS for n in ("", "_null") if
+    cols = {f"metrics.alignment.{k}{n}": f"{k}{n}" for k in ALIGNMENT_KEYS for n in ("", "_null", "_p") if
             f"metrics.alignment.{k}{n}" in ok}  # fmt: skip
     table = ok.assign(fold=ok["params.data.split_seed"].astype(int)).groupby("fold")[list(cols)].mean()
     return table.rename(columns=cols).reset_index()
@@ -178,10 +178,11 @@ def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str)
     if len(alignment):
         keys = [k for k in ALIGNMENT_KEYS if k in alignment]
         lines += ["", "Alignment of the generator's condition space with the baseline recognizer's class centres, per "
-                  "fold (mean over seeds; permutation null in brackets):", "",
+                  "fold (mean over seeds; in brackets the permutation null and the permutation p-value):", "",
                   "| fold | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]  # fmt: skip
         for _, r in alignment.iterrows():
-            lines.append(f"| {int(r['fold'])} | " + " | ".join(f"{r[k]:+.3f} ({r[k + '_null']:+.3f})" for k in keys) + " |")
+            lines.append(f"| {int(r['fold'])} | " + " | ".join(
+                f"{r[k]:+.3f} ({r[k + '_null']:+.3f}" + (f", p {r[k + '_p']:.2f})" if k + "_p" in r else ")") for k in keys) + " |")
     lines += ["", f"![differences to the baseline]({plot_name})", ""]
     return "\n".join(lines)
 

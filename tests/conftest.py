@@ -37,6 +37,15 @@ def digits_split():
 TINY_GEN = {"block_out_channels": (16, 32), "layers_per_block": 1, "batch_size": 16, "steps": 40,
             "warmup_steps": 5, "checkpoint_every": 20, "log_every": 10, "lr": 2e-3}
 
+# the whole pipeline at toy size: 8x8 digits, a 30-step generator, a 3-epoch recognizer
+TINY_RUN = [
+    "data.image_size=8", "data.per_class=30", "data.num_pairs=200",
+    "generator.block_out_channels=16,32", "generator.steps=30", "generator.batch_size=16", "generator.log_every=10",
+    "sampler.steps=4", "recognizer.widths=8,16", "recognizer.blocks=1,1", "recognizer.epochs=3",
+    "recognizer.batch_size=32", "selection.count=2", "generation.per_tuple=8", "generation.unit_size=8",
+    "ray.cpus_per_worker=1",
+]  # fmt: skip
+
 
 @pytest.fixture(scope="session")
 def tiny_generator(tmp_path_factory):
@@ -50,3 +59,18 @@ def tiny_generator(tmp_path_factory):
     cfg = GeneratorConfig(**{**TINY_GEN, "steps": 120, "label_dropout": 0.1})
     train_generator(split.train.images, split.train.labels, split.train.num_classes, cfg, 0, d)
     return load_generator(d), load_generator(d, "guide"), split, d
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(ray_session, tmp_path_factory):
+    """A 4-trial sweep on the session's Ray; selection.count=50 is more than the 10 pairs 5 classes have, so
+    those two trials fail and the others go on. Its stages are reused by the job test and the tiny study."""
+    from tuning.sweep import run_sweep
+
+    from scoremix_ray.config import load_config
+
+    out = tmp_path_factory.mktemp("sweep")
+    base = load_config(None, [f"out_dir={out}", *TINY_RUN])
+    summary = run_sweep(base, ["random", "embedding-distant"], [0], grid={"selection.count": ["2", "50"]},
+                        name="tiny")  # fmt: skip
+    return out, base, summary

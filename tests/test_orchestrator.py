@@ -1,5 +1,4 @@
-"""The orchestrator: a Tune sweep on 2 CPUs with MLflow child runs, a failing trial, the report and the
-notebook, a shared MLflow server over HTTP, `ray job submit` against a local cluster, cluster.yaml."""
+"""The orchestrator: a Tune sweep on 2 CPUs with MLflow child runs, a failing trial, the report, a shared MLflow server over HTTP, `ray job submit` against a local cluster, cluster.yaml."""
 
 import json
 import os
@@ -13,18 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY_RUN
+
 from scoremix_ray.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# the whole pipeline at toy size: 8x8 digits, a 30-step generator, a 3-epoch recognizer
-TINY_RUN = [
-    "data.image_size=8", "data.per_class=30", "data.num_pairs=200",
-    "generator.block_out_channels=16,32", "generator.steps=30", "generator.batch_size=16", "generator.log_every=10",
-    "sampler.steps=4", "recognizer.widths=8,16", "recognizer.blocks=1,1", "recognizer.epochs=3",
-    "recognizer.batch_size=32", "selection.count=2", "generation.per_tuple=8", "generation.unit_size=8",
-    "ray.cpus_per_worker=1",
-]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -61,19 +53,6 @@ def test_cluster_yaml_validates_and_listens_on_loopback():
         validate_config(prepare_config(bad))
 
 
-@pytest.fixture(scope="module")
-def tiny_sweep(ray_session, tmp_path_factory):
-    """A 4-trial sweep on the session's Ray; selection.count=50 is more than the 10 pairs 5 classes have, so
-    those two trials fail and the others go on."""
-    from tuning.sweep import run_sweep
-
-    out = tmp_path_factory.mktemp("sweep")
-    base = load_config(None, [f"out_dir={out}", *TINY_RUN])
-    summary = run_sweep(base, ["random", "embedding-distant"], [0], grid={"selection.count": ["2", "50"]},
-                        name="tiny")  # fmt: skip
-    return out, base, summary
-
-
 def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
     from scoremix_ray.report import strategy_table
     from scoremix_ray.tracking import client, load_runs
@@ -103,20 +82,7 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
     assert "exceeds the 10 possible" in bad["tags.scoremix.error"]
     table = strategy_table(base)
     assert set(table["strategy"]) == {"random", "embedding-distant"} and list(table["runs"]) == [1, 1]
-    # the notebook runs top to bottom on this sweep's MLflow store
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "compare_strategies.ipynb", as_version=4)
-    os.environ["SCOREMIX_OUT"] = str(tmp_path)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        del os.environ["SCOREMIX_OUT"]
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not any(o.output_type == "error" for o in outputs)
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the plot and two sample grids
-    assert (tmp_path / "report.png").is_file()
+    # the notebook runs on this sweep's store in the tiny study test (tests/test_study.py), which adds a study
 
 
 def test_shared_mlflow_server_over_http(tmp_path):

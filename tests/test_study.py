@@ -1,0 +1,191 @@
+"""The study: paired intervals, the report from MLflow runs (every condition listed, paired differences
+computed per cell), the study config and its fold check, and a tiny study end to end on Ray."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scoremix_ray.config import ConfigError, load_config
+from scoremix_ray.evaluation.statistics import paired_interval, verdict
+
+STUDY = str(Path(__file__).resolve().parents[1] / "configs" / "study-digits.yaml")
+
+
+def test_t_interval_by_hand():
+    mean, low, high = paired_interval([1.0, 2.0, 3.0], 0.95, "t")
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{2, 0.975} * s / sqrt(n), s = 1
+    assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+    assert verdict(low, high) == "no detectable difference"
+    assert verdict(*paired_interval([0.02, 0.03, 0.025, 0.028], 0.95, "t")[1:]) == "higher than baseline"
+    assert verdict(*paired_interval([-0.02, -0.03, -0.025], 0.95, "bootstrap")[1:]) == "lower than baseline"
+    assert math.isnan(paired_interval([0.1], 0.95, "t")[1]) and verdict(math.nan, math.nan).startswith("too few")
+    with pytest.raises(ValueError, match="unknown interval method 'z'"):
+        paired_interval([1, 2], 0.95, "z")
+
+
+@pytest.mark.parametrize("method", ["t", "bootstrap"])
+def test_interval_covers_zero_about_95_percent_under_no_effect(method):
+    rng = np.random.default_rng(0)
+    sims = [paired_interval(rng.normal(0, 0.02, 8), 0.95, method, resamples=2000, seed=i) for i in range(600)]
+    coverage = np.mean([lo <= 0 <= hi for _, lo, hi in sims])
+    # t is exact for normal cells; the percentile bootstrap is known to under-cover at n = 8
+    assert (0.93 <= coverage <= 0.97) if method == "t" else (0.86 <= coverage <= 0.95)
+    shifted = [paired_interval(rng.normal(0.03, 0.02, 8), 0.95, method, resamples=2000) for _ in range(100)]
+    assert np.mean([lo > 0 for _, lo, _ in shifted]) > 0.9  # a real gain of 1.5 sd is detected
+
+
+def test_study_section_validates():
+    cfg = load_config(STUDY)
+    st = cfg.study
+    assert len(st.folds) >= 4 and len(st.seeds) >= 2 and "scoremix" in st.methods and len(st.strategies) == 5
+    assert load_config(None, []).study is None  # ordinary runs have no study
+    assert load_config(STUDY, ["study.seeds=3"]).study.seeds == (3,)
+    with pytest.raises(ConfigError, match=r"study.folds repeats a value: \[0, 0\]"):
+        load_config(STUDY, ["study.folds=0,0"])
+    with pytest.raises(ConfigError, match="study.interval"):
+        load_config(STUDY, ["study.interval=z"])
+
+
+def test_folds_with_the_same_partition_are_refused(tmp_path):
+    from tuning.study import check_folds
+
+    cfg = load_config(STUDY, [f"out_dir={tmp_path}", "study.folds=0,1,17"])
+    with pytest.raises(ConfigError, match="study.folds 1 and 17 give the same training classes"):
+        check_folds(cfg)  # split seeds 1 and 17 draw the same 5 of 10 digits
+    parts = check_folds(load_config(STUDY, [f"out_dir={tmp_path}"]))
+    assert len({tuple(p) for p in parts.values()}) == 4
+
+
+def _fake_study(tmp_path):
+    """An MLflow store as a study leaves it: a parent tagged as a study and one child per (condition, cell),
+    with metrics made up so the paired differences are known; one failed trial; diffii never ran."""
+    from scoremix_ray import tracking
+    from scoremix_ray.config import with_overrides
+
+    base = load_config(STUDY, [f"out_dir={tmp_path}", "study.folds=0,1", "study.seeds=0,1",
+                                                      "study.methods=scoremix,plain,diffii",
+                                                      "study.strategies=random,embedding-distant"])  # fmt: skip
+    parent = tracking.start_parent(base, base.name, {"scoremix.kind": "study", "scoremix.wall_time_s": "3723",
+                                                     "scoremix.machine": "test box", "scoremix.trials": "12"})  # fmt: skip
+    gain = {("scoremix", "random"): 0.0, ("scoremix", "embedding-distant"): 0.05, ("plain", "x"): -0.04}
+    rng = np.random.default_rng(0)
+    expected = {}
+    for (method, strategy), g in gain.items():
+        for fold in (0, 1):
+            for seed in (0, 1):
+                b = 0.7 + 0.05 * fold + 0.01 * seed  # cells differ a lot; the paired difference does not
+                d = g + rng.normal(0, 0.005)
+                expected.setdefault((method, strategy), []).append(d)
+                sets = [f"name={method}-{strategy}-{fold}-{seed}", f"seed={seed}", f"data.split_seed={fold}",
+                        f"generation.method={method}"] + ([f"selection.strategy={strategy}"] if method == "scoremix" else [])
+                cfg = with_overrides(base, sets)
+                metrics = {"baseline": {"verification_accuracy": b, "roc_auc": b + 0.1},
+                           "augmented": {"verification_accuracy": b + d, "roc_auc": b + 0.1 + d},
+                           "delta": {"verification_accuracy": d, "roc_auc": d},
+                           "alignment": {"cka_linear": 0.1 * fold, "cka_linear_null": 0.0, "cknna": 0.2, "cknna_null": 0.1}}
+                tracking.log_run(cfg, metrics, parent=parent)
+    tracking.log_run(with_overrides(base, ["name=plain-fail", "generation.method=plain"]), None, parent=parent,
+                     status="FAILED", error="boom")  # fmt: skip
+    tracking.end_run(base, parent)
+    return with_overrides(base, ["study.metrics=verification_accuracy,roc_auc"]), expected
+
+
+def test_study_report_from_mlflow(tmp_path):
+    from scoremix_ray.report import write_study_report
+
+    cfg, expected = _fake_study(tmp_path)
+    paths = write_study_report(cfg)
+    data = json.loads(paths["json"].read_text())
+    rows = {r["condition"]: r for r in data["tables"]["verification_accuracy"]}
+    assert list(rows) == ["baseline (real only)", "scoremix / random", "scoremix / embedding-distant", "plain", "diffii"]
+    assert rows["baseline (real only)"]["cells"] == 4
+    assert rows["baseline (real only)"]["mean"] == pytest.approx(np.mean([0.7, 0.71, 0.75, 0.76]))
+    for (method, strategy), diffs in expected.items():
+        r = rows[f"scoremix / {strategy}" if method == "scoremix" else method]
+        mean, low, high = paired_interval(diffs, 0.95, "t")
+        assert r["cells"] == 4 and r["diff"] == pytest.approx(mean) and r["low"] == pytest.approx(low)
+    assert rows["scoremix / embedding-distant"]["verdict"] == "higher than baseline"
+    assert rows["scoremix / random"]["verdict"] == "no detectable difference"
+    assert rows["plain"]["verdict"] == "lower than baseline" and rows["plain"]["failed"] == 1
+    assert rows["diffii"]["cells"] == 0 and rows["diffii"]["verdict"] == "not run"
+    md = paths["markdown"].read_text()
+    assert "1 h 2 min 3 s on test box" in md and "| plain | 4 (1 failed) |" in md and "| diffii | 0 |" in md
+    assert "![differences to the baseline](differences.png)" in md and paths["plot"].stat().st_size > 5000
+    align = {r["fold"]: r for r in data["alignment"]}
+    assert align[1]["cka_linear"] == pytest.approx(0.1) and align[0]["cknna_null"] == pytest.approx(0.1)
+
+
+def test_report_command_without_a_study_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from scoremix_ray.cli import app
+
+    r = CliRunner().invoke(app, ["report", "--config", STUDY, "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "no study named 'study-digits'" in str(r.exception)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # the tiny sweep it builds on may be its setup
+def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
+    """Every method on the embedded default (digits at toy size), 2 folds x 1 seed, through the Tune sweep,
+    MLflow and the report. It writes into the tiny sweep's folder: fold 0 / seed 0 is that sweep's cell, so
+    its generator and baseline are reused (as a study reuses them across conditions). The notebook then runs on
+    that folder: the sweep's table and grids and the study's report."""
+    from typer.testing import CliRunner
+
+    from conftest import TINY_RUN
+    from scoremix_ray.cli import app
+    from scoremix_ray.config import STUDY_METHODS
+    from scoremix_ray.generation import read_shards
+    from tuning.study import run_study
+
+    out = tiny_sweep[0]
+    sets = [f"out_dir={out}", *TINY_RUN, "study.folds=0,1", "study.seeds=0", "study.strategies=random",
+            "study.metrics=verification_accuracy,roc_auc"]  # fmt: skip
+    summary = run_study(load_config(STUDY, sets))
+    trials = {t["name"]: t for t in summary["trials"]}
+    assert len(trials) == 2 * len(STUDY_METHODS) and not [n for n, t in trials.items() if t["error"]]
+    assert len(list(out.glob("stages/generator-*"))) == 2  # fold 0 reused from the sweep, fold 1 new
+    budget = 2 * 8  # selection.count x generation.per_tuple, the same for every method
+    for name, t in trials.items():
+        stages = json.loads((Path(t["run_dir"]) / "stages.json").read_text())
+        table = read_shards(Path(stages["generate"]["dir"]), ["method"])
+        assert table.num_rows == budget and set(table.column("method").to_pylist()) == {name.split("-")[0]}
+    data_dirs = {}  # every condition of a fold saw the same split (real images, pairs) and the same baseline
+    for name, t in trials.items():
+        stages = json.loads((Path(t["run_dir"]) / "stages.json").read_text())
+        data_dirs.setdefault(name.rsplit("split_seed", 1)[1], set()).add((stages["data"]["dir"], stages["recognizer"]["dir"]))
+    assert {k: len(v) for k, v in data_dirs.items()} == {"0": 1, "1": 1}
+    report = json.loads(Path(summary["report"]["json"]).read_text())
+    rows = report["tables"]["verification_accuracy"]
+    assert [r["condition"] for r in rows][1:] == ["scoremix / random", *STUDY_METHODS[1:]]
+    assert all(r["cells"] == 2 and r["verdict"] != "not run" for r in rows)
+    assert report["tags"]["scoremix.kind"] == "study" and float(report["tags"]["scoremix.wall_time_s"]) > 0
+    assert {r["fold"] for r in report["alignment"]} == {0, 1}
+    # `report` rebuilds the same markdown from MLflow alone
+    md = Path(summary["report"]["markdown"]).read_text()
+    r = CliRunner().invoke(app, ["report", "--config", STUDY, *[a for s in sets for a in ("--set", s)]])
+    assert r.exit_code == 0, r.output
+    assert Path(summary["report"]["markdown"]).read_text() == md and "| diffii | 2 |" in md
+    # and the notebook shows the same study
+    import nbformat
+    from nbclient import NotebookClient
+
+    from scoremix_ray.config import to_yaml
+
+    (out / "tiny-study.yaml").write_text(to_yaml(load_config(STUDY, sets)))
+    nb = nbformat.read(Path(STUDY).parents[1] / "notebooks" / "compare_strategies.ipynb", as_version=4)
+    os.environ.update(SCOREMIX_OUT=str(out), SCOREMIX_STUDY=str(out / "tiny-study.yaml"))
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(out)}}).execute()
+    finally:
+        del os.environ["SCOREMIX_OUT"], os.environ["SCOREMIX_STUDY"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not any(o.output_type == "error" for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # sweep plot, sample grids, study plot
+    assert any("| scoremix / random | 2 |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert (out / "report.png").is_file()  # the sweep part of the notebook ran on the tiny sweep's runs
