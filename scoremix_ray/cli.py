@@ -165,8 +165,8 @@ def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutO
 
     _setup_logging()
     cfg = _cfg(config, set_, out)
-    split, data_dir = pipeline.data_stage(cfg)
-    d = pipeline.generator_stage(cfg, split, data_dir)
+    _, data_dir = pipeline.data_stage(cfg)
+    d = pipeline.generator_stage(cfg, data_dir)
     q = json.loads((d / "quality.json").read_text())
     typer.echo(f"generator: {d / 'final'}")
     typer.echo(f"class accuracy of samples (pixel classifier): {q['class_accuracy']:.3f}; grid: {d / 'samples.png'}")
@@ -196,8 +196,8 @@ def train_recognizer_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
 
     _setup_logging()
     cfg = _cfg(config, set_, out)
-    split, data_dir = pipeline.data_stage(cfg)
-    d, metrics = pipeline.recognizer_stage(cfg, split, data_dir)
+    _, data_dir = pipeline.data_stage(cfg)
+    d, metrics = pipeline.recognizer_stage(cfg, data_dir)
     cols = {"pairs": metrics} | ({"bin": metrics["bin"]} if "bin" in metrics else {})
     typer.echo(metrics_table(cols))
     typer.echo(f"recognizer: {d / 'final'}; metrics: {d / 'metrics.json'}")
@@ -218,7 +218,10 @@ def evaluate(
     _setup_logging()
     cfg = _cfg(config, set_, out)
     model_dir = recognizer / "final" if (recognizer / "final" / "recognizer.json").is_file() else recognizer
-    net = Recognizer.load(model_dir)
+    from scoremix_ray.devices import local_device
+    from scoremix_ray.distributed.runtime import resolve_devices
+
+    net = Recognizer.load(model_dir, local_device(resolve_devices(cfg).ray.use_gpu))
     if (net.meta["image_size"], net.meta["channels"]) != (cfg.data.image_size, cfg.data.channels):
         raise ScoreMixError(
             f"recognizer {model_dir} expects {net.meta['image_size']}px x {net.meta['channels']} channel(s), the "
@@ -340,10 +343,8 @@ def sample(
 
     from scoremix_ray import pipeline
     from scoremix_ray.data.images import save_grid
-    from scoremix_ray.diffusion.sampler import generate, sample_seed, tuple_key
-    from scoremix_ray.diffusion.train import load_generator
-
-    from scoremix_ray.diffusion.sampler import check_weights
+    from scoremix_ray.diffusion.sampler import check_weights, sample_seed, tuple_key
+    from scoremix_ray.distributed.runtime import on_device
 
     cfg = _cfg(config, set_, out)
     given_w = _floats(weights, "--weights") if weights else None
@@ -351,10 +352,8 @@ def sample(
         check_weights(torch.tensor([given_w]))
     _setup_logging()
     split, data_dir = pipeline.data_stage(cfg)
-    gen_dir = pipeline.generator_stage(cfg, split, data_dir)
+    gen_dir = pipeline.generator_stage(cfg, data_dir)
     names = split.train.class_names
-    net = load_generator(gen_dir)
-    guide = load_generator(gen_dir, "guide") if cfg.sampler.guidance == "autoguidance" else None
     if mix:
         ids = _class_ids(mix, names)
         if len(ids) < 2 or len(set(ids)) != len(ids):
@@ -381,8 +380,8 @@ def sample(
         labels += [ids_r] * per_class
         wts += [w] * per_class
         seeds += [sample_seed(cfg.seed, k, i) for i in range(per_class)]
-    images = generate(net, torch.tensor(labels), torch.tensor(wts, dtype=torch.float32), seeds, cfg.sampler,
-                      guide_net=guide)
+    images = on_device(cfg, pipeline.sample_images, cfg, gen_dir, torch.tensor(labels),
+                       torch.tensor(wts, dtype=torch.float32), seeds)  # fmt: skip
     path = png or cfg.run_dir / f"{stem}.png"
     save_grid([images[i * per_class : (i + 1) * per_class] for i in range(len(rows))], path)
     for ids_r, w in rows:

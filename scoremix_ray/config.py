@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,10 @@ from scoremix_ray.errors import ScoreMixError
 
 class ConfigError(ScoreMixError):
     """A bad config key or value; the message names the key."""
+
+
+Precision = Literal["fp32", "bf16"]  # bf16: autocast of the network's forward pass (CUDA; CPU works, slower)
+Auto = Literal["auto"]
 
 
 class _Section(BaseModel):
@@ -67,6 +71,7 @@ class GeneratorConfig(_Section):
     guide_checkpoint_step: int | None = None  # keep this step's EMA weights as the autoguidance model;
     # None = a quarter of training (a weaker, earlier model, as in "light autoguidance")
     log_every: int = Field(50, ge=1)
+    precision: Precision = "fp32"  # the network's forward pass in training; loss and EMA stay fp32
 
 
 class SamplerConfig(_Section):
@@ -74,9 +79,13 @@ class SamplerConfig(_Section):
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(80.0, gt=0)
     rho: float = Field(7.0, gt=0)
+    # One guidance policy for every generation path (ScoreMix, plain, the peers' generated counterparts, the
+    # generator's quality check): cfg needs generator.label_dropout > 0, autoguidance the generator's guide
+    # checkpoint (saved at generator.guide_checkpoint_step).
     guidance: Literal["none", "cfg", "autoguidance"] = "none"
     guidance_scale: float = Field(1.0, ge=0.0)  # g in D = D_weak + g (D_strong - D_weak); 1 = no guidance
     batch_size: int = Field(256, ge=1)
+    precision: Precision = "fp32"  # the network's forward pass; the mix and the Heun steps stay fp32/fp64
 
     @model_validator(mode="after")
     def _range(self) -> "SamplerConfig":
@@ -100,6 +109,7 @@ class RecognizerConfig(_Section):
     hflip: bool = False  # digits are not mirror-symmetric; faces are
     checkpoint_every: int = Field(10, ge=1)  # epochs between checkpoints and Ray Train reports (the last
     # epoch always has one); each report costs ~1 s on a 2-core box, a checkpoint copy more
+    precision: Precision = "fp32"  # the backbone's forward pass in training; the margin head stays fp32
 
 
 class SelectionConfig(_Section):
@@ -128,7 +138,9 @@ class GenerationConfig(_Section):
     # fixed by the plan, so the bytes do not depend on actor count or Ray's batching
     num_actors: int = Field(1, ge=1)
     actor_cpus: float = Field(0.5, gt=0)  # fractional: a 2-CPU box hangs with whole CPUs per actor
-    actor_gpus: float = Field(0.0, ge=0)  # 1 per actor on a GPU cluster
+    # GPUs per generation actor: "auto" = 1 when the run uses GPUs (ray.use_gpu), else 0; a fraction packs
+    # several actors on one GPU (0.5: two per GPU); 0 keeps actors on CPUs even on a GPU cluster
+    actor_gpus: Annotated[float, Field(ge=0)] | Auto = "auto"
     threads_per_actor: int | None = Field(None, ge=1)  # torch CPU threads; None = CPU cores // num_actors
 
 
@@ -140,7 +152,9 @@ class TrackingConfig(_Section):
 class RayConfig(_Section):
     address: str | None = None  # None = start a local Ray; "auto" = join the running cluster
     num_workers: int = Field(1, ge=1)  # Ray Train workers (1 is fastest on a 2-core box)
-    use_gpu: bool = False
+    # GPUs for Ray Train workers and the evaluation/quality tasks: "auto" = when the cluster has GPUs at the
+    # start of the job (on an autoscaling cluster with no GPU node up yet, say true)
+    use_gpu: bool | Auto = "auto"
     cpus_per_worker: float = Field(2.0, gt=0)  # also the worker's torch threads; 1 worker x 2 threads here
 
 
@@ -191,6 +205,13 @@ class Config(_Section):
     study: StudyConfig | None = None  # set by a study config (configs/study-digits.yaml); `report` then
     # reports the study
 
+    @model_validator(mode="after")
+    def _guidance_fits_generator(self) -> "Config":
+        if self.sampler.guidance == "cfg" and self.generator.label_dropout == 0:
+            raise ValueError("sampler.guidance=cfg needs a generator trained with a null label: set "
+                             "generator.label_dropout > 0 (e.g. 0.1) or use sampler.guidance=autoguidance")  # fmt: skip
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.out_dir / self.name
@@ -228,15 +249,33 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def _key_of(loc: tuple) -> str:
+    """The config key of an error location, without pydantic's union-member tags (`bool`, `literal['auto']`)."""
+    model: Any = Config
+    parts = []
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            if fields is not None and isinstance(part, str):  # an unknown key: keep it, it is the culprit
+                parts.append(part)
+            break
+        parts.append(part)
+        model = fields[part].annotation
+    return ".".join(str(p) for p in parts) or "config"
+
+
 def _one_line(err: ValidationError) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
     loc = tuple(first["loc"])
-    key = ".".join(str(p) for p in loc) or "config"
+    key = _key_of(loc)
     if first["type"] == "extra_forbidden":
         model = _model_at(loc)
         allowed = ", ".join(model.model_fields) if model else "?"
         return f"unknown config key '{key}' (allowed here: {allowed})"
-    msg = first["msg"].removeprefix("Value error, ")
+    # a union field (bool | "auto") fails once per member: say what each would have accepted
+    msg = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors
+                                    if _key_of(tuple(e["loc"])) == key))  # fmt: skip
     if "input" in first and first["type"] != "value_error":
         return f"bad value for config key '{key}': {msg} (got {first['input']!r})"
     return f"bad config: {msg}" if first["type"] == "value_error" else f"config key '{key}': {msg}"

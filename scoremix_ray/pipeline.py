@@ -49,12 +49,15 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
     return split, d
 
 
-def generator_stage(cfg: Config, split: Split, data_dir: Path) -> Path:
+def generator_stage(cfg: Config, data_dir: Path) -> Path:
     """Stage 2: the class-conditional EDM generator, trained with Ray Train on the training split only.
 
-    Cached by data + generator settings + seed; an interrupted training resumes from its last checkpoint.
-    After training: a sample grid (one row per class) and the class accuracy of the samples.
+    Cached by data + generator settings + seed; an interrupted training resumes from its last checkpoint, and
+    a trained generator whose quality check failed is checked again, not trained again. After training: a
+    sample grid (one row per class) and the class accuracy of the samples, under the run's guidance policy.
     """
+    from scoremix_ray.diffusion.train import check_guidance
+    from scoremix_ray.distributed.runtime import on_device
     from scoremix_ray.distributed.train import fit
 
     d = stage_dir(cfg, "generator", section_hash(cfg, "data", "generator"))
@@ -62,43 +65,54 @@ def generator_stage(cfg: Config, split: Split, data_dir: Path) -> Path:
         log.info("generator: reusing %s", d)
         return d
     d.mkdir(parents=True, exist_ok=True)
-    metrics = fit("generator", cfg, data_dir / "split.npz", d)
-    quality = generator_quality(cfg, split, d)
-    quality["train"] = metrics
+    if not (d / "train.json").is_file():
+        (d / "train.json").write_text(json.dumps(fit("generator", cfg, data_dir / "split.npz", d), indent=2))
+    check_guidance(cfg.sampler, d)
+    quality = on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d)
+    quality["train"] = json.loads((d / "train.json").read_text())
     (d / "quality.json").write_text(json.dumps(quality, indent=2))
     log.info("generator: class accuracy of samples %.3f (grid %s)", quality["class_accuracy"], d / "samples.png")
     return d
 
 
-def generator_quality(cfg: Config, split: Split, gen_dir: Path, per_class: int = 20) -> dict:
+def sample_images(cfg: Config, gen_dir: Path, labels, weights, seeds: list[int], device: str = "cpu"):
+    """Images of rows (classes, convex weights, seed) from the generator in `gen_dir` under the run's sampler
+    settings and guidance policy, computed on `device`; uint8 (N, H, W, C) on the host."""
+    from scoremix_ray.diffusion.sampler import generate
+    from scoremix_ray.diffusion.train import load_for_sampling
+
+    net, guide = load_for_sampling(gen_dir, cfg.sampler, device)
+    return generate(net, labels, weights, seeds, cfg.sampler, guide_net=guide)
+
+
+def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str = "cpu", per_class: int = 20) -> dict:
     """Sample `per_class` images of every class, save a grid, and score them with a pixel classifier."""
     import torch
 
-    from scoremix_ray.diffusion.sampler import generate, sample_seed
-    from scoremix_ray.diffusion.train import load_generator
+    from scoremix_ray.diffusion.sampler import sample_seed
     from scoremix_ray.evaluation.quality import class_accuracy, pixel_classifier
 
-    net = load_generator(gen_dir)
+    split = Split.load(split_path)
     n = split.train.num_classes
     labels = torch.arange(n).repeat_interleave(per_class)
     seeds = [sample_seed(cfg.seed, int(c), i % per_class) for i, c in enumerate(labels)]
-    images = generate(net, labels[:, None], torch.ones(len(labels), 1), seeds, cfg.sampler)
+    images = sample_images(cfg, gen_dir, labels[:, None], torch.ones(len(labels), 1), seeds, device)
     class_grid(images, labels.numpy(), 10, gen_dir / "samples.png")
     clf = pixel_classifier(split.train.images, split.train.labels, cfg.seed)
     return class_accuracy(clf, images, labels.numpy())
 
 
-def recognizer_stage(cfg: Config, split: Split, data_dir: Path, out: Path | None = None,
+def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
                      synthetic: Path | None = None) -> tuple[Path, dict]:
     """Stages 3 and 6: train a recognizer with Ray Train (on real data, plus `synthetic` Parquet shards for
-    the augmented one), then evaluate it on the split's pairs. Writes `final/` (the model), `centres.npy`
-    (class centres of the training images, for selection) and `metrics.json`.
+    the augmented one), then evaluate it on the split's pairs, on the run's device. Writes `final/` (the
+    model), `centres.npy` (class centres of the training images, for selection) and `metrics.json`.
 
     The baseline (out=None) is cached by data + recognizer settings + seed, shared by every strategy.
     """
+    from scoremix_ray.distributed.runtime import on_device
     from scoremix_ray.distributed.train import fit
-    from scoremix_ray.evaluation.recognizer import evaluate_bin, evaluate_split
-    from scoremix_ray.recognition.train import Recognizer, class_centres, embed
+    from scoremix_ray.evaluation.recognizer import evaluate_recognizer
 
     d = out or stage_dir(cfg, "recognizer", section_hash(cfg, "data", "recognizer"))
     if (d / "metrics.json").is_file():
@@ -106,12 +120,7 @@ def recognizer_stage(cfg: Config, split: Split, data_dir: Path, out: Path | None
         return d, json.loads((d / "metrics.json").read_text())
     d.mkdir(parents=True, exist_ok=True)
     train_metrics = fit("recognizer", cfg, data_dir / "split.npz", d, synthetic)
-    net = Recognizer.load(d / "final")
-    emb = embed(net, split.train.images, flip=cfg.recognizer.hflip)
-    np.save(d / "centres.npy", class_centres(emb, split.train.labels, split.train.num_classes))
-    metrics = evaluate_split(net, split, flip=cfg.recognizer.hflip)
-    if cfg.data.verification_bin is not None:
-        metrics["bin"] = evaluate_bin(net, cfg.data.verification_bin, flip=cfg.recognizer.hflip)
+    metrics = on_device(cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
     metrics["train"] = train_metrics
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("recognizer: verification accuracy %.4f +- %.4f, AUC %.4f (%s)", metrics["verification_accuracy"],
@@ -122,8 +131,8 @@ def recognizer_stage(cfg: Config, split: Split, data_dir: Path, out: Path | None
 def shared_stages(cfg: Config) -> tuple[Split, Path, Path, Path]:
     """Stages 1-3, computed once per setting and reused: (split, data dir, generator dir, recognizer dir)."""
     split, data_dir = data_stage(cfg)
-    gen_dir = generator_stage(cfg, split, data_dir)
-    rec_dir, _ = recognizer_stage(cfg, split, data_dir)
+    gen_dir = generator_stage(cfg, data_dir)
+    rec_dir, _ = recognizer_stage(cfg, data_dir)
     return split, data_dir, gen_dir, rec_dir
 
 
@@ -155,6 +164,7 @@ def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, sel
     weights and seeds): the same tuples give the same folder whichever strategy chose them, and an
     interrupted generation resumes in place. Actor counts are not in the key: they do not change the bytes.
     """
+    from scoremix_ray.diffusion.train import check_guidance
     from scoremix_ray.distributed.generate import generate_shards
     from scoremix_ray.generation import plan_digest, preview
     from scoremix_ray.methods import PlanContext, get_method
@@ -170,17 +180,18 @@ def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, sel
     if (d / "manifest.json").is_file() and json.loads((d / "manifest.json").read_text())["complete"]:
         log.info("generate: reusing %s", d)
         return d
+    check_guidance(cfg.sampler, gen_dir)  # before any actor starts
     manifest = generate_shards(cfg, method.name, plan, gen_dir, data_dir / "split.npz", d, rec_dir)
     (d / "generation.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}, indent=2))
     preview(d, cfg.data.image_size, cfg.data.channels)
     return d
 
 
-def augmented_stage(cfg: Config, split: Split, data_dir: Path, synth_dir: Path) -> tuple[Path, dict]:
+def augmented_stage(cfg: Config, data_dir: Path, synth_dir: Path) -> tuple[Path, dict]:
     """Stage 6: the same recognizer recipe on real + synthetic images; cached by recognizer settings and
     the synthetic set it saw."""
     key = hashlib.sha256(f"{section_hash(cfg, 'data', 'recognizer')}/{synth_dir.name}".encode()).hexdigest()[:12]
-    return recognizer_stage(cfg, split, data_dir, stage_dir(cfg, "augmented", key), synth_dir / "shards")
+    return recognizer_stage(cfg, data_dir, stage_dir(cfg, "augmented", key), synth_dir / "shards")
 
 
 DELTA_KEYS = ["verification_accuracy", "roc_auc", "tar_at_far_1e-1", "tar_at_far_1e-2", "tar_at_far_1e-3",
@@ -240,7 +251,7 @@ def run(cfg: Config) -> dict:
         (cfg.run_dir / "pairs.parquet").unlink(missing_ok=True)
     synth_dir = generate_stage(cfg, split, data_dir, gen_dir, sel, rec_dir)
     result["generate"] = {"dir": str(synth_dir), "grid": str(synth_dir / "samples.png")}
-    aug_dir, augmented = augmented_stage(cfg, split, data_dir, synth_dir)
+    aug_dir, augmented = augmented_stage(cfg, data_dir, synth_dir)
     augmented = {k: v for k, v in augmented.items() if k != "train"}
     result["augmented"] = {"dir": str(aug_dir)}
     result["metrics"] = str(update_metrics(

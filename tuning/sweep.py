@@ -63,15 +63,21 @@ def trial_configs(base: Config, strategies: list[str], seeds: list[int], methods
     return out
 
 
-def trial_work(cfg: Config) -> float:
-    """CPUs a trial's inner work holds at its busiest: its Train run or its generation actors."""
-    return max(cfg.ray.num_workers * cfg.ray.cpus_per_worker, cfg.generation.num_actors * cfg.generation.actor_cpus)
+def trial_work(cfg: Config) -> dict[str, float]:
+    """CPUs and GPUs a trial's inner work holds at its busiest (its phases run one after the other): its Train
+    run, its generation actors, or its evaluation task (1 GPU when the run uses GPUs)."""
+    from scoremix_ray.distributed.runtime import resolve_devices
+
+    cfg = resolve_devices(cfg)
+    train_gpus = cfg.ray.num_workers if cfg.ray.use_gpu else 0
+    return {"CPU": max(cfg.ray.num_workers * cfg.ray.cpus_per_worker, cfg.generation.num_actors * cfg.generation.actor_cpus),
+            "GPU": max(train_gpus, cfg.generation.num_actors * cfg.generation.actor_gpus, 1 if cfg.ray.use_gpu else 0)}  # fmt: skip
 
 
 def fit_to_cluster(cfg: Config, cpus: float) -> Config:
     """Shrink the per-worker CPU request if one trial could never fit (e.g. 2 CPUs per worker on a 2-CPU box
     plus the trial's sliver); the worker keeps round(cpus_per_worker) torch threads."""
-    if trial_work(cfg) + TRIAL_CPU > cpus:
+    if trial_work(cfg)["CPU"] + TRIAL_CPU > cpus:
         per = math.floor((cpus - TRIAL_CPU) / cfg.ray.num_workers * 100) / 100
         log.info("sweep: ray.cpus_per_worker %.2f -> %.2f so a trial's Train run fits %g CPUs",
                  cfg.ray.cpus_per_worker, per, cpus)
@@ -79,14 +85,20 @@ def fit_to_cluster(cfg: Config, cpus: float) -> Config:
     return cfg
 
 
-def concurrency(configs: list[Config], cpus: float) -> int:
-    """As many trials as their inner work fits side by side. Trials hold only TRIAL_CPU each, so the inner
-    work of running trials queues for CPUs but can always start (no trial waits on a CPU another trial's
-    sliver holds): work + n * TRIAL_CPU <= cpus."""
-    work = max(trial_work(c) for c in configs)
-    n = max(1, int(cpus // work))
-    while n > 1 and work + n * TRIAL_CPU > cpus:
+def concurrency(configs: list[Config], cpus: float, gpus: float = 0.0) -> int:
+    """As many trials as their inner work fits side by side, counting CPUs and GPUs. A trial holds only
+    TRIAL_CPU itself (Ray Train V2 under Tune: the trial is the Train driver; the workers, actors and the
+    evaluation task reserve their own CPUs and GPUs), so the inner work of running trials queues for resources
+    but can always start: work + n * TRIAL_CPU <= cpus, and n * GPU work <= gpus."""
+    work = {k: max(trial_work(c)[k] for c in configs) for k in ("CPU", "GPU")}
+    n = max(1, int(cpus // work["CPU"]))
+    while n > 1 and work["CPU"] + n * TRIAL_CPU > cpus:
         n -= 1
+    if work["GPU"] > 0:
+        if work["GPU"] > gpus:
+            log.warning("sweep: a trial needs %g GPU(s), the cluster has %g now: trials wait for the autoscaler",
+                        work["GPU"], gpus)  # fmt: skip
+        n = max(1, min(n, int(gpus // work["GPU"])))
     return n
 
 
@@ -147,7 +159,7 @@ def widen_for_driver(cfg: Config, cpus: float) -> Config:
     (trials may be sized to share the node). CPUs are not in any stage's cache key."""
     import ray
 
-    if len(ray.nodes()) != 1 or cfg.ray.use_gpu:
+    if len(ray.nodes()) != 1 or cfg.ray.use_gpu:  # (resolved): GPU workers keep their own CPU share
         return cfg
     per = math.floor(cpus / cfg.ray.num_workers * 100) / 100
     return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cpus_per_worker": max(per, cfg.ray.cpus_per_worker)})})
@@ -161,18 +173,18 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     from ray import tune
 
     from scoremix_ray import pipeline, tracking
-    from scoremix_ray.distributed.runtime import ensure_ray
+    from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
 
     configs = trial_configs(base, strategies, seeds, methods or [base.generation.method], grid)
     ensure_ray(base.ray)
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    configs = [fit_to_cluster(c, cpus) for c in configs]
+    cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
+    configs = [fit_to_cluster(resolve_devices(c), cpus) for c in configs]
     cells = shared_settings(configs)
     for i, c in enumerate(cells, 1):
         log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
         pipeline.shared_stages(widen_for_driver(c, cpus))
-    at_once = concurrency(configs, cpus)
-    log.info("sweep: %d trials, %d at a time on %g CPUs", len(configs), at_once, cpus)
+    at_once = concurrency(configs, cpus, gpus)
+    log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs", len(configs), at_once, cpus, gpus)
     parent = tracking.start_parent(base, name, {"scoremix.trials": str(len(configs)), **(tags or {})})
     status = "FAILED"
     try:

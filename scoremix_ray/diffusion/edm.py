@@ -105,9 +105,14 @@ def build_denoiser(cfg: GeneratorConfig, num_classes: int, image_size: int, chan
 def edm_loss(
     net: nn.Module, y: torch.Tensor, labels: torch.Tensor, cfg: GeneratorConfig, gen: torch.Generator
 ) -> torch.Tensor:
-    """Mean of lambda(sigma) ||D(y + n; sigma) - y||^2, sigma log-normal; all randomness from `gen`."""
+    """Mean of lambda(sigma) ||D(y + n; sigma) - y||^2, sigma log-normal; all randomness from `gen`, drawn on
+    the CPU (the same on any device) and moved to y's. `cfg.precision` "bf16" autocasts the network only."""
+    from scoremix_ray.devices import autocast
+
     rnd = torch.randn(y.shape[0], generator=gen)
     sigma = (rnd * cfg.p_std + cfg.p_mean).exp()
     n = torch.randn(y.shape, generator=gen) * sigma.reshape(-1, 1, 1, 1)
-    d = net(y + n.to(y.device), sigma.to(y.device), labels)
-    return (loss_weight(sigma.to(y.device), cfg.sigma_data).reshape(-1, 1, 1, 1) * (d - y) ** 2).mean()
+    sigma = sigma.to(y.device)
+    with autocast(y.device, cfg.precision):
+        d = net(y + n.to(y.device), sigma, labels)
+    return (loss_weight(sigma, cfg.sigma_data).reshape(-1, 1, 1, 1) * (d.float() - y) ** 2).mean()

@@ -12,9 +12,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from scoremix_ray import devices
 from scoremix_ray.errors import ScoreMixError
 
-Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma scalar tensor) -> D(x; sigma)
+Denoise = Callable[[torch.Tensor, float], torch.Tensor]  # (x, sigma) -> D(x; sigma), on x's device
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
@@ -34,8 +35,10 @@ def trajectory_progress(sigma: float, sigma_min: float, sigma_max: float, rho: f
 def heun_integrate(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """EDM Algorithm 1 (deterministic, 2nd order) on the probability-flow ODE dx/dt = (x - D(x; t)) / t, from
     state x at sigmas[0] through sigmas[-1]: an Euler step, then the trapezoidal correction unless t_next = 0.
-    Descending sigmas sample (or finish a partial noising); ascending sigmas invert an image to noise."""
+    Descending sigmas sample (or finish a partial noising); ascending sigmas invert an image to noise.
+    The state stays float64 on x's device; sigmas are Python floats (float64), so nothing crosses devices."""
     x = x.to(torch.float64)
+    sigmas = [float(s) for s in sigmas]
     for t_cur, t_next in zip(sigmas[:-1], sigmas[1:]):
         d_cur = (x - denoise(x.float(), t_cur).double()) / t_cur
         x_next = x + (t_next - t_cur) * d_cur
@@ -48,7 +51,7 @@ def heun_integrate(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor) -> t
 
 def heun_sample(denoise: Denoise, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Sampling from pure noise: x_0 = noise * t_0, integrated down to t_N = 0."""
-    return heun_integrate(denoise, noise.to(torch.float64) * sigmas[0], sigmas)
+    return heun_integrate(denoise, noise.to(torch.float64) * float(sigmas[0]), sigmas)
 
 
 def check_weights(weights: torch.Tensor, what: str = "weights") -> None:
@@ -69,15 +72,18 @@ def mixed_denoiser(
     guidance_scale: float = 1.0,
     guide_net: Callable | None = None,
     null_label: int | None = None,
+    precision: str = "fp32",
 ) -> Denoise:
     """D_mix(x; sigma) = sum_k w_k D(x; sigma, c_k), all K conditions in ONE batched network call.
 
-    labels, weights: (B, K). With `weights_end`, the weights ramp linearly from `weights` at sigma_max to
-    `weights_end` at sigma_min (`schedule` = (sigma_min, sigma_max, rho) locates sigma on the trajectory).
+    labels, weights: (B, K) host tensors (checked there, moved to the network's device per call). With
+    `weights_end`, the weights ramp linearly from `weights` at sigma_max to `weights_end` at sigma_min (`schedule` = (sigma_min, sigma_max, rho) locates sigma on the trajectory).
     Since the EDM score is (D - x) / sigma^2 and the weights sum to 1, this is the convex mix of scores.
     Guidance composes with the mix:
       cfg:          D = D_mix(null) + g (D_mix - D(null))          (one extra condition in the same call)
       autoguidance: D = D_weak_mix + g (D_mix - D_weak_mix)       (the weak model is an earlier checkpoint)
+    `precision` "bf16" autocasts the network call only; the mix and the guidance run in float32 on the
+    network's output, the integration (heun_integrate) in float64.
     """
     b, k = labels.shape
     check_weights(weights)
@@ -95,15 +101,18 @@ def mixed_denoiser(
     flat = conds.T.reshape(-1)  # condition-major: [c_1 of every sample, c_2 of every sample, ...]
     kk = conds.shape[1]
 
-    def mix_of(model: Callable, x: torch.Tensor, sigma: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        d = model(x.repeat(kk, 1, 1, 1), sigma.float().reshape(1).to(x.device), flat.to(x.device))
-        d = d.reshape(kk, b, *x.shape[1:])
+    def mix_of(model: Callable, x: torch.Tensor, sigma: float, w: torch.Tensor) -> torch.Tensor:
+        s = torch.full((1,), sigma, dtype=torch.float32, device=x.device)
+        with devices.autocast(x.device, precision):
+            d = model(x.repeat(kk, 1, 1, 1), s, flat.to(x.device))
+        d = d.float().reshape(kk, b, *x.shape[1:])
         mixed = torch.einsum("kb...,bk->b...", d[:k], w.to(d))
         if guidance == "cfg":
             return d[k] + guidance_scale * (mixed - d[k])
         return mixed
 
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        sigma = float(sigma)
         w = weights
         if weights_end is not None:
             p = trajectory_progress(float(sigma), *schedule)
@@ -136,6 +145,33 @@ def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
+def policy_denoiser(
+    net: Callable,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    scfg,
+    guide_net: Callable | None = None,
+    weights_end: torch.Tensor | None = None,
+    guided: bool = True,
+    guidance_scale: float | None = None,
+) -> Denoise:
+    """The mixed denoiser under the run's one guidance policy: `scfg.guidance` (none | cfg | autoguidance) with
+    `scfg.guidance_scale` and `scfg.precision`. Every generation path builds its denoiser here. `guided=False`
+    is an explicitly unguided stage (Diff-II's second); `guidance_scale` overrides the scale (its first)."""
+    return mixed_denoiser(
+        net, labels, weights, weights_end, (scfg.sigma_min, scfg.sigma_max, scfg.rho),
+        scfg.guidance if guided else "none", scfg.guidance_scale if guidance_scale is None else guidance_scale,
+        guide_net, net.null_label, scfg.precision,
+    )  # fmt: skip
+
+
+def to_images(x: torch.Tensor) -> np.ndarray:
+    """Model-space samples on any device -> uint8 (B, H, W, C) on the host."""
+    from scoremix_ray.data.images import from_model
+
+    return from_model(devices.to_numpy(x))
+
+
 def generate(
     net: Callable,
     labels: torch.Tensor,
@@ -147,20 +183,17 @@ def generate(
 ) -> np.ndarray:
     """Images for rows (labels_k, weights_k, seed) in batches of `scfg.batch_size`; uint8 (B, H, W, C).
 
-    `scfg` is a SamplerConfig; `net` an EDMDenoiser (its image shape and null label are read from it).
+    `scfg` is a SamplerConfig; `net` an EDMDenoiser (its image shape, null label and device are read from
+    it). Noise is drawn on the CPU from each row's seed, then moved to the network's device.
     """
-    from scoremix_ray.data.images import from_model
-
     unet_cfg = net.unet.config
     shape = (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
+    device = devices.device_of(net)
     sigmas = karras_sigmas(scfg.steps, scfg.sigma_min, scfg.sigma_max, scfg.rho)
     out = []
     for lo in range(0, len(seeds), scfg.batch_size):
         sl = slice(lo, lo + scfg.batch_size)
-        denoise = mixed_denoiser(
-            net, labels[sl], weights[sl], None if weights_end is None else weights_end[sl],
-            (scfg.sigma_min, scfg.sigma_max, scfg.rho), scfg.guidance, scfg.guidance_scale, guide_net,
-            net.null_label,
-        )  # fmt: skip
-        out.append(from_model(heun_sample(denoise, seeded_noise(seeds[sl], shape), sigmas).cpu().numpy()))
+        denoise = policy_denoiser(net, labels[sl], weights[sl], scfg, guide_net,
+                                  None if weights_end is None else weights_end[sl])  # fmt: skip
+        out.append(to_images(heun_sample(denoise, seeded_noise(seeds[sl], shape).to(device), sigmas)))
     return np.concatenate(out)

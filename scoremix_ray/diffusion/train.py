@@ -123,3 +123,27 @@ def train_generator(
 
 def load_generator(stage_dir: str | Path, which: str = "final", device: str = "cpu") -> EDMDenoiser:
     return EDMDenoiser.load(Path(stage_dir) / which, device)
+
+
+def check_guidance(scfg, stage_dir: str | Path) -> None:
+    """Before any generation: the generator in `stage_dir` has what `sampler.guidance` needs (a guide checkpoint
+    for autoguidance, a null label for cfg). Reads only the small metadata files."""
+    import json
+
+    from scoremix_ray.errors import ScoreMixError
+
+    d = Path(stage_dir)
+    if scfg.guidance == "autoguidance" and not (d / "guide" / "edm.json").is_file():
+        raise ScoreMixError(f"sampler.guidance=autoguidance needs the generator's guide checkpoint, missing: {d / 'guide'}")
+    if scfg.guidance == "cfg":
+        meta = d / "final" / "edm.json"
+        if meta.is_file() and json.loads(meta.read_text())["null_label"] is None:
+            raise ScoreMixError(f"sampler.guidance=cfg needs a generator trained with generator.label_dropout > 0; "
+                                f"the one in {d} has no null label")  # fmt: skip
+
+
+def load_for_sampling(stage_dir: str | Path, scfg, device: str = "cpu") -> tuple[EDMDenoiser, EDMDenoiser | None]:
+    """(generator, guide): the guide is loaded only when `sampler.guidance` is autoguidance, once per caller."""
+    check_guidance(scfg, stage_dir)
+    guide = load_generator(stage_dir, "guide", device) if scfg.guidance == "autoguidance" else None
+    return load_generator(stage_dir, "final", device), guide

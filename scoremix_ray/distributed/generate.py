@@ -25,20 +25,18 @@ class UnitRenderer:
         import pyarrow.parquet as pq
         import torch
 
-        from scoremix_ray.diffusion.train import load_generator
+        from scoremix_ray.devices import local_device
+        from scoremix_ray.diffusion.train import load_for_sampling
         from scoremix_ray.methods import RenderContext, get_method
 
-        cfg = Config.model_validate(conf["config"])
+        cfg = Config.model_validate(conf["config"])  # devices already resolved by the driver
         g = cfg.generation
-        device = "cuda" if g.actor_gpus > 0 and torch.cuda.is_available() else "cpu"
-        if device == "cpu":
+        device = local_device(g.actor_gpus > 0)  # Ray set CUDA_VISIBLE_DEVICES to this actor's (share of a) GPU
+        if device.type == "cpu":
             torch.set_num_threads(g.threads_per_actor or max(1, (os.cpu_count() or 1) // g.num_actors))
-        gen_dir = Path(conf["generator_dir"])
-        wants_guide = cfg.sampler.guidance == "autoguidance" or conf["method"] == "diffii"
-        guide = load_generator(gen_dir, "guide", device) if wants_guide and (gen_dir / "guide").is_dir() else None
+        net, guide = load_for_sampling(conf["generator_dir"], cfg.sampler, device)  # once per actor
         rec = conf.get("recognizer_dir")
-        self.ctx = RenderContext(cfg, load_generator(gen_dir, "final", device), guide, Path(conf["split_path"]),
-                                 Path(rec) if rec else None)  # fmt: skip
+        self.ctx = RenderContext(cfg, net, guide, Path(conf["split_path"]), Path(rec) if rec else None)
         self.method = get_method(conf["method"])
         self.plan = pq.read_table(Path(conf["out_dir"]) / "plan.parquet")
         self.out_dir = Path(conf["out_dir"])
@@ -61,7 +59,7 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
     import ray
     from ray.data import ActorPoolStrategy
 
-    from scoremix_ray.distributed.runtime import ensure_ray
+    from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
     from scoremix_ray.generation import missing_units, write_manifest, write_plan
 
     g = cfg.generation
@@ -75,6 +73,8 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
     t0, rendered = time.time(), 0
     if todo:
         ensure_ray(cfg.ray)
+        cfg = resolve_devices(cfg)
+        g = cfg.generation
         conf = {"config": cfg.model_dump(mode="json"), "method": method, "generator_dir": str(Path(generator_dir).resolve()),
                 "split_path": str(Path(split_path).resolve()), "out_dir": str(out_dir),
                 "recognizer_dir": str(Path(recognizer_dir).resolve()) if recognizer_dir else None}  # fmt: skip
@@ -83,8 +83,10 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
         ds = ds.map_batches(
             UnitRenderer, fn_constructor_kwargs={"conf": conf}, batch_size=1, batch_format="numpy",
             compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))), num_cpus=g.actor_cpus,
-            num_gpus=g.actor_gpus or None,
+            num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
         )  # fmt: skip
+        log.info("generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)", len(todo), min(g.num_actors, len(todo)),
+                 g.actor_cpus, g.actor_gpus)
         for row in ds.iter_rows():  # streaming: shards are on disk as units finish
             rendered += int(row["rows"])
     dt = time.time() - t0

@@ -41,6 +41,7 @@ def _worker(conf: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.model_validate(conf["config"])
     torch.set_num_threads(max(1, round(cfg.ray.cpus_per_worker)))  # 1.99 CPUs in a sweep: still 2 threads
+    # the worker's device: its own GPU under use_gpu (Ray Train sets CUDA_VISIBLE_DEVICES), else the CPU
     ctx = ray.train.get_context()
     world = ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -61,9 +62,10 @@ def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from scoremix_ray.distributed.runtime import ensure_ray
+    from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
 
     ensure_ray(cfg.ray)
+    cfg = resolve_devices(cfg)
     out_dir = Path(out_dir).resolve()
     conf = {"kind": kind, "config": cfg.model_dump(mode="json"), "split_path": str(Path(split_path).resolve()),
             "out_dir": str(out_dir), "synthetic": str(Path(synthetic).resolve()) if synthetic else None}

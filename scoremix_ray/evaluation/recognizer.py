@@ -13,6 +13,20 @@ from scoremix_ray.evaluation.verification import (
 from scoremix_ray.recognition.train import Recognizer, class_centres, embed
 
 
+def evaluate_recognizer(cfg, split_path: str | Path, rec_dir: str | Path, device: str = "cpu") -> dict:
+    """A trained recognizer stage on `device`: writes `centres.npy` (class centres of the training images, for
+    selection) and returns the verification metrics on the split's pairs (and on `data.verification_bin`)."""
+    rec_dir, flip = Path(rec_dir), cfg.recognizer.hflip
+    split = Split.load(split_path)
+    net = Recognizer.load(rec_dir / "final", device)
+    emb = embed(net, split.train.images, flip=flip)
+    np.save(rec_dir / "centres.npy", class_centres(emb, split.train.labels, split.train.num_classes))
+    metrics = evaluate_split(net, split, flip=flip)
+    if cfg.data.verification_bin is not None:
+        metrics["bin"] = evaluate_bin(net, cfg.data.verification_bin, flip=flip)
+    return metrics
+
+
 def evaluate_split(net: Recognizer, split: Split, flip: bool = False) -> dict:
     """Verification on the split's pairs, rank-1 identification among the test images, and closed-set
     accuracy (nearest training-class centre) where the test classes are training classes."""

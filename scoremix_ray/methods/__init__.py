@@ -30,8 +30,9 @@ class PlanContext:
 
 @dataclass
 class RenderContext:
-    """What an actor holds once: the config, the generator (and its guide); the data split and the baseline
-    recognizer are loaded on first use (only the methods that need them pay for them)."""
+    """What an actor holds once: the config, the generator (and its guide, when `sampler.guidance` is
+    autoguidance); the data split and the baseline recognizer are loaded on first use (only the methods that
+    need them pay for them), the recognizer onto the generator's device."""
 
     cfg: Config
     net: Any
@@ -48,8 +49,14 @@ class RenderContext:
 
             if self.recognizer_dir is None:
                 raise ScoreMixError("this method needs the baseline recognizer, which was not given")
-            self._recognizer = Recognizer.load(Path(self.recognizer_dir) / "final")
+            self._recognizer = Recognizer.load(Path(self.recognizer_dir) / "final", self.device)
         return self._recognizer
+
+    @property
+    def device(self):
+        from scoremix_ray.devices import device_of
+
+        return device_of(self.net)
 
     @property
     def centres(self):

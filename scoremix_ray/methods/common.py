@@ -7,8 +7,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from scoremix_ray.data.images import from_model, to_model
-from scoremix_ray.diffusion.sampler import heun_integrate, karras_sigmas, mixed_denoiser, sample_seed, seeded_noise
+from scoremix_ray.data.images import to_model
+from scoremix_ray.diffusion.sampler import (
+    heun_integrate, karras_sigmas, policy_denoiser, sample_seed, seeded_noise, to_images,
+)  # fmt: skip
 from scoremix_ray.methods import PlanContext, RenderContext
 
 
@@ -64,12 +66,16 @@ def strength_index(steps: int, strength: float) -> int:
     return int(round((1.0 - strength) * (steps - 1)))
 
 
-def class_denoiser(ctx: RenderContext, labels: np.ndarray, guided: bool = False):
-    lab = torch.as_tensor(labels, dtype=torch.long)[:, None]
-    kw = {}
-    if guided and ctx.guide is not None:
-        kw = {"guidance": "autoguidance", "guidance_scale": ctx.cfg.generation.guidance_scale, "guide_net": ctx.guide}
-    return mixed_denoiser(ctx.net, lab, torch.ones(len(lab), 1), **kw)
+def class_denoiser(ctx: RenderContext, labels: np.ndarray, guided: bool = True, guidance_scale: float | None = None):
+    """D(x; sigma, c) of each row's own class under the run's guidance policy (`sampler.guidance`)."""
+    lab = torch.tensor(labels, dtype=torch.long)[:, None]
+    return policy_denoiser(ctx.net, lab, torch.ones(len(lab), 1), ctx.cfg.sampler, ctx.guide, guided=guided,
+                           guidance_scale=guidance_scale)  # fmt: skip
+
+
+def model_input(ctx: RenderContext, images: np.ndarray) -> torch.Tensor:
+    """uint8 images (host) -> model space on the generator's device."""
+    return torch.from_numpy(to_model(images)).to(ctx.device)
 
 
 def schedule(ctx: RenderContext) -> torch.Tensor:
@@ -83,9 +89,9 @@ def renoise_and_denoise(ctx: RenderContext, images: np.ndarray, labels: np.ndarr
     the image's class: a generated counterpart that keeps the image's layout."""
     sig = schedule(ctx)
     k = strength_index(ctx.cfg.sampler.steps, strength)
-    x0 = torch.from_numpy(to_model(images))
-    x = x0 + sig[k].float() * seeded_noise(seeds, tuple(x0.shape[1:]))
-    return from_model(heun_integrate(class_denoiser(ctx, labels), x, sig[k:]).numpy())
+    x0 = model_input(ctx, images)
+    x = x0 + float(sig[k]) * seeded_noise(seeds, tuple(x0.shape[1:])).to(ctx.device)  # drawn on the CPU, then moved
+    return to_images(heun_integrate(class_denoiser(ctx, labels), x, sig[k:]))
 
 
 # --- image mixing (uint8 in, uint8 out) ------------------------------------------------------------------

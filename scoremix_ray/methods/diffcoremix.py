@@ -42,7 +42,7 @@ def render(ctx: RenderContext, rows: pa.Table):
     cand_seeds = [sample_seed(s, j, 0) for s in seeds for j in range(k)]  # k candidates per row
     cand_labels = np.repeat(labels, k)
     cands = generate(ctx.net, torch.as_tensor(cand_labels)[:, None], torch.ones(len(cand_labels), 1), cand_seeds,
-                     ctx.cfg.sampler.model_copy(update={"batch_size": len(cand_seeds)}))  # fmt: skip
+                     ctx.cfg.sampler.model_copy(update={"batch_size": len(cand_seeds)}), guide_net=ctx.guide)  # fmt: skip
     _, kept = keep_mask(ctx, cands, cand_labels)
     kept = kept.reshape(-1, k)
     out, discarded, fallback = [], int((~kept).sum()), 0

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scoremix_ray import devices
 from scoremix_ray.checkpoints import latest_checkpoint, load_state, save_checkpoint, step_generator
 from scoremix_ray.config import RecognizerConfig
 from scoremix_ray.data.images import to_model
@@ -127,7 +128,9 @@ def train_recognizer(
             x, y = x.to(device), y.to(device)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, step, total, steps_per_epoch)
-            logits = net.head(model(x), y)
+            with devices.autocast(device, cfg.precision):  # bf16: the backbone; the margin head stays fp32
+                emb = model(x)
+            logits = net.head(emb.float(), y)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,15 +165,15 @@ def embed(net: Recognizer, images: np.ndarray, batch_size: int = 512, flip: bool
     """L2-normalised embeddings (N, D) of uint8 images. With `flip`, the embedding of the image plus that of
     its mirror (the insightface test-time habit, only where mirroring is meaningful)."""
     net.eval()
-    device = next(net.parameters()).device
+    device = devices.device_of(net)
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(to_model(images[i:i + batch_size])).to(device)
         e = net(x)
         if flip:
             e = e + net(x.flip(3))
-        out.append(F.normalize(e, dim=1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, net.head.weight.shape[1]), np.float32)
+        out.append(devices.to_numpy(F.normalize(e, dim=1)))
+    return np.concatenate(out) if out else np.zeros((0, net.head.weight.shape[1]), np.float32)
 
 
 def class_centres(emb: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
