@@ -62,6 +62,23 @@ def tiny_generator(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_recognizer(tiny_generator, tmp_path_factory):
+    """A tiny baseline recognizer on the tiny generator's split: its stage folder (final/, centres.npy)."""
+    import numpy as np
+
+    from scoremix_ray.config import RecognizerConfig
+    from scoremix_ray.recognition.train import Recognizer, class_centres, embed, train_recognizer
+
+    split = tiny_generator[2]
+    d = tmp_path_factory.mktemp("rec")
+    cfg = RecognizerConfig(widths=(8, 16), blocks=(1, 1), embedding_dim=16, epochs=15, batch_size=32)
+    train_recognizer(split.train.images, split.train.labels, split.train.num_classes, cfg, 0, d)
+    net = Recognizer.load(d / "final")
+    np.save(d / "centres.npy", class_centres(embed(net, split.train.images), split.train.labels, 5))
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_sweep(ray_session, tmp_path_factory):
     """A 4-trial sweep on the session's Ray; selection.count=50 is more than the 10 pairs 5 classes have, so
     those two trials fail and the others go on. Its stages are reused by the job test and the tiny study."""

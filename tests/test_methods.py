@@ -24,20 +24,6 @@ def _ctx(tiny_generator, cfg, recognizer_dir=None):
     return RenderContext(cfg, net, guide, _split=split, recognizer_dir=recognizer_dir)
 
 
-@pytest.fixture(scope="module")
-def tiny_recognizer(tiny_generator, tmp_path_factory):
-    from scoremix_ray.config import RecognizerConfig
-    from scoremix_ray.recognition.train import Recognizer, class_centres, embed, train_recognizer
-
-    split = tiny_generator[2]
-    d = tmp_path_factory.mktemp("rec")
-    cfg = RecognizerConfig(widths=(8, 16), blocks=(1, 1), embedding_dim=16, epochs=15, batch_size=32)
-    train_recognizer(split.train.images, split.train.labels, split.train.num_classes, cfg, 0, d)
-    net = Recognizer.load(d / "final")
-    np.save(d / "centres.npy", class_centres(embed(net, split.train.images), split.train.labels, 5))
-    return d
-
-
 def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, tiny_recognizer, tmp_path):
     get_method("scoremix")
     assert set(METHODS) == {"scoremix", "plain", "mixup", "cutmix", "diffusemix", "diffcoremix", "diffii"}
