@@ -22,7 +22,7 @@ from scoremix_ray.diffusion.sampler import heun_sample, karras_sigmas, mixed_den
 def naive_mix(net, labels, weights):
     """Two network calls per evaluation: what a straightforward implementation does."""
     def denoise(x, sigma):
-        s = sigma.float().reshape(1)
+        s = torch.full((1,), float(sigma))
         return sum(weights[:, k, None, None, None] * net(x, s, labels[:, k]) for k in range(labels.shape[1]))
     return denoise
 

@@ -261,6 +261,8 @@ def _key_of(loc: tuple) -> str:
             break
         parts.append(part)
         model = fields[part].annotation
+        models = [m for m in getattr(model, "__args__", ()) if hasattr(m, "model_fields")]  # Optional[Section]
+        model = models[0] if models else model
     return ".".join(str(p) for p in parts) or "config"
 
 

@@ -131,8 +131,8 @@ def test_report_command_without_a_study_says_so(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # the tiny sweep it builds on may be its setup
 def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
-    """Every method on the embedded default (digits at toy size) through the study's Tune sweep, MLflow and
-    the report. One cell (fold 0, seed 0), the tiny sweep's: its generator and baseline are reused, as a study
+    """Every method on the embedded default (digits at toy size) with autoguidance through the study's Tune
+    sweep, MLflow and the report. One cell (fold 0, seed 0), the tiny sweep's: its generator and baseline are reused, as a study
     reuses them across conditions (intervals over many cells are tested on a synthetic store above; each
     cell costs ~7 Ray Train + Ray Data trials, ~35 s each on 2 cores). The notebook then runs on that folder:
     the sweep's table and grids and the study's report."""
@@ -146,7 +146,9 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
 
     out = tiny_sweep[0]
     sets = [f"out_dir={out}", *TINY_RUN, "study.folds=0", "study.seeds=0", "study.strategies=random",
-            "study.metrics=verification_accuracy,roc_auc", "generation.weights="]  # fmt: skip
+            "study.metrics=verification_accuracy,roc_auc", "generation.weights=",
+            # every method end to end under the paper's guidance (the guide loaded once per actor)
+            "sampler.guidance=autoguidance", "sampler.guidance_scale=1.5"]  # fmt: skip
     summary = run_study(load_config(STUDY, sets))
     trials = {t["name"]: t for t in summary["trials"]}
     assert len(trials) == len(STUDY_METHODS) and not [n for n, t in trials.items() if t["error"]]
@@ -156,6 +158,7 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
         stages = json.loads((Path(t["run_dir"]) / "stages.json").read_text())
         table = read_shards(Path(stages["generate"]["dir"]), ["method"])
         assert table.num_rows == budget and set(table.column("method").to_pylist()) == {name.split("-")[0]}
+        assert load_config(Path(t["run_dir"]) / "config.yaml").sampler.guidance == "autoguidance"
     data_dirs = {}  # every condition of a fold saw the same split (real images, pairs) and the same baseline
     for name, t in trials.items():
         stages = json.loads((Path(t["run_dir"]) / "stages.json").read_text())

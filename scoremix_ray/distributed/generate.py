@@ -44,11 +44,12 @@ class UnitRenderer:
     def __call__(self, batch: dict) -> dict:
         from scoremix_ray.generation import render_unit
 
-        out: dict[str, list] = {"unit": [], "rows": [], "seconds": []}
+        out: dict[str, list] = {"unit": [], "rows": [], "seconds": [], "device": []}
         for u, lo, hi in zip(batch["unit"], batch["start"], batch["stop"]):
             r = render_unit(self.ctx, self.method, self.plan, int(u), int(lo), int(hi), self.out_dir)
-            for k in out:
+            for k in ("unit", "rows", "seconds"):
                 out[k].append(r[k])
+            out["device"].append(str(self.ctx.device))
         return out
 
 
@@ -70,7 +71,7 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
     if done_before:
         log.info("generate: %d of %d images already written, rendering the other %d", done_before, len(plan),
                  len(plan) - done_before)
-    t0, rendered = time.time(), 0
+    t0, rendered, used = time.time(), 0, set()
     if todo:
         ensure_ray(cfg.ray)
         cfg = resolve_devices(cfg)
@@ -89,11 +90,12 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
                  g.actor_cpus, g.actor_gpus)
         for row in ds.iter_rows():  # streaming: shards are on disk as units finish
             rendered += int(row["rows"])
+            used.add(str(row["device"]))
     dt = time.time() - t0
     manifest = write_manifest(out_dir, len(plan), g.unit_size, {"method": method})
     rate = rendered / dt if rendered else 0.0
-    log.info("generate: %d images rendered in %.1f s (%.1f images/s), %d in total -> %s", rendered, dt, rate,
-             manifest["rows_written"], out_dir)
+    log.info("generate: %d images rendered in %.1f s (%.1f images/s) on %s, %d in total -> %s", rendered, dt, rate,
+             ",".join(sorted(used)) or "-", manifest["rows_written"], out_dir)
     if manifest["stats"]:
         log.info("generate: %s", ", ".join(f"{k} {v}" for k, v in manifest["stats"].items()))
-    return {**manifest, "rendered": rendered, "seconds": dt, "images_per_s": rate}
+    return {**manifest, "rendered": rendered, "seconds": dt, "images_per_s": rate, "devices": sorted(used)}
