@@ -76,6 +76,7 @@ def test_actor_pool_is_byte_identical_and_resumes(ray_session, tiny_generator, t
         out = tmp_path / f"actors{actors}"
         m = generate_shards(cfg_n, "scoremix", plan, gen_dir, tmp_path / "none.npz", out)
         assert m["complete"] and m["rows_written"] == 30 and len(m["shards"]) == 4
+        assert m["devices"] == ["cpu"] and m["steady_images_per_s"] > 0  # actors on the CPU: no GPU here
         assert _images(out) == ref  # byte-identical PNGs whatever the actor count
     # lose one shard, truncate another: a rerun renders exactly those two units again
     out = tmp_path / "actors2"

@@ -71,7 +71,7 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
     if done_before:
         log.info("generate: %d of %d images already written, rendering the other %d", done_before, len(plan),
                  len(plan) - done_before)
-    t0, rendered, used = time.time(), 0, set()
+    t0, rendered, used, first = time.time(), 0, set(), (0.0, 0)
     if todo:
         ensure_ray(cfg.ray)
         cfg = resolve_devices(cfg)
@@ -89,13 +89,18 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
         log.info("generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)", len(todo), min(g.num_actors, len(todo)),
                  g.actor_cpus, g.actor_gpus)
         for row in ds.iter_rows():  # streaming: shards are on disk as units finish
+            if not rendered:
+                first = (time.time(), int(row["rows"]))  # actors are warm from here on
             rendered += int(row["rows"])
             used.add(str(row["device"]))
     dt = time.time() - t0
+    # once warm: the units after the first, over the time since the first came back (actor start excluded)
+    steady = (rendered - first[1]) / (time.time() - first[0]) if rendered > first[1] else 0.0
     manifest = write_manifest(out_dir, len(plan), g.unit_size, {"method": method})
     rate = rendered / dt if rendered else 0.0
     log.info("generate: %d images rendered in %.1f s (%.1f images/s) on %s, %d in total -> %s", rendered, dt, rate,
              ",".join(sorted(used)) or "-", manifest["rows_written"], out_dir)
     if manifest["stats"]:
         log.info("generate: %s", ", ".join(f"{k} {v}" for k, v in manifest["stats"].items()))
-    return {**manifest, "rendered": rendered, "seconds": dt, "images_per_s": rate, "devices": sorted(used)}
+    return {**manifest, "rendered": rendered, "seconds": dt, "images_per_s": rate,
+            "steady_images_per_s": steady, "devices": sorted(used)}
