@@ -25,8 +25,12 @@ def stage_dir(cfg: Config, stage: str, key: str) -> Path:
     return cfg.out_dir / "stages" / f"{stage}-{key}"
 
 
+GRID_CLASSES = 16  # rows of a class grid: a picture to look at, not a dump of 10,000 identities
+
+
 def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int, path: Path) -> Path:
-    rows = [images[labels == c][:per_class] for c in np.unique(labels)]
+    """One row per class (the first GRID_CLASSES classes), `per_class` images each."""
+    rows = [images[labels == c][:per_class] for c in np.unique(labels)[:GRID_CLASSES]]
     return save_grid(rows, path)
 
 
@@ -85,8 +89,12 @@ def sample_images(cfg: Config, gen_dir: Path, labels, weights, seeds: list[int],
     return generate(net, labels, weights, seeds, cfg.sampler, guide_net=guide)
 
 
+QUALITY_CLASSES = 32  # classes the quality check samples and scores (a seed-fixed subset above that)
+
+
 def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str = "cpu", per_class: int = 20) -> dict:
-    """Sample `per_class` images of every class, save a grid, and score them with a pixel classifier."""
+    """Sample `per_class` images of (up to QUALITY_CLASSES seed-fixed) classes, save a grid, and score them with
+    a pixel classifier fit on those classes' real images: the accuracy among those classes."""
     import torch
 
     from scoremix_ray.diffusion.sampler import sample_seed
@@ -94,12 +102,16 @@ def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str 
 
     split = Split.load(split_path)
     n = split.train.num_classes
-    labels = torch.arange(n).repeat_interleave(per_class)
+    classes = np.arange(n)
+    if n > QUALITY_CLASSES:
+        classes = np.sort(np.random.default_rng([cfg.seed, 11]).choice(n, QUALITY_CLASSES, replace=False))
+    labels = torch.from_numpy(classes).repeat_interleave(per_class)
     seeds = [sample_seed(cfg.seed, int(c), i % per_class) for i, c in enumerate(labels)]
     images = sample_images(cfg, gen_dir, labels[:, None], torch.ones(len(labels), 1), seeds, device)
     class_grid(images, labels.numpy(), 10, gen_dir / "samples.png")
-    clf = pixel_classifier(split.train.images, split.train.labels, cfg.seed)
-    return class_accuracy(clf, images, labels.numpy())
+    real = np.isin(split.train.labels, classes)
+    clf = pixel_classifier(split.train.images[real], split.train.labels[real], cfg.seed)
+    return {**class_accuracy(clf, images, labels.numpy()), "classes_scored": int(len(classes)), "classes": n}
 
 
 def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
@@ -205,11 +217,22 @@ def deltas(baseline: dict, augmented: dict) -> dict:
 
 
 def alignment_stage(cfg: Config, gen_dir: Path, rec_dir: Path) -> dict:
-    """Stage 7 (part): how well the generator's condition space matches the recognizer's embedding space."""
+    """Stage 7 (part): how well the generator's condition space matches the recognizer's embedding space.
+    It depends on the generator and the baseline alone, so it is computed once per (generator, baseline,
+    seed) and cached, not redone in every trial that shares them."""
     from scoremix_ray.evaluation.alignment import alignment
 
+    key = hashlib.sha256(f"{gen_dir.name}/{rec_dir.name}/{cfg.seed}".encode()).hexdigest()[:12]
+    path = stage_dir(cfg, "alignment", key) / "alignment.json"
+    if path.is_file():
+        return json.loads(path.read_text())
     sp = class_spaces(gen_dir, rec_dir)
-    return alignment(sp.condition, sp.embedding, seed=cfg.seed)
+    result = alignment(sp.condition, sp.embedding, seed=cfg.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.rename(path)  # concurrent trials may race here: each writes the same content, atomically
+    return result
 
 
 def update_metrics(cfg: Config, **sections: dict) -> Path:

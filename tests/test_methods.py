@@ -93,3 +93,18 @@ def test_slerp_endpoints_and_inversion_round_trip(tiny_generator):
     err = np.abs(back.astype(float) - images.astype(float)).mean()
     other = np.abs(images[::-1].astype(float) - images.astype(float)).mean()
     assert err < 0.25 * other, (err, other)  # ODE inversion then regeneration comes back close
+
+
+def test_partner_draws_are_uniform_over_the_right_pool():
+    from collections import Counter
+
+    from scoremix_ray.methods.common import draw_partner
+
+    labels = np.array([2, 0, 1, 0, 2, 0, 1, 3])
+    by_class = np.argsort(labels, kind="stable")
+    grouped = labels[by_class]
+    same = Counter(draw_partner(grouped, by_class, 3, 0, seed, "same") for seed in range(3000))
+    assert set(same) == {1, 5} and min(same.values()) > 1350  # the other two 0s, ~1500 each, never itself
+    other = Counter(draw_partner(grouped, by_class, 3, 0, seed, "other") for seed in range(5000))
+    assert set(other) == {0, 2, 4, 6, 7} and min(other.values()) > 880  # every non-0 image, ~1000 each
+    assert draw_partner(grouped, by_class, 7, 3, 1, "same") == 7  # alone in its class: itself

@@ -101,6 +101,14 @@ def test_rank1_and_closed_set():
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     labels = np.array([0, 0, 1, 1, 1])
     assert rank1_accuracy(emb, labels) == pytest.approx(4 / 5)  # the last one's nearest is class 0
+    assert rank1_accuracy(emb, labels, chunk=2) == pytest.approx(4 / 5)  # chunked: the same answer
+    rng = np.random.default_rng(0)
+    big, big_labels = rng.normal(size=(301, 8)), rng.integers(0, 40, 301)
+    full = big @ big.T
+    np.fill_diagonal(full, -np.inf)
+    mate = np.bincount(big_labels)[big_labels] >= 2
+    expected = np.mean(big_labels[full.argmax(1)][mate] == big_labels[mate])
+    assert rank1_accuracy(big, big_labels, chunk=64) == rank1_accuracy(big, big_labels) == pytest.approx(expected)
     centres = class_centres(emb, labels, 2)
     assert np.allclose(np.linalg.norm(centres, axis=1), 1)
     assert closed_set_accuracy(emb, labels, centres) == pytest.approx(4 / 5)

@@ -10,7 +10,7 @@ its mean over random re-orderings of one space's rows.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 
 
 def _centre_gram(k: np.ndarray) -> np.ndarray:
@@ -25,14 +25,15 @@ def hsic_biased(k: np.ndarray, l: np.ndarray) -> float:
 
 def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
     """HSIC_1 = [tr(K~L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3)),
-    K~, L~ = K, L with zeroed diagonals. Needs n >= 4."""
+    K~, L~ = K, L with zeroed diagonals. Needs n >= 4. O(n^2): tr(K~L~) = sum(K~ * L~^T) and
+    1^T K~ L~ 1 = (1^T K~) . (L~ 1), no matrix product."""
     n = len(k)
     if n < 4:
         raise ValueError(f"unbiased HSIC needs >= 4 rows, got {n}")
     kt, lt = k.copy(), l.copy()
     np.fill_diagonal(kt, 0)
     np.fill_diagonal(lt, 0)
-    value = np.sum(kt * lt.T) + kt.sum() * lt.sum() / ((n - 1) * (n - 2)) - 2 * np.sum(kt @ lt) / (n - 2)
+    value = np.sum(kt * lt.T) + kt.sum() * lt.sum() / ((n - 1) * (n - 2)) - 2 * (kt.sum(0) @ lt.sum(1)) / (n - 2)
     return float(value / (n * (n - 3)))
 
 
@@ -87,47 +88,101 @@ def cknna(x: np.ndarray, y: np.ndarray, topk: int) -> float:
     return float(sim(k, l, mk, ml) / denom) if denom > 0 else 0.0
 
 
-def distance_spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman correlation of the two spaces' pairwise cosine distances (upper triangle)."""
-    iu = np.triu_indices(len(x), 1)
-    return float(spearmanr((1 - linear_kernel(_unit(x)))[iu], (1 - linear_kernel(_unit(y)))[iu]).statistic)
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def metrics(x: np.ndarray, y: np.ndarray, topk: int) -> dict:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    kx, ky = linear_kernel(x), linear_kernel(y)
+class _Space:
+    """What every metric needs of one space, computed once (O(n^2 d)); a re-ordering of the rows is then an
+    O(n^2) gather of each matrix (`permuted`), which is what makes the permutation null O(n^2) per draw."""
+
+    def __init__(self, x: np.ndarray, topk: int, arrays: dict | None = None):
+        if arrays is not None:
+            self.__dict__.update(arrays)
+            return
+        x = np.asarray(x, np.float64)
+        cos = linear_kernel(_unit(x))
+        self.linear, self.rbf, self.cos = linear_kernel(x), rbf_kernel(x), cos
+        self.knn = knn_mask(cos, topk)
+        iu = np.triu_indices(len(x), 1)  # ranks of the pairwise cosine distances (ties averaged, as Spearman)
+        ranks = np.zeros_like(cos)
+        ranks[iu] = rankdata(1 - cos[iu])
+        self.ranks = ranks + ranks.T  # symmetric: a re-ordering moves pairs across the diagonal
+
+    def permuted(self, p: np.ndarray) -> "_Space":
+        return _Space(None, 0, {k: v[np.ix_(p, p)] for k, v in self.__dict__.items()})
+
+
+def _cknna(a: _Space, b: _Space) -> float:
+    def sim(k, l, mk, ml):
+        m = mk & ml
+        return hsic_unbiased(np.where(m, k, 0.0), np.where(m, l, 0.0))
+
+    denom = np.sqrt(max(sim(a.cos, a.cos, a.knn, a.knn), 0.0) * max(sim(b.cos, b.cos, b.knn, b.knn), 0.0))
+    return float(sim(a.cos, b.cos, a.knn, b.knn) / denom) if denom > 0 else 0.0
+
+
+def _metrics(a: _Space, b: _Space, topk: int) -> dict:
+    iu = np.triu_indices(len(a.cos), 1)
     return {
-        "cka_linear": cka(kx, ky),
-        "cka_linear_biased": cka(kx, ky, unbiased=False),
-        "cka_rbf": cka(rbf_kernel(x), rbf_kernel(y)),
-        "mutual_knn": mutual_knn(x, y, topk),
-        "cknna": cknna(x, y, topk),
-        "distance_spearman": distance_spearman(x, y),
+        "cka_linear": cka(a.linear, b.linear),
+        "cka_linear_biased": cka(a.linear, b.linear, unbiased=False),
+        "cka_rbf": cka(a.rbf, b.rbf),
+        "mutual_knn": float(np.mean((a.knn & b.knn).sum(1) / topk)),
+        "cknna": _cknna(a, b),
+        "distance_spearman": float(np.corrcoef(a.ranks[iu], b.ranks[iu])[0, 1]),  # Pearson of ranks
     }
 
 
+def mutual_knn(x: np.ndarray, y: np.ndarray, topk: int) -> float:
+    """Mean over rows of |kNN_x(i) ∩ kNN_y(i)| / k, neighbours by cosine similarity (Huh et al. 2024)."""
+    return metrics(x, y, topk)["mutual_knn"]
+
+
+def cknna(x: np.ndarray, y: np.ndarray, topk: int) -> float:
+    """CKA restricted to mutual-k-NN pairs (Huh et al. 2024): K and L (cosine kernels) are masked to the entries
+    (i, j) where j is among the k nearest of i in both spaces, then compared with the unbiased HSIC; the
+    self-terms use each space's own kNN mask."""
+    return metrics(x, y, topk)["cknna"]
+
+
+def distance_spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman correlation of the two spaces' pairwise cosine distances (upper triangle)."""
+    return metrics(x, y, 1)["distance_spearman"]
+
+
+def metrics(x: np.ndarray, y: np.ndarray, topk: int) -> dict:
+    return _metrics(_Space(x, topk), _Space(y, topk), topk)
+
+
+MAX_CLASSES = 2000  # n x n float64 matrices: ~32 MB each at 2000 classes, ~800 MB at 10,000
+
+
 def alignment(x: np.ndarray, y: np.ndarray, topk: int | None = None, permutations: int = 100,
-              seed: int = 0) -> dict:  # fmt: skip
+              seed: int = 0, max_classes: int = MAX_CLASSES) -> dict:  # fmt: skip
     """All metrics, each with `<name>_null`: the mean over `permutations` random row orders of y (what the
     metric gives when the two spaces share nothing but their marginal geometry), and `<name>_p`: the
-    one-sided permutation p-value (1 + #{null >= observed}) / (1 + permutations)."""
+    one-sided permutation p-value (1 + #{null >= observed}) / (1 + permutations).
+
+    Cost: O(n^2 d) once, then O(n^2) per permutation (the matrices are re-ordered, not recomputed). Above
+    `max_classes` classes the metrics are estimated on a seed-fixed subset of that many classes (the unbiased
+    HSIC is unbiased on a subsample too); `classes` and `classes_used` say so."""
     n = len(x)
     if len(y) != n:
         raise ValueError(f"alignment needs the same classes in both spaces: {n} vs {len(y)} rows")
     if n < 5:
         raise ValueError(f"alignment needs >= 5 classes, got {n}")
-    topk = topk or max(1, min(10, (n - 1) // 2))
-    out = metrics(x, y, topk)
     rng = np.random.default_rng(seed)
-    nulls = [metrics(x, y[rng.permutation(n)], topk) for _ in range(permutations)]
+    rows = np.sort(rng.choice(n, max_classes, replace=False)) if n > max_classes else np.arange(n)
+    m = len(rows)
+    topk = topk or max(1, min(10, (m - 1) // 2))
+    a, b = _Space(np.asarray(x)[rows], topk), _Space(np.asarray(y)[rows], topk)
+    out = _metrics(a, b, topk)
+    nulls = [_metrics(a, b.permuted(rng.permutation(m)), topk) for _ in range(permutations)]
     for key in list(out):
-        null = np.array([m[key] for m in nulls])
+        null = np.array([v[key] for v in nulls])
         out[f"{key}_null"] = float(null.mean())
         out[f"{key}_p"] = float((1 + np.sum(null >= out[key] - 1e-12)) / (1 + permutations))
-    out["classes"], out["topk"], out["permutations"] = n, topk, permutations
+    out["classes"], out["classes_used"], out["topk"], out["permutations"] = n, m, topk, permutations
     return out

@@ -11,12 +11,24 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 
+MAX_SIDE = 32  # features: images are block-averaged to at most 32 px a side (37k raw features at 112x112 RGB)
+
+
+def features(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) -> float32 (N, F) in [0, 1], block-averaged by f = ceil(H / MAX_SIDE)."""
+    x = images.astype(np.float32) / 255.0
+    f = -(-x.shape[1] // MAX_SIDE)
+    if f > 1:
+        h, w = x.shape[1] // f * f, x.shape[2] // f * f
+        x = x[:, :h, :w].reshape(len(x), h // f, f, w // f, f, x.shape[3]).mean((2, 4))
+    return x.reshape(len(x), -1)
+
+
 def pixel_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> LogisticRegression:
-    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    return LogisticRegression(max_iter=2000, random_state=seed).fit(x, labels)
+    return LogisticRegression(max_iter=2000, random_state=seed).fit(features(images), labels)
 
 
 def class_accuracy(clf: LogisticRegression, images: np.ndarray, labels: np.ndarray) -> dict:
-    pred = clf.predict(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+    pred = clf.predict(features(images))
     per_class = {int(c): float((pred[labels == c] == c).mean()) for c in np.unique(labels)}
     return {"class_accuracy": float((pred == labels).mean()), "per_class": per_class}

@@ -86,11 +86,16 @@ def closed_set_accuracy(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray
     return float(np.mean((emb @ centres.T).argmax(1) == labels))
 
 
-def rank1_accuracy(emb: np.ndarray, labels: np.ndarray) -> float:
+def rank1_accuracy(emb: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> float:
     """Leave-one-out rank-1 identification: each image against all others as the gallery; counted only for
-    images whose class has another image in the gallery."""
-    sim = emb @ emb.T
-    np.fill_diagonal(sim, -np.inf)
+    images whose class has another image in the gallery. Probes go `chunk` at a time, so memory is
+    O(chunk x N), never N x N."""
     counts = np.bincount(labels)
     has_mate = counts[labels] >= 2
-    return float(np.mean(labels[sim.argmax(1)][has_mate] == labels[has_mate]))
+    nearest = np.empty(len(emb), np.int64)
+    for lo in range(0, len(emb), chunk):
+        sim = emb[lo:lo + chunk] @ emb.T
+        rows = np.arange(len(sim))
+        sim[rows, lo + rows] = -np.inf  # not oneself
+        nearest[lo:lo + chunk] = sim.argmax(1)
+    return float(np.mean(labels[nearest][has_mate] == labels[has_mate]))

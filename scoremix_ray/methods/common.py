@@ -29,6 +29,7 @@ def source_rows(ctx: PlanContext, name: str, partner: str | None = None) -> pa.T
     about equally), label = the source's label. `partner`: "same" (another image of the class) or "other"
     (an image of another class) for methods that combine two real images."""
     labels = ctx.split.train.labels
+    by_class = np.argsort(labels, kind="stable")  # image indices grouped by class: one sort, then O(1) per row
     n, total = len(labels), budget(ctx)
     order = np.random.default_rng([ctx.cfg.seed, method_key(name)]).permutation(n)
     src = order[np.arange(total) % n]
@@ -36,12 +37,9 @@ def source_rows(ctx: PlanContext, name: str, partner: str | None = None) -> pa.T
     cols = {"label": labels[src], "classes": [[int(labels[s])] for s in src], "weights": [[1.0]] * total,
             "weights_end": [None] * total, "seed": seeds, "index": np.arange(total), "source": src}  # fmt: skip
     if partner is not None:
-        mates = []
-        for s, seed in zip(src, seeds):
-            pool = np.flatnonzero((labels == labels[s]) if partner == "same" else (labels != labels[s]))
-            pool = pool[pool != s] if partner == "same" and len(pool) > 1 else pool
-            mates.append(int(np.random.default_rng(seed).choice(pool)))
-        cols["partner"] = mates
+        grouped = labels[by_class]
+        cols["partner"] = [draw_partner(grouped, by_class, int(s), int(labels[s]), seed, partner)
+                           for s, seed in zip(src, seeds)]  # fmt: skip
     return pa.table({
         "label": pa.array(cols["label"], pa.int64()), "classes": pa.array(cols["classes"], pa.list_(pa.int64())),
         "weights": pa.array(cols["weights"], pa.list_(pa.float64())),
@@ -50,6 +48,22 @@ def source_rows(ctx: PlanContext, name: str, partner: str | None = None) -> pa.T
         "source": pa.array(cols["source"], pa.int64()),
         **({"partner": pa.array(cols["partner"], pa.int64())} if partner else {}),
     })  # fmt: skip
+
+
+def draw_partner(grouped: np.ndarray, by_class: np.ndarray, s: int, c: int, seed: int, partner: str) -> int:
+    """A uniform draw, from the row's seed, among the other images of image s's class c ("same"; s itself if
+    it is alone) or among the images of every other class ("other"), by position in `by_class` (the image
+    indices grouped by class, `grouped` their labels): O(log N) per row instead of a scan of all N labels."""
+    lo, hi = int(np.searchsorted(grouped, c, "left")), int(np.searchsorted(grouped, c, "right"))
+    rng = np.random.default_rng(seed)
+    if partner == "same":
+        if hi - lo == 1:
+            return s
+        r = int(rng.integers(hi - lo - 1))
+        r += r >= int(np.searchsorted(by_class[lo:hi], s))  # skip s itself (members are in index order)
+        return int(by_class[lo + r])
+    r = int(rng.integers(len(grouped) - (hi - lo)))
+    return int(by_class[r if r < lo else r + hi - lo])  # skip the block of s's class
 
 
 def row_rng(seed: int) -> np.random.Generator:

@@ -9,9 +9,16 @@ Distances are cosine distances, 1 - cos, between the recognizer's class centres 
 generator's class-embedding vectors ("condition"). A tuple's distance is the sum of its pairwise distances
 (for a pair, the distance itself), so `embedding-distant` with `tuple_size=3` and `triplet-sum-max` agree.
 
-Exact top-N over all C(n, 3) triplets without materialising them: one block per first class i holds the
-(n-i-1)^2 sums for j, k > i (O(n^2) memory); each block's best N candidates are merged into a running top-N
-with `argpartition`. Work is O(n^3 / 3) vectorised additions (n = 1000 classes: a few seconds).
+Distances are computed a block of rows at a time from the unit vectors (`Distances`), never as an n x n
+matrix: at 10,000 classes that matrix alone would be 800 MB.
+Pairs: exact top-N in one pass over row blocks, O(n^2) time, O(block x n + N) memory.
+Triplets, up to EXACT_TRIPLETS classes: exact top-N over all C(n, 3) without materialising them: one block per
+first class i holds the (n-i-1)^2 sums for j, k > i; each block's best N candidates are merged into a running
+top-N with `argpartition` (O(n^3 / 3) vectorised additions: n = 1000 classes, a few seconds).
+Triplets above that: a threshold search over the best pairs (`_triplets_from_pairs`): each of the P best
+pairs is extended by its best third classes (O(P n)); the result is certified exact when the next pair's
+distance cannot reach the N-th triplet (a triplet's sum is at most 3x its best pair), otherwise P grows
+up to a budget, beyond which the best found is returned and the log says it is not certified.
 """
 
 from __future__ import annotations
@@ -22,9 +29,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import logging
+
 import numpy as np
 
 from scoremix_ray.errors import ScoreMixError
+
+log = logging.getLogger("scoremix_ray")
+
+
+class Distances:
+    """Cosine distances 1 - cos between the rows of x, clipped to [0, 2], a block of rows at a time."""
+
+    def __init__(self, x: np.ndarray):
+        x = np.asarray(x, np.float64)
+        self.u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def __len__(self) -> int:
+        return len(self.u)
+
+    def rows(self, idx) -> np.ndarray:
+        """Distances from the classes `idx` (a slice or index array) to every class: (len(idx), n)."""
+        return np.clip(1.0 - self.u[idx] @ self.u.T, 0.0, 2.0)
+
+    def pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.clip(1.0 - np.einsum("nd,nd->n", self.u[a], self.u[b]), 0.0, 2.0)
+
+    def block_rows(self) -> int:
+        return max(1, 2**22 // max(1, len(self)))  # ~32 MB of float64 per block
 
 
 @dataclass
@@ -34,11 +66,11 @@ class Spaces:
     embedding: np.ndarray | None = None  # recognizer class centres (n, d)
     condition: np.ndarray | None = None  # generator class-embedding vectors (n, d')
 
-    def distances(self, which: str) -> np.ndarray:
+    def distances(self, which: str) -> Distances:
         x = getattr(self, which)
         if x is None:
             raise ScoreMixError(f"this strategy needs the {which} space, which was not given")
-        return cosine_distance(x)
+        return Distances(x)
 
     @property
     def num_classes(self) -> int:
@@ -66,44 +98,103 @@ def register(name: str) -> Callable[[Strategy], Strategy]:
 
 
 def cosine_distance(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return np.clip(1.0 - x @ x.T, 0.0, 2.0)
+    """The full n x n matrix (small n: tests, plots)."""
+    return Distances(x).rows(slice(None))
 
 
-def tuple_distance(dist: np.ndarray, tuples: np.ndarray) -> np.ndarray:
+def tuple_distance(dist: Distances, tuples: np.ndarray) -> np.ndarray:
     """Sum of pairwise distances within each tuple."""
-    return sum(dist[tuples[:, a], tuples[:, b]] for a, b in itertools.combinations(range(tuples.shape[1]), 2))
+    return sum(dist.pairs(tuples[:, a], tuples[:, b]) for a, b in itertools.combinations(range(tuples.shape[1]), 2))
 
 
-def top_tuples(dist: np.ndarray, k: int, m: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Exact best `m` k-tuples (k = 2 or 3, i < j < k) by summed distance, sorted best first."""
-    n, sign = len(dist), -1.0 if largest else 1.0  # minimise sign * score
+EXACT_TRIPLETS = 1000  # classes up to which triplets are searched exhaustively
+PAIR_BUDGET = 1 << 15  # pairs the threshold search may extend before it stops short of a certificate
+
+
+def _keep_best(cand: np.ndarray, key: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(key) > m:
+        part = np.argpartition(key, m - 1)[:m]
+        return cand[part], key[part]
+    return cand, key
+
+
+def _sorted(cand: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort([*cand.T[::-1], key])  # best first; ties broken by the tuple itself (deterministic)
+    return cand[order].astype(np.int64), key[order]
+
+
+def _top_pairs(dist: Distances, m: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """The m pairs (i < j) of smallest sign * d, best first, one block of rows at a time."""
+    n, step = len(dist), dist.block_rows()
+    cand, ckey = np.zeros((0, 2), np.int64), np.zeros(0)
+    for lo in range(0, n - 1, step):
+        hi = min(n, lo + step)
+        block = sign * dist.rows(slice(lo, hi))
+        r, j = np.nonzero(np.arange(n)[None, :] > np.arange(lo, hi)[:, None])  # j > i only
+        pairs, key = _keep_best(np.stack([lo + r, j], 1), block[r, j], m)
+        cand, ckey = _keep_best(np.concatenate([cand, pairs]), np.concatenate([ckey, key]), m)
+    return _sorted(cand, ckey)
+
+
+def _triplets_exact(dist: Distances, m: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    d = dist.rows(slice(None))
+    n = len(d)
+    cand, ckey = np.zeros((0, 3), np.int64), np.zeros(0)
+    for i in range(n - 2):
+        rest = np.arange(i + 1, n)
+        block = d[i, rest][:, None] + d[i, rest][None, :] + d[np.ix_(rest, rest)]
+        jj, kk = np.triu_indices(len(rest), 1)
+        trip, key = _keep_best(np.stack([np.full(len(jj), i), rest[jj], rest[kk]], 1), sign * block[jj, kk], m)
+        cand, ckey = _keep_best(np.concatenate([cand, trip]), np.concatenate([ckey, key]), m)
+    return _sorted(cand, ckey)
+
+
+def _triplets_from_pairs(dist: Distances, m: int, sign: float, budget: int = PAIR_BUDGET):
+    """Threshold search: with key = sign * d, a triplet's key sum is at least 3x the smallest key among its three
+    pairs, so once the (P+1)-th best pair has key > T / 3 (T: the m-th best triplet found among extensions
+    of the P best pairs) no unseen triplet can enter the top m: the answer is exact. Returns (tuples, keys,
+    certified)."""
+    n = len(dist)
+    total_pairs = n * (n - 1) // 2
+    pairs, pkeys = _top_pairs(dist, min(total_pairs, budget + 1), sign)  # once: the best pairs, in order
+    p, done = min(len(pairs), max(256, m)), 0
+    cand, ckey = np.zeros((0, 3), np.int64), np.zeros(0)
+    while True:
+        for lo in range(done, p, 256):
+            ij, pk = pairs[lo:min(p, lo + 256)], pkeys[lo:min(p, lo + 256)]
+            third = sign * (dist.rows(ij[:, 0]) + dist.rows(ij[:, 1])) + pk[:, None]  # key sum for every k
+            rows = np.arange(len(ij))
+            third[rows, ij[:, 0]] = third[rows, ij[:, 1]] = np.inf
+            kk = np.argpartition(third, m - 1, axis=1)[:, :m] if m < n else np.argsort(third, 1)
+            trip = np.sort(np.concatenate([np.repeat(ij, kk.shape[1], 0), kk.reshape(-1, 1)], 1), 1)
+            key = np.take_along_axis(third, kk, 1).reshape(-1)
+            ok = np.isfinite(key)
+            trip, first = np.unique(np.concatenate([cand, trip[ok]]), axis=0, return_index=True)
+            cand, ckey = _keep_best(trip, np.concatenate([ckey, key[ok]])[first], m)
+        done = p
+        t = np.sort(ckey)[m - 1] if len(ckey) >= m else np.inf
+        if done >= total_pairs or (done < len(pairs) and pkeys[done] > t / 3):
+            return (*_sorted(cand, ckey), True)
+        if done >= min(budget, len(pairs)):
+            return (*_sorted(cand, ckey), False)
+        p = min(4 * p, budget, len(pairs))
+
+
+def top_tuples(dist: Distances, k: int, m: int, largest: bool, exact_limit: int = EXACT_TRIPLETS):
+    """Best `m` k-tuples (k = 2 or 3, i < j < k) by summed distance, sorted best first."""
+    sign = -1.0 if largest else 1.0  # minimise sign * score
     if k == 2:
-        i, j = np.triu_indices(n, 1)
-        key = sign * dist[i, j]
-        keep = np.argpartition(key, m - 1)[:m] if m < len(key) else np.arange(len(key))
-        cand, ckey = np.stack([i[keep], j[keep]], 1), key[keep]
+        cand, key = _top_pairs(dist, m, sign)
+    elif k == 3 and len(dist) <= exact_limit:
+        cand, key = _triplets_exact(dist, m, sign)
     elif k == 3:
-        cand, ckey = np.zeros((0, 3), np.int64), np.zeros(0)
-        for i in range(n - 2):
-            rest = np.arange(i + 1, n)
-            block = dist[i, rest][:, None] + dist[i, rest][None, :] + dist[np.ix_(rest, rest)]
-            jj, kk = np.triu_indices(len(rest), 1)
-            key = sign * block[jj, kk]
-            if len(key) > m:
-                part = np.argpartition(key, m - 1)[:m]
-                jj, kk, key = jj[part], kk[part], key[part]
-            trip = np.stack([np.full(len(key), i), rest[jj], rest[kk]], 1)
-            cand, ckey = np.concatenate([cand, trip]), np.concatenate([ckey, key])
-            if len(ckey) > m:
-                part = np.argpartition(ckey, m - 1)[:m]
-                cand, ckey = cand[part], ckey[part]
+        cand, key, certified = _triplets_from_pairs(dist, m, sign)
+        if not certified:
+            log.warning("select: %d classes, triplet top-%d from the best %d pairs, not certified exact",
+                        len(dist), m, PAIR_BUDGET)  # fmt: skip
     else:
         raise ScoreMixError(f"ranked strategies support tuples of 2 or 3 classes, not selection.tuple_size={k}")
-    # best first; ties broken by the tuple itself so the order is deterministic
-    order = np.lexsort([*cand.T[::-1], ckey])
-    return cand[order].astype(np.int64), sign * ckey[order]
+    return cand, sign * key
 
 
 def greedy_limit(tuples: np.ndarray, count: int, max_uses: int | None) -> np.ndarray:
@@ -122,7 +213,7 @@ def greedy_limit(tuples: np.ndarray, count: int, max_uses: int | None) -> np.nda
     return np.asarray(keep, np.int64)
 
 
-def ranked(dist: np.ndarray, opt: Options, largest: bool, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def ranked(dist: Distances, opt: Options, largest: bool, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top `opt.count` tuples by summed distance; with `max_uses`, greedily down the exact ranking (the
     candidate list doubles until the greedy pass is complete, so the result equals a full-ranking pass)."""
     k = k or opt.tuple_size
