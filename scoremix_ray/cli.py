@@ -338,7 +338,6 @@ def sample(
     png: Annotated[Optional[Path], typer.Option(help="Where to write the grid PNG")] = None,
 ) -> None:
     """Write a PNG grid: plain class-conditional rows (--classes) or ScoreMix rows (--mix)."""
-    import numpy as np
     import torch
 
     from scoremix_ray import pipeline

@@ -1,7 +1,6 @@
 """Peer methods on the tiny generator: budgets, invariants, determinism."""
 
 import numpy as np
-import pytest
 import torch
 
 from scoremix_ray.config import Config

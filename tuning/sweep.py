@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import math
-import traceback
 from pathlib import Path
 
 from scoremix_ray.config import Config, ConfigError, section_hash, with_overrides

@@ -67,71 +67,77 @@ def knn_mask(k: np.ndarray, topk: int) -> np.ndarray:
     return mask
 
 
-def mutual_knn(x: np.ndarray, y: np.ndarray, topk: int) -> float:
-    """Mean over rows of |kNN_x(i) ∩ kNN_y(i)| / k, neighbours by cosine similarity (Huh et al. 2024)."""
-    a, b = knn_mask(linear_kernel(_unit(x)), topk), knn_mask(linear_kernel(_unit(y)), topk)
-    return float(np.mean((a & b).sum(1) / topk))
-
-
-def cknna(x: np.ndarray, y: np.ndarray, topk: int) -> float:
-    """CKA restricted to mutual-k-NN pairs (Huh et al. 2024): K and L are masked to the entries (i, j) where
-    j is among the k nearest of i in both spaces, then compared with the unbiased HSIC; the self-terms
-    use each space's own kNN mask."""
-    k, l = linear_kernel(_unit(x)), linear_kernel(_unit(y))
-    mk, ml = knn_mask(k, topk), knn_mask(l, topk)
-
-    def sim(a, b, ma, mb):
-        m = ma & mb
-        return hsic_unbiased(np.where(m, a, 0.0), np.where(m, b, 0.0))
-
-    denom = np.sqrt(max(sim(k, k, mk, mk), 0.0) * max(sim(l, l, ml, ml), 0.0))
-    return float(sim(k, l, mk, ml) / denom) if denom > 0 else 0.0
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-class _Space:
-    """What every metric needs of one space, computed once (O(n^2 d)); a re-ordering of the rows is then an
-    O(n^2) gather of each matrix (`permuted`), which is what makes the permutation null O(n^2) per draw."""
+def _zero_diag(k: np.ndarray) -> np.ndarray:
+    k = k.copy()
+    np.fill_diagonal(k, 0)
+    return k
 
-    def __init__(self, x: np.ndarray, topk: int, arrays: dict | None = None):
-        if arrays is not None:
-            self.__dict__.update(arrays)
+
+def _hsic_u(kt: np.ndarray, lt: np.ndarray, symmetric: bool = True) -> float:
+    """hsic_unbiased for matrices whose diagonals are already zero (no copies); vdot when symmetric."""
+    n = len(kt)
+    tr = np.vdot(kt, lt) if symmetric else np.einsum("ij,ji->", kt, lt)
+    value = tr + kt.sum() * lt.sum() / ((n - 1) * (n - 2)) - 2 * (kt.sum(0) @ lt.sum(1)) / (n - 2)
+    return float(value / (n * (n - 3)))
+
+
+def _hsic_b(k: np.ndarray, l: np.ndarray) -> float:
+    """hsic_biased for symmetric K, L without forming HKH: tr(KHLH) = tr(KL) - 2/n 1'KL1 + 1'K1 1'L1 / n^2."""
+    n = len(k)
+    return float((np.vdot(k, l) - 2 / n * (k.sum(1) @ l.sum(1)) + k.sum() * l.sum() / n**2) / (n - 1) ** 2)
+
+
+class _Space:
+    """What every metric needs of one space, computed once (O(n^2 d)), with its self-similarity terms (which no
+    re-ordering changes); a re-ordering of the rows is then an O(n^2) gather (`permuted`), which is what makes
+    the permutation null O(n^2) per draw."""
+
+    def __init__(self, x: np.ndarray | None, topk: int, mats: dict | None = None, own: dict | None = None):
+        if mats is not None:
+            self.mats, self.own = mats, own
             return
         x = np.asarray(x, np.float64)
         cos = linear_kernel(_unit(x))
-        self.linear, self.rbf, self.cos = linear_kernel(x), rbf_kernel(x), cos
-        self.knn = knn_mask(cos, topk)
+        lin = linear_kernel(x)
+        knn = knn_mask(cos, topk)
         iu = np.triu_indices(len(x), 1)  # ranks of the pairwise cosine distances (ties averaged, as Spearman)
         ranks = np.zeros_like(cos)
         ranks[iu] = rankdata(1 - cos[iu])
-        self.ranks = ranks + ranks.T  # symmetric: a re-ordering moves pairs across the diagonal
+        self.mats = {"linear": lin, "linear_zd": _zero_diag(lin), "rbf_zd": _zero_diag(rbf_kernel(x)), "cos": cos,
+                     "knn": knn, "ranks": ranks + ranks.T}  # symmetric: a re-ordering moves pairs across the diagonal
+        knn_cos = np.where(knn, cos, 0.0)
+        self.own = {"linear": _hsic_u(self.mats["linear_zd"], self.mats["linear_zd"]), "linear_b": _hsic_b(lin, lin),
+                    "rbf": _hsic_u(self.mats["rbf_zd"], self.mats["rbf_zd"]),
+                    "cknna": _hsic_u(knn_cos, knn_cos, symmetric=False)}  # fmt: skip
 
     def permuted(self, p: np.ndarray) -> "_Space":
-        return _Space(None, 0, {k: v[np.ix_(p, p)] for k, v in self.__dict__.items()})
+        return _Space(None, 0, {k: v[np.ix_(p, p)] for k, v in self.mats.items()}, self.own)
 
 
-def _cknna(a: _Space, b: _Space) -> float:
-    def sim(k, l, mk, ml):
-        m = mk & ml
-        return hsic_unbiased(np.where(m, k, 0.0), np.where(m, l, 0.0))
-
-    denom = np.sqrt(max(sim(a.cos, a.cos, a.knn, a.knn), 0.0) * max(sim(b.cos, b.cos, b.knn, b.knn), 0.0))
-    return float(sim(a.cos, b.cos, a.knn, b.knn) / denom) if denom > 0 else 0.0
+def _ratio(num: float, a: float, b: float) -> float:
+    denom = np.sqrt(max(a, 0.0) * max(b, 0.0))
+    return float(num / denom) if denom > 0 else 0.0
 
 
 def _metrics(a: _Space, b: _Space, topk: int) -> dict:
-    iu = np.triu_indices(len(a.cos), 1)
+    """CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) for each kernel; CKNNA = the unbiased CKA of the cosine
+    kernels masked to the mutual-kNN entries, the self-terms with each space's own kNN mask (Huh et al. 2024)."""
+    am, bm = a.mats, b.mats
+    mutual = am["knn"] & bm["knn"]
+    iu = np.triu_indices(len(am["cos"]), 1)
     return {
-        "cka_linear": cka(a.linear, b.linear),
-        "cka_linear_biased": cka(a.linear, b.linear, unbiased=False),
-        "cka_rbf": cka(a.rbf, b.rbf),
-        "mutual_knn": float(np.mean((a.knn & b.knn).sum(1) / topk)),
-        "cknna": _cknna(a, b),
-        "distance_spearman": float(np.corrcoef(a.ranks[iu], b.ranks[iu])[0, 1]),  # Pearson of ranks
+        "cka_linear": _ratio(_hsic_u(am["linear_zd"], bm["linear_zd"]), a.own["linear"], b.own["linear"]),
+        "cka_linear_biased": _ratio(_hsic_b(am["linear"], bm["linear"]), a.own["linear_b"], b.own["linear_b"]),
+        "cka_rbf": _ratio(_hsic_u(am["rbf_zd"], bm["rbf_zd"]), a.own["rbf"], b.own["rbf"]),
+        "mutual_knn": float(np.mean(mutual.sum(1) / topk)),
+        "cknna": _ratio(_hsic_u(np.where(mutual, am["cos"], 0.0), np.where(mutual, bm["cos"], 0.0), symmetric=False),
+                        a.own["cknna"], b.own["cknna"]),
+        "distance_spearman": float(np.corrcoef(am["ranks"][iu], bm["ranks"][iu])[0, 1]),  # Pearson of ranks
     }
 
 
