@@ -29,7 +29,6 @@ def source_rows(ctx: PlanContext, name: str, partner: str | None = None) -> pa.T
     about equally), label = the source's label. `partner`: "same" (another image of the class) or "other"
     (an image of another class) for methods that combine two real images."""
     labels = ctx.split.train.labels
-    by_class = np.argsort(labels, kind="stable")  # image indices grouped by class: one sort, then O(1) per row
     n, total = len(labels), budget(ctx)
     order = np.random.default_rng([ctx.cfg.seed, method_key(name)]).permutation(n)
     src = order[np.arange(total) % n]
@@ -37,6 +36,7 @@ def source_rows(ctx: PlanContext, name: str, partner: str | None = None) -> pa.T
     cols = {"label": labels[src], "classes": [[int(labels[s])] for s in src], "weights": [[1.0]] * total,
             "weights_end": [None] * total, "seed": seeds, "index": np.arange(total), "source": src}  # fmt: skip
     if partner is not None:
+        by_class = np.argsort(labels, kind="stable")  # image indices grouped by class: one sort, O(log N) a row
         grouped = labels[by_class]
         cols["partner"] = [draw_partner(grouped, by_class, int(s), int(labels[s]), seed, partner)
                            for s, seed in zip(src, seeds)]  # fmt: skip
