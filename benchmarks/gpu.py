@@ -149,17 +149,17 @@ def ray_data_figures(size, channels, gen_over, batch, steps, device, units: int,
 
 def quality_figures(gen_dir: Path, config: Path | None, device: torch.device, per_class: int) -> dict:
     """Class accuracy of the generator's samples, fp32 vs bf16 sampling, same seeds, the config's sampler."""
-    from scoremix_ray.config import load_config
+    from scoremix_ray.config import load_config, section_hash
     from scoremix_ray.data import Split
     from scoremix_ray.diffusion.sampler import generate, sample_seed
     from scoremix_ray.diffusion.train import load_generator
     from scoremix_ray.evaluation.quality import class_accuracy, pixel_classifier
 
     cfg = load_config(config)
-    data = sorted(gen_dir.parent.glob("data-*/split.npz"))
-    if not data:
-        raise SystemExit(f"no data stage beside {gen_dir} (expected ../data-*/split.npz)")
-    split = Split.load(data[0])
+    data = gen_dir.parent / f"data-{section_hash(cfg, 'data', seed=False)}" / "split.npz"  # the config's data stage
+    if not data.is_file():
+        raise SystemExit(f"no data stage of this config beside {gen_dir} (expected {data}); pass its --config")
+    split = Split.load(data)
     net = load_generator(gen_dir, device=str(device))
     n = net.num_classes
     labels = torch.arange(n).repeat_interleave(per_class)

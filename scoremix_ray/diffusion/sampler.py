@@ -77,7 +77,8 @@ def mixed_denoiser(
     """D_mix(x; sigma) = sum_k w_k D(x; sigma, c_k), all K conditions in ONE batched network call.
 
     labels, weights: (B, K) host tensors (checked there, moved to the network's device per call). With
-    `weights_end`, the weights ramp linearly from `weights` at sigma_max to `weights_end` at sigma_min (`schedule` = (sigma_min, sigma_max, rho) locates sigma on the trajectory).
+    `weights_end`, the weights ramp linearly from `weights` at sigma_max to `weights_end` at sigma_min
+    (`schedule` = (sigma_min, sigma_max, rho) locates sigma on the trajectory).
     Since the EDM score is (D - x) / sigma^2 and the weights sum to 1, this is the convex mix of scores.
     Guidance composes with the mix:
       cfg:          D = D_mix(null) + g (D_mix - D(null))          (one extra condition in the same call)
@@ -115,7 +116,7 @@ def mixed_denoiser(
         sigma = float(sigma)
         w = weights
         if weights_end is not None:
-            p = trajectory_progress(float(sigma), *schedule)
+            p = trajectory_progress(sigma, *schedule)
             w = (1 - p) * weights + p * weights_end
         d = mix_of(net, x, sigma, w)
         if guidance == "autoguidance":

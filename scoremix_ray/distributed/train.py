@@ -41,10 +41,9 @@ def _worker(conf: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.model_validate(conf["config"])
     torch.set_num_threads(max(1, round(cfg.ray.cpus_per_worker)))  # 1.99 CPUs in a sweep: still 2 threads
-    # the worker's device: its own GPU under use_gpu (Ray Train sets CUDA_VISIBLE_DEVICES), else the CPU
     ctx = ray.train.get_context()
     world = ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    device = ray.train.torch.get_device()  # its own GPU under use_gpu (Ray Train sets CUDA_VISIBLE_DEVICES)
     images, labels, n = training_set(conf, cfg)
 
     def report(metrics: dict, ckpt_dir: Path | None) -> None:
