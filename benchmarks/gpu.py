@@ -81,6 +81,7 @@ def sampler_figures(size, channels, gen_over, batch, steps, device, repeats) -> 
 def training_figures(size, channels, gen_over, rec_over, batch, steps, device, tmp: Path) -> dict:
     """The project's own loops on random uint8 data; images/s of the last report window (start-up excluded)."""
     from scoremix_ray.config import GeneratorConfig, RecognizerConfig
+    from scoremix_ray.data.batches import InMemory
     from scoremix_ray.diffusion.train import train_generator
     from scoremix_ray.recognition.train import train_recognizer
 
@@ -93,11 +94,11 @@ def training_figures(size, channels, gen_over, rec_over, batch, steps, device, t
         rates: list[float] = []
         gcfg = GeneratorConfig(**gen_over, batch_size=batch, steps=2 * steps, log_every=steps, checkpoint_every=10**9,
                                precision=precision)  # fmt: skip
-        train_generator(images, labels, 100, gcfg, 0, tmp / f"gen-{size}-{precision}", device=str(device),
+        train_generator(InMemory(images, labels), 100, gcfg, 0, tmp / f"gen-{size}-{precision}", device=str(device),
                         report=lambda m, c: rates.append(m["images_per_s"]))  # fmt: skip
         rcfg = RecognizerConfig(**rec_over, batch_size=batch, epochs=2, checkpoint_every=1, precision=precision)
         rec_rates: list[float] = []
-        train_recognizer(images, labels, 100, rcfg, 0, tmp / f"rec-{size}-{precision}", device=str(device),
+        train_recognizer(InMemory(images, labels), 100, rcfg, 0, tmp / f"rec-{size}-{precision}", device=str(device),
                          report=lambda m, c: rec_rates.append(m["images_per_s"]))  # fmt: skip
         out[precision] = {"generator_train_images_per_s": rates[-1], "recognizer_train_images_per_s": rec_rates[-1]}
     return out

@@ -27,6 +27,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from scoremix_ray.config import load_config
     from scoremix_ray.diffusion.train import train_generator
+    from scoremix_ray.data.batches import InMemory
     from scoremix_ray.distributed.train import fit
     from scoremix_ray.pipeline import data_stage
 
@@ -40,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     rates: list[float] = []
     t = time.perf_counter()
-    train_generator(split.train.images, split.train.labels, split.train.num_classes, cfg.generator, 0,
+    train_generator(InMemory(split.train.images, split.train.labels), split.train.num_classes, cfg.generator, 0,
                     tmp / "plain", report=lambda m, c: rates.append(m["images_per_s"]))
     wall_plain = time.perf_counter() - t
     plain = rates[-1]  # the last report window: steady state, as for Ray below

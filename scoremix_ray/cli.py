@@ -222,12 +222,13 @@ def evaluate(
     from scoremix_ray.distributed.runtime import resolve_devices
 
     net = Recognizer.load(model_dir, local_device(resolve_devices(cfg).ray.use_gpu))
-    if (net.meta["image_size"], net.meta["channels"]) != (cfg.data.image_size, cfg.data.channels):
+    split, _ = pipeline.data_stage(cfg)
+    _, size, _, channels = split.train.images.shape
+    if (net.meta["image_size"], net.meta["channels"]) != (size, channels):
         raise ScoreMixError(
             f"recognizer {model_dir} expects {net.meta['image_size']}px x {net.meta['channels']} channel(s), the "
-            f"config's data is {cfg.data.image_size}px x {cfg.data.channels}; pass the config it was trained with"
+            f"config's data is {size}px x {channels}; pass the config it was trained with"
         )
-    split, _ = pipeline.data_stage(cfg)
     flip = cfg.recognizer.hflip
     cols = {"pairs": evaluate_split(net, split, flip)}
     if bin_ is not None:

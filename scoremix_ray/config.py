@@ -35,8 +35,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     source: Literal["digits", "folder", "parquet", "recordio"] = "digits"
     path: Path | None = None  # image folder root, Parquet file/dir, or the train.rec of a RecordIO pair
-    image_size: int = Field(16, ge=8, le=512)  # 16 keeps the embedded default at minutes on 2 CPU cores
-    channels: Literal[1, 3] = 1  # images are converted to this many channels on load
+    image_size: int | None = Field(None, ge=8, le=512)  # None: 16 for the embedded digits (minutes on 2 CPU
+    # cores), else the data's own (the first image's shorter side)
+    channels: Literal[1, 3] | None = None  # images are converted to this many; None: 1 for digits, else the data's
     per_class: int | None = Field(None, ge=1)  # K training images per class (limited-data regime); None = all
     protocol: Literal["open-set", "closed-set"] = "open-set"
     unseen_fraction: float = Field(0.5, gt=0.0, lt=1.0)  # open-set: share of classes held out entirely
@@ -156,6 +157,10 @@ class RayConfig(_Section):
     # start of the job (on an autoscaling cluster with no GPU node up yet, say true)
     use_gpu: bool | Auto = "auto"
     cpus_per_worker: float = Field(2.0, gt=0)  # also the worker's torch threads; 1 worker x 2 threads here
+    # A training set (uint8) of at most this many MB is read whole into each Train worker; a larger one streams
+    # through Ray Data. Same batches either way (data/batches.py): a memory budget, not a result setting.
+    cache_mb: int = Field(1024, ge=0)
+    stream_block_mb: int = Field(64, ge=1)  # images per Ray Data block when streaming
 
 
 STUDY_STRATEGIES = ("random", "embedding-distant", "embedding-close", "condition-distant", "condition-close")

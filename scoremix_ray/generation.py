@@ -121,22 +121,32 @@ def write_manifest(out_dir: Path, num_rows: int, unit_size: int, extra: dict | N
     return manifest
 
 
-def read_shards(out_dir: Path, columns: list[str] | None = None) -> pa.Table:
+def shard_files(out_dir: Path) -> list[Path]:
     files = sorted((Path(out_dir) / "shards").glob("unit-*.parquet"))
     if not files:
         raise ScoreMixError(f"no synthetic shards under {out_dir}/shards")
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    return files
+
+
+def read_shards(out_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in shard_files(out_dir)])
 
 
 def preview(out_dir: Path, size: int, channels: int, tuples: int = 8, per_tuple: int = 8) -> Path:
-    """A grid PNG of the first `tuples` labels, `per_tuple` images each."""
+    """A grid PNG of the first `tuples` labels, `per_tuple` images each. Reads the small columns of every
+    shard, then the images of only the shards that hold a shown row."""
     from scoremix_ray.data.images import decode
 
-    t = read_shards(out_dir, ["image", "label", "index"])
-    labels, idx = t.column("label").to_numpy(), t.column("index").to_numpy()
-    rows = []
-    for lab in sorted(set(labels.tolist()))[:tuples]:
+    files = shard_files(out_dir)
+    parts = [pq.read_table(f, columns=["label", "index"]) for f in files]
+    labels = np.concatenate([p.column("label").to_numpy() for p in parts])
+    idx = np.concatenate([p.column("index").to_numpy() for p in parts])
+    where = np.concatenate([np.stack([np.full(len(p), k), np.arange(len(p))], 1) for k, p in enumerate(parts)])
+    shown = []
+    for lab in np.unique(labels)[:tuples]:
         take = np.flatnonzero(labels == lab)
-        take = take[np.argsort(idx[take])][:per_tuple]
-        rows.append(np.stack([decode(t.column("image")[int(i)].as_py(), size, channels, "shard") for i in take]))
+        shown.append(take[np.argsort(idx[take])][:per_tuple])
+    columns = {k: pq.read_table(files[k], columns=["image"]).column("image") for k in np.unique(where[np.concatenate(shown), 0])}
+    rows = [np.stack([decode(columns[where[i, 0]][int(where[i, 1])].as_py(), size, channels, str(files[where[i, 0]]))
+                      for i in take]) for take in shown]  # fmt: skip
     return save_grid(rows, Path(out_dir) / "samples.png")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from scoremix_ray.config import Config, section_hash, to_yaml
-from scoremix_ray.data import Split, load_labelled, make_split
+from scoremix_ray.data import Split
 from scoremix_ray.data.images import save_grid
 
 log = logging.getLogger("scoremix_ray")
@@ -28,27 +28,47 @@ def stage_dir(cfg: Config, stage: str, key: str) -> Path:
 GRID_CLASSES = 16  # rows of a class grid: a picture to look at, not a dump of 10,000 identities
 
 
-def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int, path: Path) -> Path:
-    """One row per class (the first GRID_CLASSES classes), `per_class` images each."""
-    rows = [images[labels == c][:per_class] for c in np.unique(labels)[:GRID_CLASSES]]
+def class_grid(images, labels: np.ndarray, per_class: int, path: Path) -> Path:
+    """One row per class (the first GRID_CLASSES classes), `per_class` images each; reads only those rows."""
+    rows = [images[np.flatnonzero(labels == c)[:per_class]] for c in np.unique(labels)[:GRID_CLASSES]]
     return save_grid(rows, path)
 
 
+STORE_FORMAT = "stores-1"  # in the data stage key: a layout change never reads an older stage
+
+
+def image_shape(dc, catalog) -> tuple[int, int]:
+    """(image size, channels): the configured ones, else the embedded digits' 16 x 1, else the data's own (the
+    first image's shorter side and colour). Warns in one line when images are shrunk more than 2x."""
+    h, w, c = catalog.native_shape()
+    default = (16, 1) if dc.source == "digits" else (min(h, w), c)
+    size, channels = dc.image_size or default[0], dc.channels or default[1]
+    if min(h, w) > 2 * size:
+        log.warning("data: %s images are %dx%d px, data.image_size=%d shrinks them %.1fx (set data.image_size to keep "
+                    "more detail)", dc.source, h, w, size, min(h, w) / size)  # fmt: skip
+    return size, channels
+
+
 def data_stage(cfg: Config) -> tuple[Split, Path]:
-    """Stage 1: load, resize, split. Cached by the data settings alone (the split has its own seed)."""
-    d = stage_dir(cfg, "data", section_hash(cfg, "data", seed=False))
+    """Stage 1: scan the source, split by labels, then stream it once into decoded uint8 image stores
+    (`train/`, `test/`; layout in data/store.py) a batch at a time. Cached by the data settings alone (the
+    split has its own seed); `split.npz` is written last, so an interrupted stage is redone, never half-read."""
+    from scoremix_ray.data import scan, write_split
+
+    key = hashlib.sha256(f"{section_hash(cfg, 'data', seed=False)}/{STORE_FORMAT}".encode()).hexdigest()[:12]
+    d = stage_dir(cfg, "data", key)
     if (d / "split.npz").is_file():
         log.info("data: reusing %s", d)
         return Split.load(d / "split.npz"), d
     dc = cfg.data
-    data = load_labelled(dc.source, dc.path, dc.image_size, dc.channels)
-    split = make_split(data, dc)
+    catalog = scan(dc.source, dc.path)
+    size, channels = image_shape(dc, catalog)
+    log.info("data: %d images of %d classes from %s -> %dpx x %d channel(s)", len(catalog), len(catalog.class_names),
+             dc.path or dc.source, size, channels)  # fmt: skip
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / "split.tmp.npz"  # written then renamed: an interrupted stage never looks finished
-    split.save(tmp)
+    split = write_split(catalog, dc, size, channels, d / "split.npz")
     (d / "summary.json").write_text(json.dumps(split.summary(), indent=2))
     class_grid(split.train.images, split.train.labels, 10, d / "train_grid.png")
-    tmp.rename(d / "split.npz")
     log.info("data: wrote %s", d)
     return split, d
 
@@ -109,14 +129,14 @@ def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str 
     seeds = [sample_seed(cfg.seed, int(c), i % per_class) for i, c in enumerate(labels)]
     images = sample_images(cfg, gen_dir, labels[:, None], torch.ones(len(labels), 1), seeds, device)
     class_grid(images, labels.numpy(), 10, gen_dir / "samples.png")
-    real = np.isin(split.train.labels, classes)
+    real = np.flatnonzero(np.isin(split.train.labels, classes))  # only these classes' rows are read
     clf = pixel_classifier(split.train.images[real], split.train.labels[real], cfg.seed)
     return {**class_accuracy(clf, images, labels.numpy()), "classes_scored": int(len(classes)), "classes": n}
 
 
 def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
                      synthetic: Path | None = None) -> tuple[Path, dict]:
-    """Stages 3 and 6: train a recognizer with Ray Train (on real data, plus `synthetic` Parquet shards for
+    """Stages 3 and 6: train a recognizer with Ray Train (on real data, plus the `synthetic` image store for
     the augmented one), then evaluate it on the split's pairs, on the run's device. Writes `final/` (the
     model), `centres.npy` (class centres of the training images, for selection) and `metrics.json`.
 
@@ -195,7 +215,7 @@ def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, sel
     check_guidance(cfg.sampler, gen_dir)  # before any actor starts
     manifest = generate_shards(cfg, method.name, plan, gen_dir, data_dir / "split.npz", d, rec_dir)
     (d / "generation.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}, indent=2))
-    preview(d, cfg.data.image_size, cfg.data.channels)
+    preview(d, split.train.images.shape[1], split.train.images.shape[3])
     return d
 
 
@@ -203,7 +223,19 @@ def augmented_stage(cfg: Config, data_dir: Path, synth_dir: Path) -> tuple[Path,
     """Stage 6: the same recognizer recipe on real + synthetic images; cached by recognizer settings and
     the synthetic set it saw."""
     key = hashlib.sha256(f"{section_hash(cfg, 'data', 'recognizer')}/{synth_dir.name}".encode()).hexdigest()[:12]
-    return recognizer_stage(cfg, data_dir, stage_dir(cfg, "augmented", key), synth_dir / "shards")
+    return recognizer_stage(cfg, data_dir, stage_dir(cfg, "augmented", key), synthetic_store(data_dir, synth_dir))
+
+
+def synthetic_store(data_dir: Path, synth_dir: Path) -> Path:
+    """The generated Parquet shards decoded once into an image store (`<generate stage>/decoded`), a row group
+    at a time, so training reads real and synthetic rows alike."""
+    from scoremix_ray.data.readers import decode_synthetic
+
+    d = synth_dir / "decoded"
+    if not (d / "store.json").is_file():
+        _, size, _, channels = Split.load(data_dir / "split.npz").train.images.shape
+        decode_synthetic(synth_dir / "shards", d, size, channels)
+    return d
 
 
 DELTA_KEYS = ["verification_accuracy", "roc_auc", "tar_at_far_1e-1", "tar_at_far_1e-2", "tar_at_far_1e-3",

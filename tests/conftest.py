@@ -53,11 +53,12 @@ def tiny_generator(tmp_path_factory):
     from scoremix_ray.config import DataConfig, GeneratorConfig
     from scoremix_ray.data import load_labelled, make_split
     from scoremix_ray.diffusion.train import load_generator, train_generator
+    from scoremix_ray.data.batches import InMemory
 
     split = make_split(load_labelled("digits", None, 8, 1), DataConfig(image_size=8, per_class=60, num_pairs=100))
     d = tmp_path_factory.mktemp("tinygen")
     cfg = GeneratorConfig(**{**TINY_GEN, "steps": 120, "label_dropout": 0.1})
-    train_generator(split.train.images, split.train.labels, split.train.num_classes, cfg, 0, d)
+    train_generator(InMemory(split.train.images, split.train.labels), split.train.num_classes, cfg, 0, d)
     return load_generator(d), load_generator(d, "guide"), split, d
 
 
@@ -68,11 +69,12 @@ def tiny_recognizer(tiny_generator, tmp_path_factory):
 
     from scoremix_ray.config import RecognizerConfig
     from scoremix_ray.recognition.train import Recognizer, class_centres, embed, train_recognizer
+    from scoremix_ray.data.batches import InMemory
 
     split = tiny_generator[2]
     d = tmp_path_factory.mktemp("rec")
     cfg = RecognizerConfig(widths=(8, 16), blocks=(1, 1), embedding_dim=16, epochs=15, batch_size=32)
-    train_recognizer(split.train.images, split.train.labels, split.train.num_classes, cfg, 0, d)
+    train_recognizer(InMemory(split.train.images, split.train.labels), split.train.num_classes, cfg, 0, d)
     net = Recognizer.load(d / "final")
     np.save(d / "centres.npy", class_centres(embed(net, split.train.images), split.train.labels, 5))
     return d

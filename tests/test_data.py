@@ -9,8 +9,8 @@ from PIL import Image
 from scoremix_ray.config import DataConfig
 from scoremix_ray.data import load_labelled, make_split
 from scoremix_ray.data.images import encode_png, from_model, to_model
-from scoremix_ray.data.readers import read_folder, read_parquet
-from scoremix_ray.data.recordio import pack, read_bin, read_recordio, write_bin, write_indexed
+from scoremix_ray.data.readers import read_folder, read_parquet, scan_recordio
+from scoremix_ray.data.recordio import pack, read_bin, write_bin, write_indexed
 from scoremix_ray.errors import ScoreMixError
 
 
@@ -101,8 +101,7 @@ def _insightface_rec(tmp_path, labels):
 
 def test_recordio_reader(tmp_path):
     rec = _insightface_rec(tmp_path, [0, 0, 1, 2, 2])
-    items = read_recordio(rec)
-    assert [lab for lab, _, _ in items] == [0, 0, 1, 2, 2]
+    assert scan_recordio(rec).labels.tolist() == [0, 0, 1, 2, 2]
     d = load_labelled("recordio", rec, 8, 1)
     assert d.images.shape == (5, 8, 8, 1) and d.num_classes == 3
     assert abs(int(d.images[2].mean()) - 45) <= 3  # label 1 was drawn at gray 45 (JPEG is lossy)
@@ -110,24 +109,25 @@ def test_recordio_reader(tmp_path):
 
 def test_recordio_without_header(tmp_path):
     write_indexed(tmp_path / "t.rec", [pack(1.0, _png(1)), pack(4.0, _png(2))])
-    assert [lab for lab, _, _ in read_recordio(tmp_path / "t.rec")] == [1, 4]
+    cat = scan_recordio(tmp_path / "t.rec")
+    assert cat.class_names == ["1", "4"] and cat.labels.tolist() == [0, 1]
 
 
 def test_recordio_errors(tmp_path):
     with pytest.raises(ScoreMixError, match="RecordIO file not found"):
-        read_recordio(tmp_path / "train.rec")
+        scan_recordio(tmp_path / "train.rec")
     rec = _insightface_rec(tmp_path, [0, 1])
     idx = rec.with_suffix(".idx")
     lines = idx.read_text().splitlines()
     idx.write_text("\n".join(lines[:1] + ["1\t3"] + lines[2:]) + "\n")  # offset 3 is inside record 0
     with pytest.raises(ScoreMixError, match=r"train.idx does not match .*train.rec: no record at offset 3"):
-        read_recordio(rec)
+        scan_recordio(rec)
     idx.write_text("0\t99999\n")
     with pytest.raises(ScoreMixError, match="points past the end"):
-        read_recordio(rec)
+        scan_recordio(rec)
     idx.write_text("zero 0\n")
     with pytest.raises(ScoreMixError, match="line 1 is not 'key<TAB>offset'"):
-        read_recordio(rec)
+        scan_recordio(rec)
 
 
 def test_verification_bin(tmp_path):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from scoremix_ray.config import GeneratorConfig
+from scoremix_ray.data.batches import InMemory
 from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, loss_weight, precond
 from scoremix_ray.checkpoints import latest_checkpoint
 from scoremix_ray.diffusion.train import train_generator
@@ -43,7 +44,7 @@ def test_loss_decreases(tmp_path):
     images, labels, n = _digits()
     losses = []
     cfg = GeneratorConfig(**{**TINY_GEN, "steps": 60, "checkpoint_every": 10})  # a report with each checkpoint
-    train_generator(images, labels, n, cfg, 0, tmp_path, report=lambda m, c: losses.append(m["loss"]))
+    train_generator(InMemory(images, labels), n, cfg, 0, tmp_path, report=lambda m, c: losses.append(m["loss"]))
     assert len(losses) == 6
     assert np.mean(losses[-2:]) < 0.75 * losses[0], losses
 
@@ -51,7 +52,7 @@ def test_loss_decreases(tmp_path):
 def test_resume_after_interrupt_continues_exactly(tmp_path):
     images, labels, n = _digits()
     cfg = GeneratorConfig(**{**TINY_GEN, "checkpoint_every": 10})  # 40 steps, a checkpoint (and report) every 10
-    train_generator(images, labels, n, cfg, 0, tmp_path / "straight")
+    train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "straight")
 
     class Interrupt(Exception):
         pass
@@ -61,10 +62,10 @@ def test_resume_after_interrupt_continues_exactly(tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_generator(images, labels, n, cfg, 0, tmp_path / "resumed", report=crash_at_30)
+        train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "resumed", report=crash_at_30)
     assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step_0000030"
     steps = []
-    train_generator(images, labels, n, cfg, 0, tmp_path / "resumed", report=lambda m, c: steps.append(m["step"]))
+    train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "resumed", report=lambda m, c: steps.append(m["step"]))
     assert steps == [40]  # continued from step 30, did not restart at 0
     a = EDMDenoiser.load(tmp_path / "straight" / "final").state_dict()
     b = EDMDenoiser.load(tmp_path / "resumed" / "final").state_dict()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scoremix_ray.config import RecognizerConfig
+from scoremix_ray.data.batches import InMemory
 from scoremix_ray.evaluation.verification import (
     best_threshold, closed_set_accuracy, kfold_accuracy, rank1_accuracy, tar_at_far, verification_metrics,
 )  # fmt: skip
@@ -122,7 +123,7 @@ def test_training_beats_chance(digits_split, tmp_path):
 
     s = digits_split
     cfg = TINY_REC.model_copy(update={"epochs": 12})
-    final = train_recognizer(s.train.images, s.train.labels, s.train.num_classes, cfg, 0, tmp_path)
+    final = train_recognizer(InMemory(s.train.images, s.train.labels), s.train.num_classes, cfg, 0, tmp_path)
     net = Recognizer.load(final)
     m = evaluate_split(net, s)
     assert m["verification_accuracy"] > 0.65 and m["roc_auc"] > 0.7  # unseen digits; chance is 0.5
@@ -132,7 +133,7 @@ def test_training_beats_chance(digits_split, tmp_path):
 
 def test_resume_continues_exactly(digits_split, tmp_path):
     s = digits_split
-    args = (s.train.images, s.train.labels, s.train.num_classes, TINY_REC, 3)
+    args = (InMemory(s.train.images, s.train.labels), s.train.num_classes, TINY_REC, 3)
     train_recognizer(*args, tmp_path / "straight")
     train_recognizer(*args, tmp_path / "resumed", stop_after_epochs=2)  # "interrupted" after epoch 2
     assert not (tmp_path / "resumed" / "final").exists()

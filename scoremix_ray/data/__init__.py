@@ -1,6 +1,7 @@
-"""Data layer: readers for the supported formats, the limited-data split, image helpers."""
+"""Labelled images: readers, the split, and the decoded image stores the stages read."""
 
-from scoremix_ray.data.readers import LabelledImages, load_labelled
-from scoremix_ray.data.split import Split, make_split
+from scoremix_ray.data.readers import LabelledImages, load_labelled, scan
+from scoremix_ray.data.split import Split, make_split, write_split
+from scoremix_ray.data.store import ImageStore
 
-__all__ = ["LabelledImages", "Split", "load_labelled", "make_split"]
+__all__ = ["ImageStore", "LabelledImages", "Split", "load_labelled", "make_split", "scan", "write_split"]

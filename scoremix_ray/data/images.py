@@ -45,6 +45,12 @@ def to_model(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
 
 
+def to_model_tensor(images, device) -> "torch.Tensor":
+    """uint8 (N, H, W, C) torch tensor -> float32 (N, C, H, W) in [-1, 1] on `device`: a batch crosses to the
+    device as uint8 (4x fewer bytes) and becomes float there. Same values as `to_model`."""
+    return images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
 def from_model(x: np.ndarray) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded and clipped."""
     return np.clip(np.rint((np.asarray(x, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)

@@ -1,27 +1,35 @@
 """Readers for labelled image data: the embedded digits, an image folder, Parquet, InsightFace RecordIO.
 
-Each returns a ``LabelledImages``: uint8 images (N, H, W, C) resized to the configured size, int64 labels
-0..n_classes-1, and the class names in label order.
+Each source is first *scanned* (`scan`): labels and where each image lives, no pixels. A `Catalog` then
+decodes the rows asked for, batch by batch, so the data stage streams a 160k-image folder with memory
+bounded by a batch. Labels are renumbered 0..n_classes-1 in sorted class-name order.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from scoremix_ray.data.images import decode, prepare
-from scoremix_ray.data.recordio import read_recordio
+from scoremix_ray.data.recordio import MAGIC, read_index, record_at, unpack
 from scoremix_ray.errors import ScoreMixError
 
+log = logging.getLogger("scoremix_ray")
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+DECODE_THREADS = 4  # PIL decodes and resizes outside the GIL
 
 
 @dataclass
 class LabelledImages:
-    images: np.ndarray  # uint8 (N, H, W, C)
+    images: np.ndarray  # uint8 (N, H, W, C), or an `ImageStore` that indexes like one
     labels: np.ndarray  # int64 (N,)
     class_names: list[str]
 
@@ -33,27 +41,71 @@ class LabelledImages:
         return np.bincount(self.labels, minlength=self.num_classes)
 
 
-def _from_items(items: list[tuple[object, bytes, str]], size: int, channels: int) -> LabelledImages:
-    """(raw label, encoded image, name for errors) -> LabelledImages with labels renumbered 0..C-1."""
-    names = sorted({lab for lab, _, _ in items}, key=lambda v: (isinstance(v, str), v))
+@dataclass
+class Catalog:
+    """A scanned source: every image's label, and `encoded(rows)` giving (encoded bytes, name for errors) of
+    the rows asked for, in ascending row order (each source reads sequentially that way)."""
+
+    labels: np.ndarray  # int64 (N,), 0..C-1
+    class_names: list[str]
+    encoded: Callable[[np.ndarray], Iterator[tuple[bytes, str]]] | None = None
+    pixels: np.ndarray | None = None  # sources already in memory (the embedded digits): uint8 (N, h, w)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def native_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the first image: the default image size and channels."""
+        from io import BytesIO
+
+        from PIL import Image
+
+        if self.pixels is not None:
+            return (*self.pixels.shape[1:3], 1)
+        data, name = next(self.encoded(np.array([0])))
+        try:
+            img = Image.open(BytesIO(data))
+        except Exception as e:  # noqa: BLE001 -- PIL raises several types for a bad file
+            raise ScoreMixError(f"cannot decode image {name}: {e}") from None
+        return img.height, img.width, 1 if img.mode in ("L", "I", "I;16", "1", "F") else 3
+
+    def decoded(self, rows: np.ndarray, size: int, channels: int, batch: int = 256) -> Iterator[np.ndarray]:
+        """uint8 (<=batch, size, size, channels) arrays of `rows` (ascending), decoded a batch at a time."""
+        from PIL import Image
+
+        rows = np.asarray(rows, np.int64)
+        if self.pixels is not None:
+            for i in range(0, len(rows), batch):
+                yield np.stack([prepare(Image.fromarray(self.pixels[r]), size, channels) for r in rows[i:i + batch]])
+            return
+        items = self.encoded(rows)
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            while chunk := [it for _, it in zip(range(batch), items)]:
+                yield np.stack(list(pool.map(lambda it: decode(it[0], size, channels, it[1]), chunk)))
+
+    def load(self, size: int, channels: int) -> LabelledImages:
+        """Everything decoded in memory: for small data and tests (the data stage streams instead)."""
+        parts = list(self.decoded(np.arange(len(self)), size, channels))
+        images = np.concatenate(parts) if parts else np.zeros((0, size, size, channels), np.uint8)
+        return LabelledImages(images, self.labels, self.class_names)
+
+
+def _renumber(raw: list) -> tuple[np.ndarray, list[str]]:
+    names = sorted(set(raw), key=lambda v: (isinstance(v, str), v))
     index = {lab: i for i, lab in enumerate(names)}
-    images = np.stack([decode(data, size, channels, name) for _, data, name in items])
-    labels = np.array([index[lab] for lab, _, _ in items], dtype=np.int64)
-    return LabelledImages(images, labels, [str(n) for n in names])
+    return np.array([index[v] for v in raw], np.int64), [str(n) for n in names]
 
 
-def load_digits(size: int, channels: int) -> LabelledImages:
+def scan_digits() -> Catalog:
     """scikit-learn's bundled handwritten digits (1797 8x8 images, 10 classes; no download)."""
-    from PIL import Image
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
     raw = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
-    images = np.stack([prepare(Image.fromarray(im), size, channels) for im in raw])
-    return LabelledImages(images, d.target.astype(np.int64), [str(i) for i in range(10)])
+    return Catalog(d.target.astype(np.int64), [str(i) for i in range(10)], pixels=raw)
 
 
-def read_folder(root: str | Path, size: int, channels: int) -> LabelledImages:
+def scan_folder(root: str | Path) -> Catalog:
     """`root/<class>/*.png|jpg|...`; class names are the sub-folder names, in sorted order."""
     root = Path(root)
     if not root.is_dir():
@@ -61,64 +113,160 @@ def read_folder(root: str | Path, size: int, channels: int) -> LabelledImages:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ScoreMixError(f"image folder {root} has no class sub-folders (expected root/<class>/*.png)")
-    items = []
-    for d in class_dirs:
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+    files, labels = [], []
+    for c, d in enumerate(class_dirs):
+        found = sorted(f.name for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
             raise ScoreMixError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        items += [(d.name, f.read_bytes(), str(f)) for f in files]
-    return _from_items(items, size, channels)
+        files += [f"{d.name}/{f}" for f in found]
+        labels += [c] * len(found)
+
+    def encoded(rows):
+        for r in rows:
+            p = root / files[r]
+            yield p.read_bytes(), str(p)
+
+    return Catalog(np.array(labels, np.int64), [d.name for d in class_dirs], encoded)
 
 
-def read_parquet(path: str | Path, size: int, channels: int) -> LabelledImages:
-    """A Parquet file or folder of files with columns `image` (encoded bytes) and `label`."""
-    path = Path(path)
+def _parquet_files(path: Path) -> list[Path]:
     if not path.exists():
         raise ScoreMixError(f"Parquet path not found: {path}")
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise ScoreMixError(f"no .parquet files under {path}")
-    items = []
+    return files
+
+
+def _open_parquet(f: Path) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(f)
+    except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a bad file
+        raise ScoreMixError(f"cannot read Parquet file {f}: {e}") from None
+    for col in ("image", "label"):
+        if col not in pf.schema_arrow.names:
+            raise ScoreMixError(f"Parquet file {f} has no '{col}' column (columns: {', '.join(pf.schema_arrow.names)})")
+    return pf
+
+
+def scan_parquet(path: str | Path) -> Catalog:
+    """A Parquet file or folder of files with columns `image` (encoded bytes) and `label`. The scan reads only
+    the label column; `encoded` reads the image column one row group at a time."""
+    files = _parquet_files(Path(path))
+    raw, starts = [], [0]
     for f in files:
-        try:
-            table = pq.read_table(f)
-        except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a bad file
-            raise ScoreMixError(f"cannot read Parquet file {f}: {e}") from None
-        for col in ("image", "label"):
-            if col not in table.column_names:
-                raise ScoreMixError(f"Parquet file {f} has no '{col}' column (columns: {', '.join(table.column_names)})")
-        images, labels = table.column("image").to_pylist(), table.column("label").to_pylist()
-        for row, (img, lab) in enumerate(zip(images, labels)):
-            if isinstance(img, dict):  # Hugging Face datasets store {"bytes": ..., "path": ...}
-                img = img.get("bytes")
-            if not isinstance(img, (bytes, bytearray)) or lab is None:
-                raise ScoreMixError(f"Parquet file {f}, row {row}: 'image' must be bytes and 'label' set")
-            items.append((lab, bytes(img), f"{f} row {row}"))
-    return _from_items(items, size, channels)
+        labels = _open_parquet(f).read(columns=["label"]).column("label").to_pylist()
+        if any(v is None for v in labels):
+            raise ScoreMixError(f"Parquet file {f}, row {labels.index(None)}: 'label' is not set")
+        raw += labels
+        starts.append(len(raw))
+
+    def encoded(rows):
+        rows = np.asarray(rows)
+        for k, f in enumerate(files):
+            mine = rows[(rows >= starts[k]) & (rows < starts[k + 1])] - starts[k]
+            if not len(mine):
+                continue
+            pf, offset = _open_parquet(f), 0
+            for g in range(pf.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                want = mine[(mine >= offset) & (mine < offset + n)]
+                if len(want):
+                    column = pf.read_row_group(g, columns=["image"]).column("image")
+                    for r in want:
+                        img = column[int(r - offset)].as_py()
+                        if isinstance(img, dict):  # Hugging Face datasets store {"bytes": ..., "path": ...}
+                            img = img.get("bytes")
+                        if not isinstance(img, (bytes, bytearray)):
+                            raise ScoreMixError(f"Parquet file {f}, row {r}: 'image' must be bytes")
+                        yield bytes(img), f"{f} row {r}"
+                offset += n
+
+    labels, names = _renumber(raw)
+    return Catalog(labels, names, encoded)
 
 
-def load_labelled(source: str, path: Path | None, size: int, channels: int) -> LabelledImages:
+def scan_recordio(rec_path: str | Path) -> Catalog:
+    """An InsightFace train.rec through its .idx: the scan reads each record's header (its label) only."""
+    rec_path = Path(rec_path)
+    offsets = read_index(rec_path)
+    if not offsets:
+        raise ScoreMixError(f"{rec_path} holds no records")
+    keys = sorted(offsets)
+    with open(rec_path, "rb") as f:
+        def header(key):
+            f.seek(offsets[key])
+            head = f.read(8 + 24 + 4)
+            if len(head) < 8:
+                raise ScoreMixError(f"{rec_path.with_suffix('.idx')} does not match {rec_path}: key {key} points past "
+                                    f"the end (offset {offsets[key]})")  # fmt: skip
+            if struct.unpack_from("<I", head)[0] != MAGIC:
+                raise ScoreMixError(f"{rec_path.with_suffix('.idx')} does not match {rec_path}: no record at offset "
+                                    f"{offsets[key]} (key {key})")  # fmt: skip
+            label, _ = unpack(head[8:] + b"\0" * max(0, 36 - len(head)))
+            return label
+
+        first = header(keys[0])
+        if isinstance(first, np.ndarray) and keys[0] == 0:  # InsightFace header record: images are 1..label[0]-1
+            keys = [k for k in keys if 1 <= k < int(first[0])]
+        raw = []
+        for k in keys:
+            label = header(k)
+            raw.append(int(label[0] if isinstance(label, np.ndarray) else label))
+
+    def encoded(rows):
+        with open(rec_path, "rb") as f:
+            for r in rows:
+                key = keys[r]
+                _, img = unpack(record_at(f, offsets[key], rec_path, key))
+                yield img, f"{rec_path}#{key}"
+
+    labels, names = _renumber(raw)
+    return Catalog(labels, names, encoded)
+
+
+def scan(source: str, path: Path | None) -> Catalog:
     if source == "digits":
-        return load_digits(size, channels)
+        return scan_digits()
     if source == "folder":
-        return read_folder(path, size, channels)
+        return scan_folder(path)
     if source == "parquet":
-        return read_parquet(path, size, channels)
+        return scan_parquet(path)
     if source == "recordio":
-        return _from_items(read_recordio(path), size, channels)
+        return scan_recordio(path)
     raise ScoreMixError(f"unknown data source '{source}' (valid: digits, folder, parquet, recordio)")
 
 
-def read_synthetic(path: str | Path, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic Parquet shards (DESIGN.md schema): images and their labels as written (new classes keep
-    their ids `num_real_classes + rank`; label-preserving methods keep the real ids)."""
+def load_labelled(source: str, path: Path | None, size: int, channels: int) -> LabelledImages:
+    """A whole source decoded in memory (small data, tests)."""
+    return scan(source, path).load(size, channels)
+
+
+def read_folder(root: str | Path, size: int, channels: int) -> LabelledImages:
+    return scan_folder(root).load(size, channels)
+
+
+def read_parquet(path: str | Path, size: int, channels: int) -> LabelledImages:
+    return scan_parquet(path).load(size, channels)
+
+
+def decode_synthetic(path: str | Path, folder: str | Path, size: int, channels: int):
+    """Synthetic Parquet shards (DESIGN.md schema) decoded into an image store in `folder`, one row group at a
+    time. Labels as written (new classes keep their ids `num_real_classes + rank`; label-preserving methods keep
+    the real ids)."""
+    from scoremix_ray.data.store import StoreWriter
+
     path = Path(path)
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     if not files or not files[0].exists():
         raise ScoreMixError(f"no synthetic .parquet files at {path}")
-    images, labels = [], []
+    writer = StoreWriter(folder, [])  # synthetic class ids continue the real ones
     for f in files:
-        table = pq.read_table(f, columns=["image", "label"])
-        images += [decode(b, size, channels, f"{f} row {i}") for i, b in enumerate(table.column("image").to_pylist())]
-        labels += table.column("label").to_pylist()
-    return np.stack(images), np.asarray(labels, np.int64)
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g, columns=["image", "label"])
+            images = [decode(b, size, channels, f"{f} row group {g} row {i}")
+                      for i, b in enumerate(t.column("image").to_pylist())]  # fmt: skip
+            if images:
+                writer.append(np.stack(images), np.asarray(t.column("label").to_pylist(), np.int64))
+    return writer.close((size, size, channels))

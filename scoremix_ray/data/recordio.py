@@ -55,52 +55,52 @@ def write_indexed(rec_path: str | Path, payloads: list[bytes]) -> None:
     rec_path.with_suffix(".idx").write_text("".join(lines))
 
 
-def read_indexed(rec_path: str | Path) -> dict[int, bytes]:
-    """All records of a .rec/.idx pair as {key: payload}; errors name the file and the key."""
+def read_index(rec_path: str | Path) -> dict[int, int]:
+    """{key: byte offset} from the .idx beside `rec_path`; errors name the file and the line."""
     rec_path = Path(rec_path)
     idx_path = rec_path.with_suffix(".idx")
     for p in (rec_path, idx_path):
         if not p.is_file():
             raise ScoreMixError(f"RecordIO file not found: {p}")
     offsets: dict[int, int] = {}
-    for n, line in enumerate(idx_path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            key, off = line.split("\t")
-            offsets[int(key)] = int(off)
-        except ValueError:
-            raise ScoreMixError(f"{idx_path}: line {n} is not 'key<TAB>offset': {line[:60]!r}") from None
-    data = rec_path.read_bytes()
-    out = {}
-    for key, off in offsets.items():
-        if off + 8 > len(data):
-            raise ScoreMixError(f"{idx_path} does not match {rec_path}: key {key} points past the end (offset {off})")
-        magic, lrec = struct.unpack_from("<II", data, off)
-        length = lrec & _LEN_MASK
-        if magic != MAGIC or off + 8 + length > len(data):
-            raise ScoreMixError(f"{idx_path} does not match {rec_path}: no record at offset {off} (key {key})")
-        if lrec >> 29:
-            raise ScoreMixError(f"{rec_path}: key {key} is a multi-part record, which is not supported")
-        out[key] = data[off + 8 : off + 8 + length]
-    return out
+    with open(idx_path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                key, off = line.split("\t")
+                offsets[int(key)] = int(off)
+            except ValueError:
+                raise ScoreMixError(f"{idx_path}: line {n} is not 'key<TAB>offset': {line[:60]!r}") from None
+    return offsets
 
 
-def read_recordio(rec_path: str | Path) -> list[tuple[int, bytes, str]]:
-    """(label, image bytes, name) for every image record of an InsightFace train.rec."""
-    records = read_indexed(rec_path)
-    if not records:
-        raise ScoreMixError(f"{rec_path} holds no records")
-    keys = sorted(records)
-    label0, _ = unpack(records[keys[0]])
-    if isinstance(label0, np.ndarray) and keys[0] == 0:  # InsightFace header record
-        keys = [k for k in keys if 1 <= k < int(label0[0])]
-    out = []
-    for k in keys:
-        label, img = unpack(records[k])
-        label = float(label[0]) if isinstance(label, np.ndarray) else label
-        out.append((int(label), img, f"{rec_path}#{k}"))
-    return out
+def record_at(f, offset: int, rec_path: Path, key: int) -> bytes:
+    """The payload of the record at `offset` of the open .rec `f`."""
+    f.seek(offset)
+    head = f.read(8)
+    if len(head) < 8:
+        raise ScoreMixError(f"{Path(rec_path).with_suffix('.idx')} does not match {rec_path}: key {key} points past "
+                            f"the end (offset {offset})")  # fmt: skip
+    magic, lrec = struct.unpack("<II", head)
+    if magic != MAGIC:
+        raise ScoreMixError(f"{Path(rec_path).with_suffix('.idx')} does not match {rec_path}: no record at offset "
+                            f"{offset} (key {key})")  # fmt: skip
+    if lrec >> 29:
+        raise ScoreMixError(f"{rec_path}: key {key} is a multi-part record, which is not supported")
+    payload = f.read(lrec & _LEN_MASK)
+    if len(payload) < lrec & _LEN_MASK:
+        raise ScoreMixError(f"{Path(rec_path).with_suffix('.idx')} does not match {rec_path}: no record at offset "
+                            f"{offset} (key {key})")  # fmt: skip
+    return payload
+
+
+def read_indexed(rec_path: str | Path) -> dict[int, bytes]:
+    """All records of a .rec/.idx pair as {key: payload} (small files; the data stage streams instead)."""
+    rec_path = Path(rec_path)
+    offsets = read_index(rec_path)
+    with open(rec_path, "rb") as f:
+        return {key: record_at(f, off, rec_path, key) for key, off in offsets.items()}
 
 
 def write_bin(path: str | Path, images: list[bytes], issame: list[bool]) -> None:

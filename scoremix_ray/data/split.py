@@ -28,21 +28,26 @@ class Split:
     protocol: str
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(
-            path, train_images=self.train.images, train_labels=self.train.labels,
-            train_names=np.array(self.train.class_names), test_images=self.test.images,
-            test_labels=self.test.labels, test_names=np.array(self.test.class_names),
-            pairs=self.pairs, issame=self.issame, protocol=np.array(self.protocol),
-        )  # fmt: skip
+        """`path` (split.npz: labels, names, pairs) with the image stores `train/` and `test/` beside it."""
+        from scoremix_ray.data.store import write_store
+
+        path = Path(path)
+        for name, part in (("train", self.train), ("test", self.test)):
+            write_store(path.parent / name, np.asarray(part.images), part.labels, part.class_names)
+        save_index(path, self)
 
     @classmethod
     def load(cls, path: str | Path) -> "Split":
+        """The split in `path` with its images as stores: rows are read when indexed, never all at once."""
+        from scoremix_ray.data.store import ImageStore
+
+        path = Path(path)
+        if not path.is_file():
+            raise ScoreMixError(f"no split at {path} (run the data stage first)")
         z = np.load(path)
-        return cls(
-            LabelledImages(z["train_images"], z["train_labels"], [str(n) for n in z["train_names"]]),
-            LabelledImages(z["test_images"], z["test_labels"], [str(n) for n in z["test_names"]]),
-            z["pairs"], z["issame"], str(z["protocol"]),
-        )  # fmt: skip
+        parts = [LabelledImages(ImageStore(path.parent / name), z[f"{name}_labels"], [str(n) for n in z[f"{name}_names"]])
+                 for name in ("train", "test")]  # fmt: skip
+        return cls(*parts, z["pairs"], z["issame"], str(z["protocol"]))
 
     def summary(self) -> dict:
         return {
@@ -53,18 +58,33 @@ class Split:
             "test_images": int(len(self.test.labels)),
             "pairs": int(len(self.issame)),
             "same_pairs": int(self.issame.sum()),
+            "image_shape": list(self.train.images.shape[1:]),
         }
 
 
-def _subset(data: LabelledImages, idx: np.ndarray, classes: list[int]) -> LabelledImages:
-    remap = np.full(data.num_classes, -1, np.int64)
-    remap[classes] = np.arange(len(classes))
-    return LabelledImages(data.images[idx], remap[data.labels[idx]], [data.class_names[c] for c in classes])
+def save_index(path: Path, split: Split) -> None:
+    """The small part of a split (labels, names, pairs); written last, so its presence means complete."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(
+        tmp, train_labels=split.train.labels, train_names=np.array(split.train.class_names),
+        test_labels=split.test.labels, test_names=np.array(split.test.class_names),
+        pairs=split.pairs, issame=split.issame, protocol=np.array(split.protocol),
+    )  # fmt: skip
+    tmp.rename(path)
+
+
+def rows_by_class(labels: np.ndarray, n: int) -> list[np.ndarray]:
+    """Ascending rows of each class 0..n-1, in O(N log N) (not a scan of all labels per class)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n + 1))
+    return [order[bounds[c]:bounds[c + 1]] for c in range(n)]
 
 
 def make_pairs(labels: np.ndarray, num_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Balanced verification pairs: num_pairs // 2 same-class, the rest different-class, distinct images."""
-    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    present = np.unique(labels)
+    grouped = rows_by_class(labels, int(present.max()) + 1 if len(present) else 0)
+    by_class = {c: grouped[c] for c in present}
     multi = [c for c, idx in by_class.items() if len(idx) >= 2]
     classes = list(by_class)
     if not multi or len(classes) < 2:
@@ -91,9 +111,30 @@ def _take_per_class(idx: np.ndarray, k: int | None, name: str, rng: np.random.Ge
     return rng.choice(idx, k, replace=False)
 
 
-def make_split(data: LabelledImages, cfg: DataConfig) -> Split:
+@dataclass
+class SplitPlan:
+    """Which source rows go where, decided from the labels alone (the data stage decodes only afterwards)."""
+
+    train_rows: np.ndarray  # ascending source rows
+    train_classes: list[int]
+    test_rows: np.ndarray  # ascending source rows
+    test_classes: list[int]
+    protocol: str
+    pairs: np.ndarray | None = None
+    issame: np.ndarray | None = None
+
+    def part(self, labels: np.ndarray, names: list[str], which: str) -> tuple[np.ndarray, list[str]]:
+        """(labels renumbered to the part's classes, class names) of the "train" or "test" part."""
+        rows, classes = (self.train_rows, self.train_classes) if which == "train" else (self.test_rows, self.test_classes)
+        remap = np.full(len(names), -1, np.int64)
+        remap[classes] = np.arange(len(classes))
+        return remap[labels[rows]], [names[c] for c in classes]
+
+
+def plan_split(labels: np.ndarray, names: list[str], cfg: DataConfig) -> SplitPlan:
     rng = np.random.default_rng(cfg.split_seed)
-    n = data.num_classes
+    n = len(names)
+    by_class = rows_by_class(labels, n)
     if cfg.protocol == "open-set":
         n_unseen = int(round(n * cfg.unseen_fraction))
         if n_unseen < 2 or n - n_unseen < 2:
@@ -103,23 +144,58 @@ def make_split(data: LabelledImages, cfg: DataConfig) -> Split:
             )
         perm = rng.permutation(n)
         train_classes, unseen = sorted(perm[n_unseen:].tolist()), sorted(perm[:n_unseen].tolist())
-        train_idx = np.concatenate([
-            _take_per_class(np.flatnonzero(data.labels == c), cfg.per_class, data.class_names[c], rng)
-            for c in train_classes
-        ])  # fmt: skip
-        test_idx = np.flatnonzero(np.isin(data.labels, unseen))
-        train = _subset(data, np.sort(train_idx), train_classes)
-        test = _subset(data, test_idx, unseen)
+        train_rows = np.concatenate([_take_per_class(by_class[c], cfg.per_class, names[c], rng) for c in train_classes])
+        plan = SplitPlan(np.sort(train_rows), train_classes, np.flatnonzero(np.isin(labels, unseen)), unseen, cfg.protocol)
     else:
         train_parts, test_parts = [], []
         for c in range(n):
-            idx = rng.permutation(np.flatnonzero(data.labels == c))
+            idx = rng.permutation(by_class[c])
             n_test = max(1, int(round(len(idx) * cfg.test_fraction)))
             if len(idx) - n_test < 1:
-                raise ScoreMixError(f"class '{data.class_names[c]}' has {len(idx)} image(s): too few to hold some out")
+                raise ScoreMixError(f"class '{names[c]}' has {len(idx)} image(s): too few to hold some out")
             test_parts.append(idx[:n_test])
-            train_parts.append(_take_per_class(idx[n_test:], cfg.per_class, data.class_names[c], rng))
-        train = _subset(data, np.sort(np.concatenate(train_parts)), list(range(n)))
-        test = _subset(data, np.sort(np.concatenate(test_parts)), list(range(n)))
-    pairs, issame = make_pairs(test.labels, cfg.num_pairs, rng)
-    return Split(train, test, pairs, issame, cfg.protocol)
+            train_parts.append(_take_per_class(idx[n_test:], cfg.per_class, names[c], rng))
+        plan = SplitPlan(np.sort(np.concatenate(train_parts)), list(range(n)), np.sort(np.concatenate(test_parts)),
+                         list(range(n)), cfg.protocol)  # fmt: skip
+    plan.pairs, plan.issame = make_pairs(plan.part(labels, names, "test")[0], cfg.num_pairs, rng)
+    return plan
+
+
+def make_split(data: LabelledImages, cfg: DataConfig) -> Split:
+    """The split of in-memory data (small data, tests); the data stage streams the same plan into stores."""
+    plan = plan_split(data.labels, data.class_names, cfg)
+    parts = [LabelledImages(data.images[rows], *plan.part(data.labels, data.class_names, which))
+             for rows, which in ((plan.train_rows, "train"), (plan.test_rows, "test"))]  # fmt: skip
+    return Split(*parts, plan.pairs, plan.issame, plan.protocol)
+
+
+def write_split(catalog, cfg: DataConfig, size: int, channels: int, path: str | Path, batch: int = 256) -> Split:
+    """Stream `catalog` once into the image stores of its split (`train/`, `test/` beside `path`), decoding a
+    batch at a time under a progress bar; `path` (split.npz) is written last. Memory: a batch plus the labels."""
+    from tqdm import tqdm
+
+    from scoremix_ray.data.store import StoreWriter
+
+    path = Path(path)
+    plan = plan_split(catalog.labels, catalog.class_names, cfg)
+    dest = np.full(len(catalog), -1, np.int8)  # 0 train, 1 test, -1 unused (beyond data.per_class)
+    parts = []
+    for k, (which, rows) in enumerate((("train", plan.train_rows), ("test", plan.test_rows))):
+        labels, names = plan.part(catalog.labels, catalog.class_names, which)
+        parts.append((StoreWriter(path.parent / which, names), labels, names))
+        dest[rows] = k
+    rows = np.flatnonzero(dest >= 0)  # ascending: one sequential pass over the source
+    written = [0, 0]
+    with tqdm(total=len(rows), desc="data", unit="img", mininterval=2.0) as bar:
+        for start, images in zip(range(0, len(rows), batch), catalog.decoded(rows, size, channels, batch)):
+            d = dest[rows[start:start + len(images)]]
+            for k, (writer, labels, _) in enumerate(parts):
+                part = images[d == k]
+                writer.append(part, labels[written[k]:written[k] + len(part)])
+                written[k] += len(part)
+            bar.update(len(images))
+    stores = [writer.close((size, size, channels)) for writer, _, _ in parts]
+    split = Split(*(LabelledImages(s, labels, names) for s, (_, labels, names) in zip(stores, parts)),
+                  plan.pairs, plan.issame, plan.protocol)  # fmt: skip
+    save_index(path, split)
+    return split

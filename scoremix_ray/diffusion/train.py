@@ -17,9 +17,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scoremix_ray.checkpoints import latest_checkpoint, load_state, save_checkpoint, step_generator
+from scoremix_ray.checkpoints import latest_checkpoint, load_state, save_checkpoint
 from scoremix_ray.config import GeneratorConfig
-from scoremix_ray.data.images import to_model
+from scoremix_ray.data.batches import schedule
+from scoremix_ray.data.images import to_model_tensor
 from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, edm_loss
 
 log = logging.getLogger("scoremix_ray")
@@ -37,8 +38,7 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
 
 
 def train_generator(
-    images: np.ndarray,
-    labels: np.ndarray,
+    feed,
     num_classes: int,
     cfg: GeneratorConfig,
     seed: int,
@@ -50,17 +50,17 @@ def train_generator(
     report: Report | None = None,
     device: str = "cpu",
 ) -> Path:
-    """Train (or resume) the EDM generator on uint8 images (N, H, W, C); returns the final model folder.
+    """Train (or resume) the EDM generator on a feed of uint8 images (`data.batches`: InMemory or Streamed);
+    returns the final model folder.
 
     Rank 0 writes checkpoints; `prepare` wraps the network for data parallelism (DDP under Ray Train).
     Each rank draws batch_size // world_size images per step.
     """
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
-    x_all = torch.from_numpy(to_model(images))
-    y_all = torch.from_numpy(labels.astype(np.int64))
+    sched = schedule("generator", cfg, len(feed), seed, rank, world_size)
     torch.manual_seed(seed)  # model initialisation: identical on every rank
-    net = build_denoiser(cfg, num_classes, images.shape[1], images.shape[3]).to(device)
+    net = build_denoiser(cfg, num_classes, feed.image_shape[0], feed.image_shape[2]).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     guide_step = cfg.guide_checkpoint_step or max(1, cfg.steps // 4)
@@ -74,12 +74,13 @@ def train_generator(
         step = state["step"]
         log.info("generator: resumed from %s (step %d of %d)", ckpt, step, cfg.steps)
     model = prepare(net)
-    per_rank = max(1, cfg.batch_size // world_size)
+    per_rank = sched.per_rank
+    batches = feed.batches(sched, step)
     t0, seen, losses = time.time(), 0, []
     while step < cfg.steps:
-        gen = step_generator(seed, rank, step)
-        idx = torch.randint(len(x_all), (per_rank,), generator=gen)
-        y, c = x_all[idx].to(device), y_all[idx].to(device)
+        _, gen = sched.draw(step)  # the step's stream after its rows were drawn: the loss's noise comes next
+        images, labels = next(batches)
+        y, c = to_model_tensor(images, device), labels.to(device)
         if net.null_label is not None:  # label dropout trains the unconditional model for CFG
             drop = torch.rand(per_rank, generator=gen) < cfg.label_dropout
             c = torch.where(drop.to(device), torch.full_like(c, net.null_label), c)

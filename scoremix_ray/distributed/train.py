@@ -1,40 +1,82 @@
 """Ray Train: the generator's and the recognizer's training loops on `TorchTrainer` workers
-(data-parallel, CPU or GPU). The loops themselves live in `diffusion/train.py` and `recognition/train.py`."""
+(data-parallel, CPU or GPU). The loops themselves live in `diffusion/train.py` and `recognition/train.py`.
+
+Ingestion: a training set of at most `ray.cache_mb` is read whole into each worker (the embedded default:
+no Ray Data start-up per run). A larger one streams: the driver gives `TorchTrainer(datasets=...)` one Ray
+Data dataset per rank (`rank0`, `rank1`, ...), each a list of step blocks that read the rows the seeded
+schedule names for that rank from the image stores (map tasks, order preserved); the worker takes its own
+with `get_dataset_shard` and iterates `iter_torch_batches`, uint8 until the batch is on its device. Why not
+one dataset split by `streaming_split`: it hands blocks to whichever worker asks first, so the rows a rank
+sees would vary from run to run; per-rank datasets keep "same config and worker count, same batches".
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from scoremix_ray.config import Config
 
 log = logging.getLogger("scoremix_ray")
 
 
-def training_set(conf: dict, cfg: Config):
-    """(images, labels, num_classes) a worker trains on: the split's training images, plus the synthetic
-    Parquet shards for the augmented recognizer."""
-    import numpy as np
-
+def training_set(split_path: str | Path, synthetic: str | Path | None = None):
+    """(images, labels, num_classes) to train on: the split's training store, then the synthetic store for the
+    augmented recognizer, read as one row space. Nothing is read into memory here."""
     from scoremix_ray.data import Split
-    from scoremix_ray.data.readers import read_synthetic
+    from scoremix_ray.data.store import ConcatStore, ImageStore
 
-    train = Split.load(conf["split_path"]).train
-    images, labels, n = train.images, train.labels, train.num_classes
-    if conf.get("synthetic"):
-        s_images, s_labels = read_synthetic(conf["synthetic"], cfg.data.image_size, cfg.data.channels)
-        images, labels = np.concatenate([images, s_images]), np.concatenate([labels, s_labels])
-        n = max(n, int(s_labels.max()) + 1)
-    return images, labels, n
+    train = Split.load(split_path).train
+    if synthetic is None:
+        return train.images, train.labels, train.num_classes
+    synth = ImageStore(synthetic)
+    n = max(train.num_classes, int(synth.labels.max()) + 1) if len(synth) else train.num_classes
+    return ConcatStore([train.images, synth]), np.concatenate([train.labels, synth.labels]), n
+
+
+def cached(cfg: Config, images) -> bool:
+    return images.nbytes <= cfg.ray.cache_mb * 2**20
+
+
+def _section(kind: str, cfg: Config):
+    return cfg.generator if kind == "generator" else cfg.recognizer
+
+
+def rank_datasets(kind: str, cfg: Config, images, labels: np.ndarray, out_dir: Path) -> dict:
+    """{"rank<r>": dataset of that rank's batches from its resume step on}: blocks of whole steps, about
+    `ray.stream_block_mb` each, read by map tasks of a fraction of a CPU."""
+    import ray.data
+
+    from scoremix_ray.data.batches import read_rows, resume_step, schedule
+
+    world = cfg.ray.num_workers
+    out = {}
+    for rank in range(world):
+        sched = schedule(kind, _section(kind, cfg), len(images), cfg.seed, rank, world)
+        start = resume_step(sched, out_dir)
+        row_bytes = int(np.prod(images.shape[1:]))
+        per_block = max(1, cfg.ray.stream_block_mb * 2**20 // (sched.per_rank * row_bytes))  # steps a block
+        starts = list(range(start, sched.total, per_block))
+
+        def read_block(batch: dict, sched=sched) -> dict:
+            lo = int(batch["id"][0])
+            return read_rows(images, labels, sched, range(lo, min(lo + per_block, sched.total)))
+
+        ds = ray.data.from_items([{"id": s} for s in starts], override_num_blocks=max(1, len(starts)))
+        out[f"rank{rank}"] = ds.map_batches(read_block, batch_size=1, num_cpus=0.5)
+    return out
 
 
 def _worker(conf: dict) -> None:
-    """Runs on every Ray Train worker: load the data, run the shared loop, report to Ray Train."""
+    """Runs on every Ray Train worker: its feed (cached or its rank's stream), the shared loop, reports."""
     import torch
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
+    from scoremix_ray.data.batches import InMemory, Streamed
     from scoremix_ray.diffusion.train import train_generator
     from scoremix_ray.recognition.train import train_recognizer
 
@@ -42,23 +84,30 @@ def _worker(conf: dict) -> None:
     cfg = Config.model_validate(conf["config"])
     torch.set_num_threads(max(1, round(cfg.ray.cpus_per_worker)))  # 1.99 CPUs in a sweep: still 2 threads
     ctx = ray.train.get_context()
-    world = ctx.get_world_size()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
     device = ray.train.torch.get_device()  # its own GPU under use_gpu (Ray Train sets CUDA_VISIBLE_DEVICES)
-    images, labels, n = training_set(conf, cfg)
+    images, labels, n = training_set(conf["split_path"], conf["synthetic"])
+    if conf["stream"]:
+        shard = ray.train.get_dataset_shard(f"rank{rank}")
+        per_rank = max(1, _section(conf["kind"], cfg).batch_size // world)
+        feed = Streamed(shard.iter_torch_batches(batch_size=per_rank, prefetch_batches=2), len(images), images.shape[1:])
+    else:
+        feed = InMemory(images, labels)
 
     def report(metrics: dict, ckpt_dir: Path | None) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
 
-    loop, section = (train_generator, cfg.generator) if conf["kind"] == "generator" else (train_recognizer, cfg.recognizer)
-    loop(images, labels, n, section, cfg.seed, conf["out_dir"], rank=ctx.get_world_rank(), world_size=world,
+    loop = train_generator if conf["kind"] == "generator" else train_recognizer
+    loop(feed, n, _section(conf["kind"], cfg), cfg.seed, conf["out_dir"], rank=rank, world_size=world,
          prepare=ray.train.torch.prepare_model if world > 1 else (lambda m: m.to(device)),
          report=report, device=str(device))  # fmt: skip
 
 
 def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path | None = None) -> dict:
     """Train (or resume) `kind` ("generator" or "recognizer") with `TorchTrainer`; returns the last
-    reported metrics. `synthetic`: Parquet shards added to the recognizer's training set."""
-    from ray.train import RunConfig, ScalingConfig
+    reported metrics. `synthetic`: the decoded synthetic image store added to the recognizer's training set."""
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
@@ -66,15 +115,29 @@ def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path
     ensure_ray(cfg.ray)
     cfg = resolve_devices(cfg)
     out_dir = Path(out_dir).resolve()
-    conf = {"kind": kind, "config": cfg.model_dump(mode="json"), "split_path": str(Path(split_path).resolve()),
-            "out_dir": str(out_dir), "synthetic": str(Path(synthetic).resolve()) if synthetic else None}
+    split_path = Path(split_path).resolve()
+    synthetic = Path(synthetic).resolve() if synthetic else None
+    images, labels, _ = training_set(split_path, synthetic)
+    stream = not cached(cfg, images)
+    if stream:
+        import ray
+
+        log.info("%s: %.0f MB of images > ray.cache_mb=%d: streaming through Ray Data", kind, images.nbytes / 2**20,
+                 cfg.ray.cache_mb)  # fmt: skip
+        free = ray.cluster_resources().get("CPU", 0) - cfg.ray.num_workers * cfg.ray.cpus_per_worker
+        if free < 0.5:  # Ray Data's read tasks take 0.5 CPU; with none left they wait for ever
+            log.warning("%s: streaming needs >= 0.5 CPU beside the Train workers, %.1f are free now: lower "
+                        "ray.cpus_per_worker, or raise ray.cache_mb to cache the data", kind, max(0.0, free))  # fmt: skip
+    conf = {"kind": kind, "config": cfg.model_dump(mode="json"), "split_path": str(split_path),
+            "out_dir": str(out_dir), "synthetic": str(synthetic) if synthetic else None, "stream": stream}
     trainer = TorchTrainer(
         _worker,
         train_loop_config=conf,
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
         run_config=RunConfig(name=kind, storage_path=str(out_dir / "ray_train")),
+        datasets=rank_datasets(kind, cfg, images, labels, out_dir) if stream else None,
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
     )  # fmt: skip
     result = trainer.fit()
     return dict(result.metrics or {})
-

@@ -10,7 +10,7 @@ from scoremix_ray.data import Split
 from scoremix_ray.evaluation.verification import (
     closed_set_accuracy, pair_scores, rank1_accuracy, verification_metrics,
 )  # fmt: skip
-from scoremix_ray.recognition.train import Recognizer, class_centres, embed
+from scoremix_ray.recognition.train import Recognizer, class_centres, embed, embed_batches
 
 
 def evaluate_recognizer(cfg, split_path: str | Path, rec_dir: str | Path, device: str = "cpu") -> dict:
@@ -19,7 +19,7 @@ def evaluate_recognizer(cfg, split_path: str | Path, rec_dir: str | Path, device
     rec_dir, flip = Path(rec_dir), cfg.recognizer.hflip
     split = Split.load(split_path)
     net = Recognizer.load(rec_dir / "final", device)
-    emb = embed(net, split.train.images, flip=flip)
+    emb = embed_batches(net, split.train.images, flip=flip)  # images and embeddings stream into the sums
     np.save(rec_dir / "centres.npy", class_centres(emb, split.train.labels, split.train.num_classes))
     metrics = evaluate_split(net, split, flip=flip)
     if cfg.data.verification_bin is not None:
@@ -34,7 +34,7 @@ def evaluate_split(net: Recognizer, split: Split, flip: bool = False) -> dict:
     out = verification_metrics(pair_scores(emb, split.pairs), split.issame)
     out["rank1_accuracy"] = rank1_accuracy(emb, split.test.labels)
     if split.protocol == "closed-set":
-        train_emb = embed(net, split.train.images, flip=flip)
+        train_emb = embed_batches(net, split.train.images, flip=flip)
         centres = class_centres(train_emb, split.train.labels, split.train.num_classes)
         out["closed_set_accuracy"] = closed_set_accuracy(emb, split.test.labels, centres)
     return out
@@ -47,7 +47,11 @@ def evaluate_bin(net: Recognizer, path: str | Path, flip: bool = False) -> dict:
 
     blobs, issame = read_bin(path)
     size, channels = net.meta["image_size"], net.meta["channels"]
-    images = np.stack([decode(b, size, channels, f"{path} image {i}") for i, b in enumerate(blobs)])
-    emb = embed(net, images, flip=flip)
-    pairs = np.arange(len(images)).reshape(-1, 2)
+    batch = 512  # decoded a batch at a time: a 12,000-image set at 112 px RGB would be 450 MB at once
+
+    def decoded(lo: int) -> np.ndarray:
+        return np.stack([decode(blobs[i], size, channels, f"{path} image {i}") for i in range(lo, min(lo + batch, len(blobs)))])
+
+    emb = np.concatenate([embed(net, decoded(lo), flip=flip) for lo in range(0, len(blobs), batch)])
+    pairs = np.arange(len(blobs)).reshape(-1, 2)
     return verification_metrics(pair_scores(emb, pairs), issame)

@@ -1,10 +1,9 @@
 """Recognizer training loop, free of Ray (`scoremix_ray.distributed.train` runs it on Ray Train workers).
 
 Recipe (insightface arcface_torch, scaled down): SGD with momentum 0.9 and weight decay, linear warmup
-for the first epoch then cosine decay to 0, margin-softmax loss on the head's logits. The data are held
-in memory as one uint8 tensor (digits, a few thousand synthetic images; see the issue-5 note for why not
-Ray Data here). Each epoch's order is a permutation seeded by (seed, epoch), so every rank agrees on it
-and takes its own slice; a run resumed from an epoch checkpoint continues exactly.
+for the first epoch then cosine decay to 0, margin-softmax loss on the head's logits. The batches come from a feed (`data/batches.py`): the
+training set cached in memory when it fits `ray.cache_mb`, else streamed by Ray Data; either way the rows
+of each step follow one seeded schedule, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ from torch import nn
 from scoremix_ray import devices
 from scoremix_ray.checkpoints import latest_checkpoint, load_state, save_checkpoint, step_generator
 from scoremix_ray.config import RecognizerConfig
-from scoremix_ray.data.images import to_model
+from scoremix_ray.data.batches import schedule
+from scoremix_ray.data.images import to_model_tensor
 from scoremix_ray.recognition.backbone import IResNet
 from scoremix_ray.recognition.heads import MarginHead
 
@@ -74,8 +74,7 @@ def learning_rate(cfg: RecognizerConfig, step: int, total: int, warmup: int) -> 
 
 
 def train_recognizer(
-    images: np.ndarray,
-    labels: np.ndarray,
+    feed,
     num_classes: int,
     cfg: RecognizerConfig,
     seed: int,
@@ -88,20 +87,16 @@ def train_recognizer(
     device: str = "cpu",
     stop_after_epochs: int | None = None,
 ) -> Path:
-    """Train (or resume) on uint8 images (N, H, W, C) with int labels; returns the final model folder.
-
-    `stop_after_epochs` ends this call early (as an interruption would), for tests of resume.
+    """Train (or resume) on a feed of uint8 images (`data.batches`: InMemory or Streamed); returns the final
+    model folder. `stop_after_epochs` ends this call early (as an interruption would), for tests of resume.
     """
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
-    x_all = torch.from_numpy(to_model(images))
-    y_all = torch.from_numpy(labels.astype(np.int64))
+    sched = schedule("recognizer", cfg, len(feed), seed, rank, world_size)
     torch.manual_seed(seed)  # initialisation identical on every rank
-    net = Recognizer(cfg, num_classes, images.shape[1], images.shape[3]).to(device)
+    net = Recognizer(cfg, num_classes, feed.image_shape[0], feed.image_shape[2]).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    per_rank = max(1, cfg.batch_size // world_size)
-    steps_per_epoch = max(1, len(x_all) // (per_rank * world_size))  # drop the ragged last batch
-    total = cfg.epochs * steps_per_epoch
+    steps_per_epoch, total = sched.steps_per_epoch, sched.total
     epoch = 0
     ckpt = latest_checkpoint(ckpt_root)
     if ckpt is not None:
@@ -111,21 +106,19 @@ def train_recognizer(
         epoch = state["epoch"]
         log.info("recognizer: resumed from %s (epoch %d of %d)", ckpt, epoch, cfg.epochs)
     model = prepare(net)
+    batches = feed.batches(sched, epoch * steps_per_epoch)
     last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, epoch + stop_after_epochs)
     while epoch < last_epoch:
         t0, losses, correct, seen = time.time(), [], 0, 0
-        gen = step_generator(seed, 0, epoch)  # rank 0's stream: one permutation shared by all ranks
-        order = torch.randperm(len(x_all), generator=gen)
         flip_gen = step_generator(seed, rank + 1, epoch)
         model.train()
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
-            chunk = order[(i * world_size + rank) * per_rank:(i * world_size + rank + 1) * per_rank]
-            x, y = x_all[chunk], y_all[chunk]
-            if cfg.hflip:
-                flip = torch.rand(len(x), generator=flip_gen) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            x, y = x.to(device), y.to(device)
+            images, y = next(batches)
+            if cfg.hflip:  # on the uint8 batch, before it crosses to the device
+                flip = torch.rand(len(images), generator=flip_gen) < 0.5
+                images = torch.where(flip[:, None, None, None], images.flip(2), images)
+            x, y = to_model_tensor(images, device), y.to(device)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, step, total, steps_per_epoch)
             with devices.autocast(device, cfg.precision):  # bf16: the backbone; the margin head stays fp32
@@ -161,24 +154,34 @@ def train_recognizer(
 
 
 @torch.no_grad()
-def embed(net: Recognizer, images: np.ndarray, batch_size: int = 512, flip: bool = False) -> np.ndarray:
-    """L2-normalised embeddings (N, D) of uint8 images. With `flip`, the embedding of the image plus that of
-    its mirror (the insightface test-time habit, only where mirroring is meaningful)."""
+def embed_batches(net: Recognizer, images, batch_size: int = 512, flip: bool = False):
+    """L2-normalised embeddings of uint8 images (an array or an ImageStore), one batch at a time: only a batch
+    of images is ever read. With `flip`, the embedding of the image plus that of its mirror (the insightface
+    test-time habit, only where mirroring is meaningful)."""
     net.eval()
     device = devices.device_of(net)
-    out = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(to_model(images[i:i + batch_size])).to(device)
+        x = to_model_tensor(torch.from_numpy(images[i:i + batch_size]), device)
         e = net(x)
         if flip:
             e = e + net(x.flip(3))
-        out.append(devices.to_numpy(F.normalize(e, dim=1)))
+        yield devices.to_numpy(F.normalize(e, dim=1))
+
+
+def embed(net: Recognizer, images, batch_size: int = 512, flip: bool = False) -> np.ndarray:
+    """(N, D) embeddings: the images stream, the embeddings (D floats an image) are kept."""
+    out = list(embed_batches(net, images, batch_size, flip))
     return np.concatenate(out) if out else np.zeros((0, net.head.weight.shape[1]), np.float32)
 
 
-def class_centres(emb: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class centre: mean of the L2-normalised embeddings, re-normalised. (num_classes, D)."""
-    centres = np.zeros((num_classes, emb.shape[1]), np.float64)
-    np.add.at(centres, labels, emb)
+def class_centres(emb, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class centre: mean of the L2-normalised embeddings, re-normalised. (num_classes, D). `emb`: an
+    (N, D) array, or its batches in order (`embed_batches`), so the N x D array need never exist."""
+    centres, start = None, 0
+    for e in [emb] if isinstance(emb, np.ndarray) else emb:
+        if centres is None:
+            centres = np.zeros((num_classes, e.shape[1]), np.float64)
+        np.add.at(centres, labels[start:start + len(e)], e)
+        start += len(e)
     norms = np.linalg.norm(centres, axis=1, keepdims=True)
     return (centres / np.where(norms > 0, norms, 1)).astype(np.float32)
