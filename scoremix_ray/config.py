@@ -51,6 +51,10 @@ class DataConfig(_Section):
     def _path_needed(self) -> "DataConfig":
         if self.source != "digits" and self.path is None:
             raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.source == "digits":  # known without reading: the same stage hash whether set or left out
+            for key, value in (("image_size", 16), ("channels", 1)):
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, value)  # not a validated assignment: that would re-run this
         return self
 
 

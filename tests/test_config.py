@@ -68,4 +68,4 @@ def test_section_hash_tracks_only_its_sections():
     assert section_hash(a, "data") == section_hash(b, "data")
     assert section_hash(a, "data") != section_hash(c, "data")
     assert section_hash(a, "data", seed=False) == section_hash(load_config(None, ["seed=9"]), "data", seed=False)
-    assert flatten(a)["data.image_size"] is None and flatten(c)["data.image_size"] == 32  # None: from the data
+    assert flatten(a)["data.image_size"] == 16 and flatten(c)["data.image_size"] == 32
