@@ -48,26 +48,30 @@ class ProcessPeaks(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._lock, self._halt = threading.Lock(), threading.Event()
         self._reset()
 
     def _reset(self):
         self.peak, self.who, self.private = 0.0, "", 0.0
 
     def run(self):
+        while not self._halt.wait(0.2):
+            self.sample()
+
+    def sample(self):
         import psutil
 
-        while not self._stop.wait(0.2):
-            for p in psutil.process_iter(["name", "memory_info"]):
-                mi = p.info["memory_info"]
-                if mi is None:
-                    continue
-                with self._lock:
-                    if mi.rss / 2**20 > self.peak:
-                        self.peak, self.who = mi.rss / 2**20, f"{p.info['name']} ({p.pid})"
-                    self.private = max(self.private, (mi.rss - mi.shared) / 2**20)
+        for p in psutil.process_iter(["name", "memory_info"]):
+            mi = p.info["memory_info"]
+            if mi is None:
+                continue
+            with self._lock:
+                if mi.rss / 2**20 > self.peak:
+                    self.peak, self.who = mi.rss / 2**20, f"{p.info['name']} ({p.pid})"
+                self.private = max(self.private, (mi.rss - mi.shared) / 2**20)
 
     def take(self) -> tuple[float, str, float]:
+        self.sample()  # a stage shorter than the period still gets one sample
         with self._lock:
             out = (self.peak, self.who, self.private)
             self._reset()
@@ -135,10 +139,10 @@ def data_level(a, stages: dict, work: Path) -> int:
         "data": {"source": "folder", "path": str(root), "num_pairs": 3000},
         "generator": {"block_out_channels": [8, 16], "steps": 4, "batch_size": 16, "warmup_steps": 1,
                       "checkpoint_every": 4, "log_every": 2},
-        "recognizer": {"widths": [8, 16], "blocks": [1, 1], "embedding_dim": 64, "epochs": 1, "batch_size": 128},
-        "sampler": {"steps": 4, "batch_size": 64},
-        "selection": {"count": a.gen_classes}, "generation": {"per_tuple": a.gen_per_class, "unit_size": 64},
-        "ray": {"cpus_per_worker": 1},
+        "recognizer": {"widths": [8, 16], "blocks": [1, 1], "embedding_dim": 64, "epochs": 1, "batch_size": 64},
+        "sampler": {"steps": 4, "batch_size": 16},
+        "selection": {"count": a.gen_classes}, "generation": {"per_tuple": a.gen_per_class, "unit_size": 16},
+        "ray": {"cpus_per_worker": 1, "cache_mb": a.cache_mb},
     })  # fmt: skip
     split, data_dir = timed(stages, "data stage", lambda: data_stage(cfg))
     print(f"{'':<28} {split.summary()}")
@@ -164,6 +168,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=112, help="pixels of the folder's images")
     ap.add_argument("--gen-classes", type=int, default=10, help="ScoreMix classes generated")
     ap.add_argument("--gen-per-class", type=int, default=30)
+    ap.add_argument("--cache-mb", type=int, default=1024, help="ray.cache_mb: above it training streams")
     ap.add_argument("--no-data", action="store_true", help="class-level stages only")
     ap.add_argument("--keep", type=Path, help="work folder kept between runs (the identity folder is reused)")
     a = ap.parse_args()

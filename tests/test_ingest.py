@@ -121,3 +121,18 @@ def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
     a = torch.load(tmp_path / "streamed" / "final" / "model.pt")
     b = torch.load(tmp_path / "cached" / "final" / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_image_size_and_channels_come_from_the_data(tmp_path, caplog):
+    from scoremix_ray.pipeline import image_shape
+
+    root = _folder(tmp_path / "rgb", classes=2, per_class=1, size=40)
+    assert image_shape(DataConfig(source="folder", path=root), scan("folder", root)) == (40, 3)
+    with caplog.at_level("WARNING", logger="scoremix_ray"):
+        set_small = DataConfig(source="folder", path=root, image_size=16, channels=1)
+        assert image_shape(set_small, scan("folder", root)) == (16, 1)
+    assert "images are 40x40 px, data.image_size=16 shrinks them 2.5x" in caplog.text
+    (tmp_path / "grey" / "a").mkdir(parents=True)
+    Image.new("L", (30, 20)).save(tmp_path / "grey" / "a" / "0.png")
+    assert image_shape(DataConfig(source="folder", path=tmp_path / "grey"), scan("folder", tmp_path / "grey")) == (20, 1)
+    assert image_shape(DataConfig(), scan("digits", None)) == (16, 1)

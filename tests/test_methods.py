@@ -1,6 +1,7 @@
 """Peer methods on the tiny generator: budgets, invariants, determinism."""
 
 import numpy as np
+import pytest
 import torch
 
 from scoremix_ray.config import Config
@@ -23,17 +24,31 @@ def _ctx(tiny_generator, cfg, recognizer_dir=None):
     return RenderContext(cfg, net, guide, _split=split, recognizer_dir=recognizer_dir)
 
 
-def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, tiny_recognizer, tmp_path):
+def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, tiny_recognizer, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    """... and a label-preserving method reads only the source rows it renders, never the whole store."""
+    from scoremix_ray.data import ImageStore, Split
+
     get_method("scoremix")
     assert set(METHODS) == {"scoremix", "plain", "mixup", "cutmix", "diffusemix", "diffcoremix", "diffii"}
+    tiny_generator[2].save(tmp_path / "data" / "split.npz")
+    net, guide, _, _ = tiny_generator
+    split = Split.load(tmp_path / "data" / "split.npz")  # images on disk, as the generation actors see them
+    taken = []
+    monkeypatch.setattr(ImageStore, "__array__", lambda *a, **k: pytest.fail("a method read the whole store"))
+    monkeypatch.setattr(ImageStore, "_read_range", lambda *a, **k: pytest.fail("a method read a range of the store"))
+    real_take = ImageStore.take
+    monkeypatch.setattr(ImageStore, "take", lambda self, rows: taken.append(len(rows)) or real_take(self, rows))
     cfg = _cfg()
     for name, method in METHODS.items():
-        plan = method.plan(PlanContext(cfg, 5, SEL, tiny_generator[2]))
+        plan = method.plan(PlanContext(cfg, 5, SEL, split))
         assert len(plan) == 12, name  # selection.count x per_tuple, whatever the method
         labels = plan.column("label").to_numpy()
         assert (labels >= 5).all() if method.new_classes else (labels < 5).all()
-        ctx = _ctx(tiny_generator, cfg, tiny_recognizer)
+        ctx = RenderContext(cfg, net, guide, _split=split, recognizer_dir=tiny_recognizer)
+        taken.clear()
         a = render_unit(ctx, method, plan, 0, 0, 4, tmp_path / f"{name}-a")
+        assert sum(taken) <= 2 * 4, (name, taken)  # a unit of 4 rows reads at most each row and its partner
         b = render_unit(ctx, method, plan, 0, 0, 4, tmp_path / f"{name}-b")
         assert a["rows"] == b["rows"] == 4
         assert (tmp_path / f"{name}-a/shards/unit-000000.parquet").read_bytes() == \

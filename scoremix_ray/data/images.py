@@ -42,13 +42,14 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def to_model(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1]."""
-    return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray((images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2))  # see to_model_tensor
 
 
 def to_model_tensor(images, device) -> "torch.Tensor":
     """uint8 (N, H, W, C) torch tensor -> float32 (N, C, H, W) in [-1, 1] on `device`: a batch crosses to the
     device as uint8 (4x fewer bytes) and becomes float there. Same values as `to_model`."""
-    return images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return x.contiguous()  # the permuted (channels-last) strides crash oneDNN's 1x1 conv backward on CPU (RGB)
 
 
 def from_model(x: np.ndarray) -> np.ndarray:

@@ -65,7 +65,9 @@ def rank_datasets(kind: str, cfg: Config, images, labels: np.ndarray, out_dir: P
             return read_rows(images, labels, sched, range(lo, min(lo + per_block, sched.total)))
 
         ds = ray.data.from_items([{"id": s} for s in starts], override_num_blocks=max(1, len(starts)))
-        out[f"rank{rank}"] = ds.map_batches(read_block, batch_size=1, num_cpus=0.5)
+        ds = ds.map_batches(read_block, batch_size=1, num_cpus=0.5)
+        ds.context.enable_progress_bars = False  # the training loop logs its own progress
+        out[f"rank{rank}"] = ds
     return out
 
 
