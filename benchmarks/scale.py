@@ -139,7 +139,7 @@ def data_level(a, stages: dict, work: Path) -> int:
         "data": {"source": "folder", "path": str(root), "num_pairs": 3000},
         "generator": {"block_out_channels": [8, 16], "steps": 4, "batch_size": 16, "warmup_steps": 1,
                       "checkpoint_every": 4, "log_every": 2},
-        "recognizer": {"widths": [8, 16], "blocks": [1, 1], "embedding_dim": 64, "epochs": 1, "batch_size": 64},
+        "recognizer": {"widths": [8, 16], "blocks": [1, 1], "embedding_dim": 64, "epochs": 1, "batch_size": 32},
         "sampler": {"steps": 4, "batch_size": 16},
         "selection": {"count": a.gen_classes}, "generation": {"per_tuple": a.gen_per_class, "unit_size": 16},
         "ray": {"cpus_per_worker": 1, "cache_mb": a.cache_mb},

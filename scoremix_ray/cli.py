@@ -49,15 +49,21 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 @data_app.command("inspect")
 def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
     """Print counts per split and write a grid PNG of samples per class."""
+    import numpy as np
+
     from scoremix_ray.pipeline import data_stage
 
     cfg = _cfg(config, set_, out)
     split, d = data_stage(cfg)
     s = split.summary()
     typer.echo(f"protocol: {s['protocol']}")
-    typer.echo(f"train: {s['train_images']} images in {s['train_classes']} classes")
-    for name, n in zip(split.train.class_names, split.train.counts()):
+    typer.echo(f"train: {s['train_images']} images in {s['train_classes']} classes; images {s['image_shape']} (H, W, C)")
+    counts = split.train.counts()
+    for name, n in list(zip(split.train.class_names, counts))[:20]:
         typer.echo(f"  class {name}: {n}")
+    if len(counts) > 20:  # a face dataset has 10,000 identities: the spread, not a line each
+        typer.echo(f"  ... {len(counts) - 20} more; images per class min {counts.min()}, median "
+                   f"{int(np.median(counts))}, max {counts.max()}")  # fmt: skip
     typer.echo(f"test: {s['test_images']} images in {s['test_classes']} classes; "
                f"{s['pairs']} verification pairs ({s['same_pairs']} same)")
     typer.echo(f"grid: {d / 'train_grid.png'}")

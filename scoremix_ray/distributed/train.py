@@ -71,6 +71,19 @@ def rank_datasets(kind: str, cfg: Config, images, labels: np.ndarray, out_dir: P
     return out
 
 
+def ingest_options(cfg: Config):
+    """Blocks in order, and at most STREAM_BLOCKS_AHEAD blocks in Ray's object store per stream: without a cap
+    Ray Data reads far ahead of a slow trainer, and every object-store page the worker has read stays mapped
+    in it (measured: 2.8 GB RSS, 2 GB of it shared pages, in a 1-worker epoch over 6 GB of images)."""
+    from ray.data import ExecutionOptions, ExecutionResources
+
+    cap = STREAM_BLOCKS_AHEAD * cfg.ray.stream_block_mb * 2**20
+    return ExecutionOptions(preserve_order=True, resource_limits=ExecutionResources(object_store_memory=cap))
+
+
+STREAM_BLOCKS_AHEAD = 4  # two being read, two waiting for the trainer
+
+
 def _worker(conf: dict) -> None:
     """Runs on every Ray Train worker: its feed (cached or its rank's stream), the shared loop, reports."""
     import torch
@@ -108,7 +121,6 @@ def _worker(conf: dict) -> None:
 def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path | None = None) -> dict:
     """Train (or resume) `kind` ("generator" or "recognizer") with `TorchTrainer`; returns the last
     reported metrics. `synthetic`: the decoded synthetic image store added to the recognizer's training set."""
-    from ray.data import ExecutionOptions
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -139,7 +151,7 @@ def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
         run_config=RunConfig(name=kind, storage_path=str(out_dir / "ray_train")),
         datasets=rank_datasets(kind, cfg, images, labels, out_dir) if stream else None,
-        dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=ingest_options(cfg)),
     )  # fmt: skip
     result = trainer.fit()
     return dict(result.metrics or {})
