@@ -86,13 +86,17 @@ def closed_set_accuracy(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray
     return float(np.mean((emb @ centres.T).argmax(1) == labels))
 
 
-def rank1_accuracy(emb: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> float:
+RANK1_BLOCK = 2**24  # similarities held at once (64 MB of float32): 2048 probes at 8k images, 209 at 80k
+
+
+def rank1_accuracy(emb: np.ndarray, labels: np.ndarray, chunk: int | None = None) -> float:
     """Leave-one-out rank-1 identification: each image against all others as the gallery; counted only for
-    images whose class has another image in the gallery. Probes go `chunk` at a time, so memory is
-    O(chunk x N), never N x N."""
+    images whose class has another image in the gallery. Probes go `chunk` at a time (default: RANK1_BLOCK
+    similarities), so memory is bounded, never N x N."""
     counts = np.bincount(labels)
     has_mate = counts[labels] >= 2
     nearest = np.empty(len(emb), np.int64)
+    chunk = chunk or max(64, min(2048, RANK1_BLOCK // max(1, len(emb))))
     for lo in range(0, len(emb), chunk):
         sim = emb[lo:lo + chunk] @ emb.T
         rows = np.arange(len(sim))
