@@ -29,11 +29,16 @@ class Schedule:
     rank: int
     world: int
     per_rank: int  # rows per step on this rank
-    total: int  # steps of the whole run
+    length: int  # of the whole run: steps ("draw") or epochs ("epochs")
 
     @property
     def steps_per_epoch(self) -> int:
         return max(1, self.n // (self.per_rank * self.world))  # the ragged last batch is dropped
+
+    @property
+    def total(self) -> int:
+        """Steps of the whole run."""
+        return self.length if self.kind == "draw" else self.length * self.steps_per_epoch
 
     def draw(self, step: int) -> tuple[torch.Tensor, torch.Generator]:
         """(rows, the step's random stream after drawing them): the generator draws its noise from the rest."""
@@ -57,8 +62,7 @@ def schedule(kind: str, cfg, n: int, seed: int, rank: int = 0, world: int = 1) -
     per_rank = max(1, cfg.batch_size // world)
     if kind == "generator":
         return Schedule("draw", n, seed, rank, world, per_rank, cfg.steps)
-    s = Schedule("epochs", n, seed, rank, world, per_rank, 0)
-    return Schedule("epochs", n, seed, rank, world, per_rank, cfg.epochs * s.steps_per_epoch)
+    return Schedule("epochs", n, seed, rank, world, per_rank, cfg.epochs)
 
 
 def resume_step(sched: Schedule, out_dir: str | Path) -> int:

@@ -7,7 +7,6 @@ bounded by a batch. Labels are renumbered 0..n_classes-1 in sorted class-name or
 
 from __future__ import annotations
 
-import logging
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,10 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from scoremix_ray.data.images import decode, prepare
-from scoremix_ray.data.recordio import MAGIC, read_index, record_at, unpack
+from scoremix_ray.data.recordio import MAGIC, index_mismatch, read_index, record_at, unpack
 from scoremix_ray.errors import ScoreMixError
-
-log = logging.getLogger("scoremix_ray")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 DECODE_THREADS = 4  # PIL decodes and resizes outside the GIL
@@ -197,12 +194,8 @@ def scan_recordio(rec_path: str | Path) -> Catalog:
         def header(key):
             f.seek(offsets[key])
             head = f.read(8 + 24 + 4)
-            if len(head) < 8:
-                raise ScoreMixError(f"{rec_path.with_suffix('.idx')} does not match {rec_path}: key {key} points past "
-                                    f"the end (offset {offsets[key]})")  # fmt: skip
-            if struct.unpack_from("<I", head)[0] != MAGIC:
-                raise ScoreMixError(f"{rec_path.with_suffix('.idx')} does not match {rec_path}: no record at offset "
-                                    f"{offsets[key]} (key {key})")  # fmt: skip
+            if len(head) < 8 or struct.unpack_from("<I", head)[0] != MAGIC:
+                raise index_mismatch(rec_path, key, offsets[key], past_end=len(head) < 8)
             label, _ = unpack(head[8:] + b"\0" * max(0, 36 - len(head)))
             return label
 

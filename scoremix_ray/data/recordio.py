@@ -75,23 +75,25 @@ def read_index(rec_path: str | Path) -> dict[int, int]:
     return offsets
 
 
+def index_mismatch(rec_path: Path, key: int, offset: int, past_end: bool = False) -> ScoreMixError:
+    where = f"key {key} points past the end (offset {offset})" if past_end else f"no record at offset {offset} (key {key})"
+    return ScoreMixError(f"{Path(rec_path).with_suffix('.idx')} does not match {rec_path}: {where}")
+
+
 def record_at(f, offset: int, rec_path: Path, key: int) -> bytes:
     """The payload of the record at `offset` of the open .rec `f`."""
     f.seek(offset)
     head = f.read(8)
     if len(head) < 8:
-        raise ScoreMixError(f"{Path(rec_path).with_suffix('.idx')} does not match {rec_path}: key {key} points past "
-                            f"the end (offset {offset})")  # fmt: skip
+        raise index_mismatch(rec_path, key, offset, past_end=True)
     magic, lrec = struct.unpack("<II", head)
     if magic != MAGIC:
-        raise ScoreMixError(f"{Path(rec_path).with_suffix('.idx')} does not match {rec_path}: no record at offset "
-                            f"{offset} (key {key})")  # fmt: skip
+        raise index_mismatch(rec_path, key, offset)
     if lrec >> 29:
         raise ScoreMixError(f"{rec_path}: key {key} is a multi-part record, which is not supported")
     payload = f.read(lrec & _LEN_MASK)
     if len(payload) < lrec & _LEN_MASK:
-        raise ScoreMixError(f"{Path(rec_path).with_suffix('.idx')} does not match {rec_path}: no record at offset "
-                            f"{offset} (key {key})")  # fmt: skip
+        raise index_mismatch(rec_path, key, offset)
     return payload
 
 

@@ -91,7 +91,7 @@ def _worker(conf: dict) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from scoremix_ray.data.batches import InMemory, Streamed
+    from scoremix_ray.data.batches import InMemory, Streamed, schedule
     from scoremix_ray.diffusion.train import train_generator
     from scoremix_ray.recognition.train import train_recognizer
 
@@ -104,7 +104,7 @@ def _worker(conf: dict) -> None:
     images, labels, n = training_set(conf["split_path"], conf["synthetic"])
     if conf["stream"]:
         shard = ray.train.get_dataset_shard(f"rank{rank}")
-        per_rank = max(1, _section(conf["kind"], cfg).batch_size // world)
+        per_rank = schedule(conf["kind"], _section(conf["kind"], cfg), len(images), cfg.seed, rank, world).per_rank
         feed = Streamed(shard.iter_torch_batches(batch_size=per_rank, prefetch_batches=2), len(images), images.shape[1:])
     else:
         feed = InMemory(images, labels)
