@@ -255,14 +255,11 @@ def select_cmd(
 ) -> None:  # fmt: skip
     """Rank class tuples with a strategy (stages 1-3 are computed or reused); writes pairs.parquet."""
     from scoremix_ray import pipeline
-    from scoremix_ray.selection import STRATEGIES
 
     _setup_logging()
     sets = list(set_ or []) + ([f"selection.strategy={strategy}"] if strategy else []) + (
         [f"selection.count={count}"] if count else [])  # fmt: skip
     cfg = _cfg(config, sets, out)
-    if cfg.selection.strategy not in STRATEGIES:  # fail before minutes of training
-        raise ScoreMixError(f"unknown selection.strategy '{cfg.selection.strategy}' (valid: {', '.join(STRATEGIES)})")
     split, _, gen_dir, rec_dir = pipeline.shared_stages(cfg)
     sel, path = pipeline.select_stage(cfg, split, gen_dir, rec_dir)
     names = split.train.class_names
@@ -289,10 +286,11 @@ def generate(
     cfg = _cfg(config, list(set_ or []) + ([f"generation.per_tuple={per_tuple}"] if per_tuple else []), out)
     method = get_method(cfg.generation.method)
     sel = Selection.read(pairs) if pairs is not None else None
+    split, _ = pipeline.data_stage(cfg)
+    if sel is not None and sel.tuples.max() >= split.train.num_classes:  # before any training
+        raise ScoreMixError(f"pairs file {pairs} names class {sel.tuples.max()}; the data has "
+                            f"{split.train.num_classes} training classes")  # fmt: skip
     split, data_dir, gen_dir, rec_dir = pipeline.shared_stages(cfg)
-    if sel is not None and sel.tuples.max() >= split.train.num_classes:
-        raise ScoreMixError(f"pairs file {pairs} names class {sel.tuples.max()}; the generator has "
-                            f"{split.train.num_classes} classes")  # fmt: skip
     if sel is None and method.new_classes:
         sel, _ = pipeline.select_stage(cfg, split, gen_dir, rec_dir)
     d = pipeline.generate_stage(cfg, split, data_dir, gen_dir, sel, rec_dir)
@@ -348,19 +346,19 @@ def sample(
     import torch
 
     from scoremix_ray import pipeline
+    from scoremix_ray.config import convex
     from scoremix_ray.data.images import save_grid
-    from scoremix_ray.diffusion.sampler import check_weights, sample_seed, tuple_key
+    from scoremix_ray.diffusion.sampler import sample_seed, tuple_key
     from scoremix_ray.distributed.runtime import on_device
 
     cfg = _cfg(config, set_, out)
     given_w = _floats(weights, "--weights") if weights else None
-    if given_w is not None:  # reject before any work is done
-        check_weights(torch.tensor([given_w]))
+    if given_w is not None and not convex(given_w):  # reject before any work is done
+        raise ScoreMixError(f"--weights must be non-negative and sum to 1, got {given_w}")
     _setup_logging()
     split, data_dir = pipeline.data_stage(cfg)
-    gen_dir = pipeline.generator_stage(cfg, data_dir)
     names = split.train.class_names
-    if mix:
+    if mix:  # every check on the classes before the generator is trained
         ids = _class_ids(mix, names)
         if len(ids) < 2 or len(set(ids)) != len(ids):
             raise ScoreMixError(f"--mix needs two or more different classes, got '{mix}'")
@@ -380,6 +378,7 @@ def sample(
         rows = [([i], [1.0]) for i in ids]
         key = None
         stem = "classes_" + "_".join(names[i] for i in ids)
+    gen_dir = pipeline.generator_stage(cfg, data_dir)
     labels, wts, seeds = [], [], []
     for ids_r, w in rows:
         k = key if key is not None else ids_r[0]

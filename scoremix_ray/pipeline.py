@@ -160,9 +160,22 @@ def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
     return d, metrics
 
 
+def check_with_data(cfg: Config, split: Split) -> None:
+    """The checks that need the data, run right after the data stage and before any training: the selection
+    must be drawable from the training classes. (The split itself refuses a data.per_class above a class's
+    images and a side with fewer than 2 classes, from the labels, before decoding.)"""
+    from scoremix_ray.methods import get_method
+    from scoremix_ray.selection.strategies import check_feasible
+
+    sc = cfg.selection
+    if get_method(cfg.generation.method).new_classes:
+        check_feasible(sc.strategy, split.train.num_classes, sc.count, sc.tuple_size, sc.max_uses_per_class)
+
+
 def shared_stages(cfg: Config) -> tuple[Split, Path, Path, Path]:
     """Stages 1-3, computed once per setting and reused: (split, data dir, generator dir, recognizer dir)."""
     split, data_dir = data_stage(cfg)
+    check_with_data(cfg, split)
     gen_dir = generator_stage(cfg, data_dir)
     rec_dir, _ = recognizer_stage(cfg, data_dir)
     return split, data_dir, gen_dir, rec_dir
@@ -192,8 +205,9 @@ def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, sel
                    rec_dir: Path | None = None) -> Path:  # fmt: skip
     """Stage 5: the method's plan rendered by the Ray Data actor pool into Parquet shards.
 
-    Content-addressed by the generator, the sampler, the method and the plan itself (which holds tuples,
-    weights and seeds): the same tuples give the same folder whichever strategy chose them, and an
+    Content-addressed by the data, the method and the plan itself (which holds tuples,
+    weights and seeds), and the generator, sampler and recognizer where the method uses them (`Method.needs`):
+    the same tuples give the same folder whichever strategy chose them, and an
     interrupted generation resumes in place. Actor counts are not in the key: they do not change the bytes.
     """
     from scoremix_ray.diffusion.train import check_guidance
@@ -203,7 +217,10 @@ def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, sel
 
     method = get_method(cfg.generation.method)
     plan = method.plan(PlanContext(cfg, split.train.num_classes, selection, split))
-    key = {"generator": gen_dir.name, "sampler": cfg.sampler.model_dump(mode="json", exclude={"batch_size"}),
+    uses = method.needs  # the key holds only what feeds the bytes: mixup's images do not depend on the generator
+    rec_dir = rec_dir if "recognizer" in uses else None
+    key = {"data": data_dir.name, "generator": gen_dir.name if "generator" in uses else None,
+           "sampler": cfg.sampler.model_dump(mode="json", exclude={"batch_size"}) if "generator" in uses else None,
            "method": method.name, "unit_size": cfg.generation.unit_size, "plan": plan_digest(plan),
            "method_settings": cfg.generation.model_dump(mode="json", exclude={"num_actors", "actor_cpus", "actor_gpus",
                                                                                "threads_per_actor"}),
@@ -212,7 +229,8 @@ def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, sel
     if (d / "manifest.json").is_file() and json.loads((d / "manifest.json").read_text())["complete"]:
         log.info("generate: reusing %s", d)
         return d
-    check_guidance(cfg.sampler, gen_dir)  # before any actor starts
+    if "guide" in uses:
+        check_guidance(cfg.sampler, gen_dir)  # before any actor starts
     manifest = generate_shards(cfg, method.name, plan, gen_dir, data_dir / "split.npz", d, rec_dir)
     (d / "generation.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}, indent=2))
     preview(d, split.train.images.shape[1], split.train.images.shape[3])

@@ -82,14 +82,15 @@ def tiny_recognizer(tiny_generator, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sweep(ray_session, tmp_path_factory):
-    """A 4-trial sweep on the session's Ray; selection.count=50 is more than the 10 pairs 5 classes have, so
-    those two trials fail and the others go on. Its stages are reused by the job test and the tiny study."""
+    """A 3-trial sweep on the session's Ray. One trial fails at run time: a file stands where its run folder
+    goes (as a full disk or a permission would); the others go on. Its stages are reused by the job test, the
+    resume tests and the tiny study."""
     from tuning.sweep import run_sweep
 
     from scoremix_ray.config import load_config
 
     out = tmp_path_factory.mktemp("sweep")
     base = load_config(None, [f"out_dir={out}", *TINY_RUN])
-    summary = run_sweep(base, ["random", "embedding-distant"], [0], grid={"selection.count": ["2", "50"]},
-                        name="tiny")  # fmt: skip
+    (out / "scoremix-condition-close-s0").write_text("not a folder")
+    summary = run_sweep(base, ["random", "embedding-distant", "condition-close"], [0], name="tiny")
     return out, base, summary

@@ -1,7 +1,9 @@
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import yaml
 
 
@@ -130,3 +132,18 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     assert (gen / "samples.png").is_file() and "12 images" in r.output
     r = _cli("select", "--strategy", "nearest", "--out", str(tmp_path), *rec)
     assert r.returncode == 2 and "unknown selection.strategy 'nearest' (valid: random," in r.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sample", "--mix", "1,99"], "class '99' is not a training class"),
+    (["run", "--set", "selection.count=50"], "selection.count=50 exceeds the 10 possible 2-tuples of 5 classes"),
+    (["run", "--set", "selection.max_uses_per_class=1", "--set", "selection.count=3"], "allow 5"),
+    (["generate", "--set", "selection.strategy=triplet-sum-max", "--set", "selection.count=11"], "10 possible 3-tuples"),
+])
+def test_checks_on_the_data_stop_before_any_training(tmp_path, args, needle):
+    """Right after the data stage (seconds at toy size), before a generator or recognizer is trained."""
+    from scoremix_ray.errors import ScoreMixError
+
+    with pytest.raises(ScoreMixError, match=re.escape(needle)):
+        _in_process(*args, "--out", tmp_path, "--set", "data.image_size=8", "--set", "data.per_class=30")
+    assert [p.name.split("-")[0] for p in (tmp_path / "stages").iterdir()] == ["data"]

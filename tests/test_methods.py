@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from scoremix_ray.config import Config
+from scoremix_ray.errors import ScoreMixError
 from scoremix_ray.generation import render_unit
 from scoremix_ray.methods import METHODS, PlanContext, RenderContext, get_method
 from scoremix_ray.methods.common import half_split
@@ -45,7 +46,10 @@ def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, t
         assert len(plan) == 12, name  # selection.count x per_tuple, whatever the method
         labels = plan.column("label").to_numpy()
         assert (labels >= 5).all() if method.new_classes else (labels < 5).all()
-        ctx = RenderContext(cfg, net, guide, _split=split, recognizer_dir=tiny_recognizer)
+        needs = method.needs  # the context holds only what the method declares: the declaration is complete
+        ctx = RenderContext(cfg, net if "generator" in needs else None, guide if "guide" in needs else None,
+                            tmp_path / "data" / "split.npz" if "real_images" in needs else None,
+                            tiny_recognizer if "recognizer" in needs else None)  # fmt: skip
         taken.clear()
         a = render_unit(ctx, method, plan, 0, 0, 4, tmp_path / f"{name}-a")
         assert sum(taken) <= 2 * 4, (name, taken)  # a unit of 4 rows reads at most each row and its partner
@@ -53,6 +57,34 @@ def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, t
         assert a["rows"] == b["rows"] == 4
         assert (tmp_path / f"{name}-a/shards/unit-000000.parquet").read_bytes() == \
             (tmp_path / f"{name}-b/shards/unit-000000.parquet").read_bytes(), name  # fmt: skip
+
+
+def test_actors_load_only_what_the_method_declares(tiny_generator, tiny_recognizer, tmp_path):
+    """The generation actor (Ray Data's callable class, built here without Ray) reads `Method.needs`: mixup
+    loads no network (its generator folder does not even exist), ScoreMix no real images or recognizer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scoremix_ray.distributed.generate import UnitRenderer
+
+    _, _, split, gen_dir = tiny_generator
+    split.save(tmp_path / "split.npz")
+    cfg = Config.model_validate({"data": {"image_size": 8}, "sampler": {"guidance": "autoguidance"},
+                                 "generation": {"actor_gpus": 0}})  # fmt: skip
+    loaded = {}
+    for name in ("mixup", "scoremix", "diffcoremix"):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"label": [0]}), tmp_path / name / "plan.parquet")
+        conf = {"config": cfg.model_dump(mode="json"), "method": name, "out_dir": str(tmp_path / name),
+                "generator_dir": str(gen_dir if name != "mixup" else tmp_path / "no-generator"),
+                "split_path": str(tmp_path / "split.npz"), "recognizer_dir": str(tiny_recognizer)}  # fmt: skip
+        ctx = UnitRenderer(conf).ctx
+        loaded[name] = [k for k, v in (("generator", ctx.net), ("guide", ctx.guide), ("real_images", ctx.split_path),
+                                       ("recognizer", ctx.recognizer_dir)) if v is not None]  # fmt: skip
+    assert loaded == {"mixup": ["real_images"], "scoremix": ["generator", "guide"],
+                      "diffcoremix": ["generator", "guide", "real_images", "recognizer"]}  # fmt: skip
+    with pytest.raises(ScoreMixError, match="uses 'real_images' but was not given it"):
+        RenderContext(cfg, None).split
 
 
 def test_half_split_keeps_each_half():

@@ -54,34 +54,40 @@ def test_cluster_yaml_validates_and_listens_on_loopback():
 
 
 def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
+    from tuning.sweep import run_sweep
+
+    from scoremix_ray.errors import ScoreMixError
     from scoremix_ray.report import strategy_table
     from scoremix_ray.tracking import client, load_runs
 
     tmp_path, base, summary = tiny_sweep
     trials = {t["name"]: t for t in summary["trials"]}
-    assert len(trials) == 4
+    assert len(trials) == 3
     failed = [n for n, t in trials.items() if t["error"]]
-    assert sorted(failed) == ["scoremix-embedding-distant-s0-count50", "scoremix-random-s0-count50"]
-    assert "exceeds the 10 possible" in trials[failed[0]]["error"]
-    ok = trials["scoremix-random-s0-count2"]
+    assert failed == ["scoremix-condition-close-s0"] and "File exists" in trials[failed[0]]["error"]
+    ok = trials["scoremix-random-s0"]
     assert 0 <= ok["augmented.verification_accuracy"] <= 1 and "delta.verification_accuracy" in ok
     # stages 1-3 were computed once: one generator and one baseline recognizer for both strategies
     assert len(list(tmp_path.glob("stages/generator-*"))) == 1 and len(list(tmp_path.glob("stages/recognizer-*"))) == 1
-    # MLflow: a parent with four children (two FAILED, with their error), params, metrics, artifacts
+    # MLflow: a parent with three children (one FAILED, with its error), params, metrics, artifacts
     mc = client(base)
     parent = mc.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
     runs = load_runs(base)
-    assert len(runs) == 4 and set(runs["tags.mlflow.parentRunId"]) == {summary["parent_run_id"]}
-    assert sorted(runs["status"]) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    assert len(runs) == 3 and set(runs["tags.mlflow.parentRunId"]) == {summary["parent_run_id"]}
+    assert sorted(runs["status"]) == ["FAILED", "FINISHED", "FINISHED"]
     done = runs[runs["status"] == "FINISHED"].iloc[0]
     assert done["params.recognizer.head"] == "arcface" and done["metrics.alignment.cka_linear_null"] == done["metrics.alignment.cka_linear_null"]
     arts = {a.path for a in mc.list_artifacts(done["run_id"])}
     assert {"samples.png", "pairs.parquet", "metrics.json", "config.yaml"} <= arts
     bad = runs[runs["status"] == "FAILED"].iloc[0]
-    assert "exceeds the 10 possible" in bad["tags.scoremix.error"]
+    assert "File exists" in bad["tags.scoremix.error"]
     table = strategy_table(base)
     assert set(table["strategy"]) == {"random", "embedding-distant"} and list(table["runs"]) == [1, 1]
+    # a grid value the data cannot satisfy stops the whole sweep after the data stage, before any training
+    with pytest.raises(ScoreMixError, match="selection.count=50 exceeds the 10 possible"):
+        run_sweep(base, ["random"], [0], grid={"selection.count": ["2", "50"]}, name="impossible")
+    assert not list(tmp_path.glob("ray_tune/impossible"))
     # the notebook runs on this sweep's store in the tiny study test (tests/test_study.py), which adds a study
 
 
@@ -144,7 +150,7 @@ def test_ray_job_submit_runs_the_sweep(tiny_sweep):
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         assert "1 trials, 0 failed" in r.stdout
         summary = json.loads((out / "job.json").read_text())
-        ok = next(t for t in tiny_sweep[2]["trials"] if t["name"] == "scoremix-random-s0-count2")
+        ok = next(t for t in tiny_sweep[2]["trials"] if t["name"] == "scoremix-random-s0")
         assert summary["trials"][0]["augmented.verification_accuracy"] == ok["augmented.verification_accuracy"]
         assert "reusing" in r.stdout + r.stderr
     finally:

@@ -1,7 +1,7 @@
 """Ray Tune sweep: selection strategies x methods x seeds (x any config key), one MLflow child run per trial.
 
     scoremix-ray sweep --strategies random,embedding-distant --seeds 0,1 [--grid generation.per_tuple=20,50]
-    python -m tuning.sweep --strategies random,embedding-distant --seeds 0,1
+    python -m scoremix_ray sweep ...   (the same, e.g. as a `ray job submit` entrypoint)
 
 Shared stages (data, generator, baseline recognizer) are computed once per fold and seed in the driver before any
 trial starts, so trials only select, generate and train the augmented recognizer. Each trial starts Ray Data
@@ -40,11 +40,7 @@ def trial_configs(base: Config, strategies: list[str], seeds: list[int], methods
     """One validated config per point of strategies x methods x seeds x grid; bad values fail here,
     before anything runs. Methods that make no new classes ignore the strategy (run once per seed)."""
     from scoremix_ray.methods import get_method
-    from scoremix_ray.selection import STRATEGIES
 
-    for s in strategies:
-        if s not in STRATEGIES:
-            raise ConfigError(f"unknown strategy '{s}' in --strategies (valid: {', '.join(STRATEGIES)})")
     grid = grid or {}
     out, seen = [], set()
     for method, strategy, seed, *values in itertools.product(methods, strategies, seeds, *grid.values()):
@@ -178,6 +174,11 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     ensure_ray(base.ray)
     cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
     configs = [fit_to_cluster(resolve_devices(c), cpus) for c in configs]
+    splits: dict[str, object] = {}  # every trial's checks on the data, in seconds, before any training
+    for c in configs:
+        key = section_hash(c, "data", seed=False)
+        splits[key] = splits[key] if key in splits else pipeline.data_stage(c)[0]
+        pipeline.check_with_data(c, splits[key])
     cells = shared_settings(configs)
     for i, c in enumerate(cells, 1):
         log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
@@ -210,17 +211,3 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     summary = {"name": name, "parent_run_id": parent, "tracking_uri": tracking.tracking_uri(base), "trials": trials}
     (Path(base.out_dir) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m tuning.sweep`: the same as `scoremix-ray sweep`."""
-    from scoremix_ray.cli import main as cli_main
-
-    import sys
-
-    sys.argv = ["scoremix-ray", "sweep", *(sys.argv[1:] if argv is None else argv)]
-    cli_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -55,11 +55,13 @@ def heun_sample(denoise: Denoise, noise: torch.Tensor, sigmas: torch.Tensor) -> 
 
 
 def check_weights(weights: torch.Tensor, what: str = "weights") -> None:
-    """Convex: every w_k >= 0 and sum_k w_k = 1 (sum < 1 washes images out, > 1 saturates them)."""
+    """Convex rows (`config.convex`): every w_k >= 0 and sum_k w_k = 1."""
+    from scoremix_ray.config import WEIGHT_ATOL
+
     w = weights.double()
-    if (w < 0).any() or not torch.allclose(w.sum(-1), torch.ones(()).double(), atol=1e-4):
-        bad = w[(w < 0).any(-1) | ((w.sum(-1) - 1).abs() > 1e-4)][0].tolist()
-        raise ScoreMixError(f"mixing {what} must be non-negative and sum to 1, got {[round(v, 4) for v in bad]}")
+    bad = (w < 0).any(-1) | ((w.sum(-1) - 1).abs() > WEIGHT_ATOL)
+    if bad.any():
+        raise ScoreMixError(f"mixing {what} must be non-negative and sum to 1, got {[round(v, 4) for v in w[bad][0].tolist()]}")
 
 
 def mixed_denoiser(

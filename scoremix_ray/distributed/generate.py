@@ -19,25 +19,32 @@ log = logging.getLogger("scoremix_ray")
 
 
 class UnitRenderer:
-    """Ray Data callable class: loads config, generator, method and plan once per actor."""
+    """Ray Data callable class: loads once per actor the config, the plan, and what the method declares it
+    needs (`Method.needs`): mixup on a CPU actor loads no network, DiffCoRe-Mix also the baseline recognizer."""
 
     def __init__(self, conf: dict):
         import pyarrow.parquet as pq
         import torch
 
         from scoremix_ray.devices import local_device
-        from scoremix_ray.diffusion.train import load_for_sampling
+        from scoremix_ray.diffusion.train import load_generator, load_for_sampling
         from scoremix_ray.methods import RenderContext, get_method
 
         cfg = Config.model_validate(conf["config"])  # devices already resolved by the driver
         g = cfg.generation
+        self.method = get_method(conf["method"])
         device = local_device(g.actor_gpus > 0)  # Ray set CUDA_VISIBLE_DEVICES to this actor's (share of a) GPU
         if device.type == "cpu":
             torch.set_num_threads(g.threads_per_actor or max(1, (os.cpu_count() or 1) // g.num_actors))
-        net, guide = load_for_sampling(conf["generator_dir"], cfg.sampler, device)  # once per actor
-        rec = conf.get("recognizer_dir")
-        self.ctx = RenderContext(cfg, net, guide, Path(conf["split_path"]), Path(rec) if rec else None)
-        self.method = get_method(conf["method"])
+        net = guide = None
+        if "guide" in self.method.needs:  # the generator and, under autoguidance, its guide
+            net, guide = load_for_sampling(conf["generator_dir"], cfg.sampler, device)
+        elif "generator" in self.method.needs:
+            net = load_generator(conf["generator_dir"], device=device)
+        needs = self.method.needs
+        split = Path(conf["split_path"]) if "real_images" in needs else None
+        rec = Path(conf["recognizer_dir"]) if "recognizer" in needs and conf["recognizer_dir"] else None
+        self.ctx = RenderContext(cfg, net, guide, split, rec)
         self.plan = pq.read_table(Path(conf["out_dir"]) / "plan.parquet")
         self.out_dir = Path(conf["out_dir"])
 

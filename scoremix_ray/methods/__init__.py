@@ -30,12 +30,12 @@ class PlanContext:
 
 @dataclass
 class RenderContext:
-    """What an actor holds once: the config, the generator (and its guide, when `sampler.guidance` is
-    autoguidance); the data split and the baseline recognizer are loaded on first use (only the methods that
-    need them pay for them), the recognizer onto the generator's device."""
+    """What an actor holds once: the config and what the method declares it needs (`Method.needs`): the
+    generator (and its guide, under autoguidance), the real training split and the baseline recognizer, the
+    last two loaded on first use, the recognizer onto the generator's device."""
 
     cfg: Config
-    net: Any
+    net: Any = None
     guide: Any = None
     split_path: Path | None = None
     recognizer_dir: Path | None = None
@@ -47,49 +47,64 @@ class RenderContext:
         if self._recognizer is None:
             from scoremix_ray.recognition.train import Recognizer
 
-            if self.recognizer_dir is None:
-                raise ScoreMixError("this method needs the baseline recognizer, which was not given")
-            self._recognizer = Recognizer.load(Path(self.recognizer_dir) / "final", self.device)
+            self._recognizer = Recognizer.load(Path(self._given("recognizer_dir", "recognizer")) / "final", self.device)
         return self._recognizer
 
     @property
     def device(self):
+        import torch
+
         from scoremix_ray.devices import device_of
 
-        return device_of(self.net)
+        return device_of(self.net) if self.net is not None else torch.device("cpu")
 
     @property
     def centres(self):
         import numpy as np
 
-        return np.load(Path(self.recognizer_dir) / "centres.npy")
+        return np.load(Path(self._given("recognizer_dir", "recognizer")) / "centres.npy")
 
     @property
     def split(self):
         if self._split is None:
             from scoremix_ray.data import Split
 
-            self._split = Split.load(self.split_path)
+            self._split = Split.load(self._given("split_path", "real_images"))
         return self._split
 
+    def _given(self, attr: str, need: str):
+        if getattr(self, attr) is None:
+            raise ScoreMixError(f"this method uses '{need}' but was not given it: declare it in the method's "
+                                f"register(..., needs=...)")  # fmt: skip
+        return getattr(self, attr)
 
-@dataclass
+
+NEEDS = ("generator", "guide", "recognizer", "real_images")  # what a method's render may use
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     plan: Callable[[PlanContext], Any]
     render: Callable[[RenderContext, Any], Any]
     new_classes: bool  # True: rows are new identities (ScoreMix); False: label-preserving
+    # What render uses, of NEEDS: the generation actors load only that (the generator and its guide, the
+    # baseline recognizer, the real training images), and the stage key holds only what feeds the bytes.
+    # "guide": samples under the run's guidance policy (the guide model is loaded when that is autoguidance).
+    needs: frozenset[str] = frozenset()
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, plan: Callable, render: Callable, new_classes: bool) -> None:
-    METHODS[name] = Method(name, plan, render, new_classes)
+def register(name: str, plan: Callable, render: Callable, new_classes: bool, needs: tuple[str, ...]) -> None:
+    if set(needs) - set(NEEDS):
+        raise ValueError(f"method {name} declares unknown needs {sorted(set(needs) - set(NEEDS))} (known: {NEEDS})")
+    METHODS[name] = Method(name, plan, render, new_classes, frozenset(needs))
 
 
-def get_method(name: str) -> Method:
-    # each module registers itself
+def registry() -> dict[str, Method]:
+    """Every method by name: each method module registers itself when imported."""
     import scoremix_ray.methods.classic  # noqa: F401
     import scoremix_ray.methods.diffcoremix  # noqa: F401
     import scoremix_ray.methods.diffii  # noqa: F401
@@ -97,6 +112,10 @@ def get_method(name: str) -> Method:
     import scoremix_ray.methods.plain  # noqa: F401
     import scoremix_ray.methods.scoremix  # noqa: F401
 
-    if name not in METHODS:
+    return METHODS
+
+
+def get_method(name: str) -> Method:
+    if name not in registry():
         raise ScoreMixError(f"unknown generation.method '{name}' (valid: {', '.join(METHODS)})")
     return METHODS[name]

@@ -46,5 +46,5 @@ def render_cutmix(ctx: RenderContext, rows: pa.Table) -> np.ndarray:
     return np.stack(out)
 
 
-register("mixup", _plan("mixup"), render_mixup, new_classes=False)
-register("cutmix", _plan("cutmix"), render_cutmix, new_classes=False)
+register("mixup", _plan("mixup"), render_mixup, new_classes=False, needs=("real_images",))
+register("cutmix", _plan("cutmix"), render_cutmix, new_classes=False, needs=("real_images",))

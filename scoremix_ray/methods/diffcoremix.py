@@ -59,4 +59,4 @@ def render(ctx: RenderContext, rows: pa.Table):
     return np.stack(out), stats
 
 
-register("diffcoremix", plan, render, new_classes=False)
+register("diffcoremix", plan, render, new_classes=False, needs=("generator", "guide", "recognizer", "real_images"))

@@ -69,4 +69,4 @@ def render(ctx: RenderContext, rows: pa.Table) -> np.ndarray:
     return regenerate(ctx, slerp(za, zb, t), labels, k)
 
 
-register("diffii", plan, render, new_classes=False)
+register("diffii", plan, render, new_classes=False, needs=("generator", "guide", "real_images"))

@@ -36,4 +36,4 @@ def render(ctx: RenderContext, rows: pa.Table) -> np.ndarray:
     return np.stack(out)
 
 
-register("diffusemix", plan, render, new_classes=False)
+register("diffusemix", plan, render, new_classes=False, needs=("generator", "guide", "real_images"))

@@ -26,4 +26,4 @@ def plan(ctx: PlanContext) -> pa.Table:
     })  # fmt: skip
 
 
-register("plain", plan, render, new_classes=False)
+register("plain", plan, render, new_classes=False, needs=("generator", "guide"))

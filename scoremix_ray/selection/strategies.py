@@ -323,18 +323,30 @@ class Selection:
         return cls(strategy, np.asarray(tuples, np.int64).reshape(len(tuples), -1), t.column("score").to_numpy())
 
 
-def select(strategy: str, spaces: Spaces, count: int, tuple_size: int = 2, max_uses: int | None = None,
-           seed: int = 0) -> Selection:  # fmt: skip
+def tuple_size_of(strategy: str, tuple_size: int) -> int:
+    """Classes in each tuple a strategy makes: the triplet strategies always make 3."""
+    return 3 if strategy.startswith("triplet") else tuple_size
+
+
+def check_feasible(strategy: str, num_classes: int, count: int, tuple_size: int = 2,
+                   max_uses: int | None = None) -> None:  # fmt: skip
+    """Whether `count` tuples can be drawn from `num_classes` training classes; run right after the data
+    stage, so an impossible selection stops before any training (and again in `select`)."""
     if strategy not in STRATEGIES:
         raise ScoreMixError(f"unknown selection.strategy '{strategy}' (valid: {', '.join(STRATEGIES)})")
-    n = spaces.num_classes
-    k = 3 if strategy.startswith("triplet") else tuple_size
+    n, k = num_classes, tuple_size_of(strategy, tuple_size)
     if k > n:
         raise ScoreMixError(f"selection needs tuples of {k} distinct classes; only {n} training classes")
     if max_uses is None and count > math.comb(n, k):
-        raise ScoreMixError(
-            f"selection.count={count} exceeds the {math.comb(n, k)} possible {k}-tuples of {n} classes"
-        )  # fmt: skip
+        raise ScoreMixError(f"selection.count={count} exceeds the {math.comb(n, k)} possible {k}-tuples of {n} classes")
+    if max_uses is not None and count * k > n * max_uses:
+        raise ScoreMixError(f"selection.count={count} tuples of {k} use {count * k} class slots; {n} classes x "
+                            f"selection.max_uses_per_class={max_uses} allow {n * max_uses}")  # fmt: skip
+
+
+def select(strategy: str, spaces: Spaces, count: int, tuple_size: int = 2, max_uses: int | None = None,
+           seed: int = 0) -> Selection:  # fmt: skip
+    check_feasible(strategy, spaces.num_classes, count, tuple_size, max_uses)
     tuples, scores = STRATEGIES[strategy](spaces, Options(count, tuple_size, max_uses, seed))
     if len(tuples) < count:
         raise ScoreMixError(
