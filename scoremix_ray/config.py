@@ -46,6 +46,9 @@ class DataConfig(_Section):
     # pairs make TAR at FAR 1e-3 measurable)
     split_seed: int = 0  # which classes are unseen / which images are held out (the "fold")
     verification_bin: Path | None = None  # optional InsightFace .bin set evaluated besides the pairs
+    # An image that does not decode: "error" stops the data stage naming its file; "skip" first decodes every
+    # image once (a second pass over the data), leaves the bad ones out and logs how many and which
+    on_bad_image: Literal["error", "skip"] = "error"
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":

@@ -54,6 +54,7 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
     (`train/`, `test/`; layout in data/store.py) a batch at a time. Cached by the data settings alone (the
     split has its own seed); `split.npz` is written last, so an interrupted stage is redone, never half-read."""
     from scoremix_ray.data import scan, write_split
+    from scoremix_ray.data.images import BadImage
 
     key = hashlib.sha256(f"{section_hash(cfg, 'data', seed=False)}/{STORE_FORMAT}".encode()).hexdigest()[:12]
     d = stage_dir(cfg, "data", key)
@@ -62,11 +63,19 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
         return Split.load(d / "split.npz"), d
     dc = cfg.data
     catalog = scan(dc.source, dc.path)
-    size, channels = image_shape(dc, catalog)
-    log.info("data: %d images of %d classes from %s -> %dpx x %d channel(s)", len(catalog), len(catalog.class_names),
-             dc.path or dc.source, size, channels)  # fmt: skip
-    d.mkdir(parents=True, exist_ok=True)
-    split = write_split(catalog, dc, size, channels, d / "split.npz")
+    if dc.on_bad_image == "skip":
+        catalog, bad = catalog.without_bad()
+        if bad:
+            log.warning("data: left out %d image(s) that do not decode (data.on_bad_image=skip): %s%s", len(bad),
+                        ", ".join(bad[:5]), f" and {len(bad) - 5} more" if len(bad) > 5 else "")  # fmt: skip
+    try:  # nothing is lost on a bad image: split.npz is written last, so the stage is redone next time
+        size, channels = image_shape(dc, catalog)
+        log.info("data: %d images of %d classes from %s -> %dpx x %d channel(s)", len(catalog),
+                 len(catalog.class_names), dc.path or dc.source, size, channels)  # fmt: skip
+        d.mkdir(parents=True, exist_ok=True)
+        split = write_split(catalog, dc, size, channels, d / "split.npz")
+    except BadImage as e:
+        raise BadImage(f"{e} (data.on_bad_image=skip leaves such images out)") from None
     (d / "summary.json").write_text(json.dumps(split.summary(), indent=2))
     class_grid(split.train.images, split.train.labels, 10, d / "train_grid.png")
     log.info("data: wrote %s", d)

@@ -136,3 +136,35 @@ def test_image_size_and_channels_come_from_the_data(tmp_path, caplog):
     Image.new("L", (30, 20)).save(tmp_path / "grey" / "a" / "0.png")
     assert image_shape(DataConfig(source="folder", path=tmp_path / "grey"), scan("folder", tmp_path / "grey")) == (20, 1)
     assert image_shape(DataConfig(), scan("digits", None)) == (16, 1)
+
+
+def test_an_undecodable_image_stops_the_data_stage_or_is_left_out(tmp_path, caplog):
+    """data.on_bad_image: "error" (default) names the file in one line and leaves no split behind; "skip"
+    leaves the bad images out (a class left with none goes too) and says how many and which."""
+    import io
+    import logging
+
+    from scoremix_ray.config import load_config
+    from scoremix_ray.data.images import BadImage
+    from scoremix_ray.pipeline import data_stage
+
+    root = _folder(tmp_path / "faces", classes=5, per_class=4, size=16)
+    (root / "id001" / "2.png").write_bytes(b"not an image")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, "JPEG")
+    (root / "id002" / "9.jpg").write_bytes(buf.getvalue()[:200])  # a truncated JPEG: the header reads, the pixels do not
+    (root / "id004").mkdir(exist_ok=True)
+    for f in (root / "id004").iterdir():
+        f.write_bytes(b"\x89PNG broken")
+    sets = [f"out_dir={tmp_path / 'out'}", "data.source=folder", f"data.path={root}", "data.num_pairs=20"]
+    with pytest.raises(BadImage) as e:
+        data_stage(load_config(None, sets))
+    msg = str(e.value)
+    assert "\n" not in msg and str(root / "id001" / "2.png") in msg and "data.on_bad_image=skip" in msg
+    assert not list((tmp_path / "out").rglob("split.npz"))
+    with caplog.at_level(logging.WARNING, logger="scoremix_ray"):
+        split, _ = data_stage(load_config(None, [*sets, "data.on_bad_image=skip"]))
+    assert len(split.train.labels) + len(split.test.labels) == 5 * 4 + 1 - 6  # id004 gone, one of id001 and of id002
+    assert "id004" not in split.train.class_names + split.test.class_names
+    warning = next(r.getMessage() for r in caplog.records if "left out" in r.getMessage())
+    assert "left out 6 image(s)" in warning and "id002/9.jpg" in warning and "and 1 more" in warning

@@ -15,13 +15,17 @@ from PIL import Image, UnidentifiedImageError
 from scoremix_ray.errors import ScoreMixError
 
 
+class BadImage(ScoreMixError):
+    """An image whose bytes do not decode (`data.on_bad_image` says what the data stage does about it)."""
+
+
 def decode(data: bytes, size: int, channels: int, name: str) -> np.ndarray:
     """Encoded image bytes -> uint8 (size, size, channels). `name` is what an error message blames."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ScoreMixError(f"cannot decode image {name}: {e}") from None
+        raise BadImage(f"cannot decode image {name}: {e}") from None
     return prepare(img, size, channels)
 
 

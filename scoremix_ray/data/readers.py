@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow.parquet as pq
 
-from scoremix_ray.data.images import decode, prepare
+from scoremix_ray.data.images import BadImage, decode, prepare
 from scoremix_ray.data.recordio import MAGIC, index_mismatch, read_index, record_at, unpack
 from scoremix_ray.errors import ScoreMixError
 
@@ -63,7 +63,7 @@ class Catalog:
         try:
             img = Image.open(BytesIO(data))
         except Exception as e:  # noqa: BLE001 -- PIL raises several types for a bad file
-            raise ScoreMixError(f"cannot decode image {name}: {e}") from None
+            raise BadImage(f"cannot decode image {name}: {e}") from None
         return img.height, img.width, 1 if img.mode in ("L", "I", "I;16", "1", "F") else 3
 
     def decoded(self, rows: np.ndarray, size: int, channels: int, batch: int = 256) -> Iterator[np.ndarray]:
@@ -79,6 +79,39 @@ class Catalog:
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             while chunk := [it for _, it in zip(range(batch), items)]:
                 yield np.stack(list(pool.map(lambda it: decode(it[0], size, channels, it[1]), chunk)))
+
+    def without_bad(self) -> tuple["Catalog", list[str]]:
+        """(this catalog less the images that do not decode, their names): every image decoded once (at a
+        small size), DECODE_THREADS at a time, under a progress bar. Classes left with no image are dropped."""
+        from tqdm import tqdm
+
+        if self.pixels is not None:
+            return self, []
+
+        def bad(item: tuple[bytes, str]) -> str | None:
+            try:
+                decode(item[0], 8, 1, item[1])
+            except BadImage:
+                return item[1]
+            return None
+
+        ok, names, items = np.ones(len(self), bool), [], self.encoded(np.arange(len(self)))
+        with ThreadPoolExecutor(DECODE_THREADS) as pool, tqdm(total=len(self), desc="check", unit="img",
+                                                              mininterval=2.0) as bar:  # fmt: skip
+            start = 0
+            while chunk := [it for _, it in zip(range(256), items)]:
+                for i, name in enumerate(pool.map(bad, chunk)):
+                    if name is not None:
+                        ok[start + i] = False
+                        names.append(name)
+                start += len(chunk)
+                bar.update(len(chunk))
+        if not names:
+            return self, []
+        keep = np.flatnonzero(ok)
+        present, labels = np.unique(self.labels[keep], return_inverse=True)
+        return Catalog(labels.astype(np.int64), [self.class_names[c] for c in present],
+                       lambda rows: self.encoded(keep[np.asarray(rows)])), names  # fmt: skip
 
     def load(self, size: int, channels: int) -> LabelledImages:
         """Everything decoded in memory: for small data and tests (the data stage streams instead)."""
