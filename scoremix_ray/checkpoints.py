@@ -1,10 +1,13 @@
 """Step checkpoints shared by the training loops: `<root>/step_XXXXXXX/state.pt`, written atomically,
-the newest `KEEP` kept."""
+the newest `KEEP` kept; and the training curve beside them (`history.jsonl`), which MLflow shows live and
+a later run that reuses the stage replays (`tracking.replay_history`)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,3 +40,29 @@ def load_state(ckpt: Path, device: str = "cpu") -> dict:
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The random stream of one (seed, rank, step): what makes a resumed run continue exactly."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+
+
+HISTORY = "history.jsonl"
+# monitor(metrics, step): the caller's live view of training (MLflow through `tracking`), called on rank 0
+Monitor = Callable[[dict, int], None]
+
+
+def log_progress(out_dir: Path, metrics: dict, step: int, monitor: Monitor | None = None) -> None:
+    """Rank 0 at each log point: a line of the stage's curve, and the caller's live monitor."""
+    with open(Path(out_dir) / HISTORY, "a") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    if monitor is not None:
+        monitor(metrics, step)
+
+
+def trim_history(out_dir: Path, step: int) -> None:
+    """On resume from a checkpoint at `step`: the curve past it was of the interrupted attempt."""
+    path = Path(out_dir) / HISTORY
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_history(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / HISTORY
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []

@@ -73,15 +73,15 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
 def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None) -> None:
     """Run the whole experiment for one strategy: data, generator, baseline recognizer (all three cached),
     select, generate, augmented recognizer, evaluate; prints baseline vs augmented and logs to MLflow."""
-    from scoremix_ray import pipeline, tracking
+    from scoremix_ray import tracking
+    from scoremix_ray.distributed.runtime import ensure_ray
 
     _setup_logging()
     cfg = _cfg(config, set_, out, tracking_uri)
     start = time.time()
-    pipeline.write_run_config(cfg)
-    result = pipeline.run(cfg)
-    run_id = tracking.log_run(cfg, json.loads(Path(result["metrics"]).read_text()), tracking.run_artifacts(cfg, result))
-    metrics = json.loads(Path(result["metrics"]).read_text())
+    ensure_ray(cfg.ray)
+    with tracking.writer(cfg) as tracker:  # the MLflow run is open (and live) from here to the end
+        result, metrics, run_id = tracking.run_logged(cfg, tracker)
     typer.echo(metrics_table({"baseline": metrics["baseline"], "augmented": metrics["augmented"],
                               "delta": metrics["delta"]}))  # fmt: skip
     a = metrics["alignment"]
@@ -116,12 +116,27 @@ def sweep(
         raise ScoreMixError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
     summary = run_sweep(cfg, _list(strategies) or [cfg.selection.strategy], seed_list,
                         _list(methods) or None, parse_grid(grid or []), name)  # fmt: skip
-    failed = [t for t in summary["trials"] if t["error"]]
-    typer.echo(f"{len(summary['trials'])} trials, {len(failed)} failed; MLflow parent run {summary['parent_run_id']} "
-               f"in {summary['tracking_uri']}")  # fmt: skip
+    _trials_summary(summary)
+    typer.echo(f"compare: scoremix-ray report --out {cfg.out_dir}")
+    _exit_if_failed(summary)
+
+
+def _trials_summary(summary: dict) -> None:
+    """One line for the sweep (naming the failed trials), then each failure's last error line."""
+    trials = summary["trials"]
+    failed = [t for t in trials if t["error"]]
+    earlier = sum(bool(t.get("earlier")) for t in trials)
+    typer.echo(f"{len(trials)} trials, {len(failed)} failed{' (' + ', '.join(t['name'] for t in failed) + ')' if failed else ''}"
+               f"{f', {earlier} finished in an earlier attempt' if earlier else ''}; MLflow parent run "
+               f"{summary['parent_run_id']} in {summary['tracking_uri']}")  # fmt: skip
     for t in failed:
         typer.echo(f"failed: {t['name']}: {t['error'].strip().splitlines()[-1][:300]}")
-    typer.echo(f"compare: scoremix-ray report --out {cfg.out_dir}")
+
+
+def _exit_if_failed(summary: dict) -> None:
+    if any(t["error"] for t in summary["trials"]):
+        typer.echo("rerun the same command to run the failed and unfinished trials again", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -134,13 +149,11 @@ def study(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tra
     _setup_logging()
     cfg = _cfg(config, set_, out, tracking_uri)
     summary = run_study(cfg)
-    failed = [t for t in summary["trials"] if t["error"]]
     typer.echo(Path(summary["report"]["markdown"]).read_text())
-    typer.echo(f"{len(summary['trials'])} trials, {len(failed)} failed, {summary['wall_time_s']:.0f} s; MLflow parent "
-               f"run {summary['parent_run_id']} in {summary['tracking_uri']}")  # fmt: skip
-    for t in failed:
-        typer.echo(f"failed: {t['name']}: {t['error'].strip().splitlines()[-1][:300]}")
+    typer.echo(f"study: {summary['wall_time_s']:.0f} s")
+    _trials_summary(summary)
     typer.echo(f"report: {summary['report']['markdown']} (plot {summary['report']['plot']})")
+    _exit_if_failed(summary)
 
 
 @app.command()

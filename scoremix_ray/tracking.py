@@ -1,33 +1,57 @@
-"""MLflow: a run per experiment (a child run per sweep trial under one parent run per sweep).
+"""MLflow: one live run per experiment; a sweep or a study is a parent run with a child run per trial.
 
-Only the driver writes to MLflow (the sweep logs a trial when Tune reports it finished), so a SQLite store is
-never written by two processes at once. Default store: `sqlite:///<out_dir>/mlflow.db`; a team points
-`tracking.tracking_uri` (or `--tracking-uri`) at a shared `mlflow server`.
+A run opens when its job starts (RUNNING, the config as params) and closes when the job ends: FINISHED,
+FAILED with the error, or KILLED on Ctrl-C / SIGTERM (`live_run`). While a stage trains, its loss, learning
+rate and images/s reach the open run with their step (`train.<stage>.<metric>`: generator, baseline,
+augmented), so the UI draws the curves as they grow; a run that reuses a cached stage gets that stage's
+curve from its `history.jsonl` at the end. A driver killed outright (SIGKILL) leaves its runs RUNNING;
+rerunning the same sweep reopens them (a child is found by its parent and name), never duplicates them.
+
+One writer per SQLite store: SQLite lets one process write at a time (the others wait, then fail with
+"database is locked"), so while a job runs, every write of every process (the driver, Tune trials, Ray
+Train workers) goes through one Ray actor per store, placed on the driver's node (where the file is) and
+ended with the job (`writer`). A tracking server (`tracking.tracking_uri: http://...`) serialises writes
+itself: every process writes to it directly. Default store: `sqlite:///<out_dir>/mlflow.db`.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
+import signal
+import threading
 import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from scoremix_ray.config import Config, flatten
 
 log = logging.getLogger("scoremix_ray")
 
 METRIC_SECTIONS = ("baseline", "augmented", "delta", "alignment")
+CURVES = ("loss", "train_accuracy", "lr", "images_per_s")  # what a training curve logs of the loop's metrics
 
 
 def tracking_uri(cfg: Config) -> str:
     return cfg.tracking.tracking_uri or f"sqlite:///{(Path(cfg.out_dir) / 'mlflow.db').resolve()}"
 
 
-def client(cfg: Config):
+@functools.lru_cache(maxsize=None)
+def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    return MlflowClient(tracking_uri=uri)
+
+
+def client(cfg: Config):
+    """A client for reading (any process may read while the writer writes)."""
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri(cfg))
+    return _client(tracking_uri(cfg))
 
 
 def experiment_id(mc, name: str) -> str:
@@ -45,43 +69,238 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-def start_parent(cfg: Config, name: str, tags: dict | None = None) -> str:
-    """A parent run for a sweep or a study (`scoremix.kind`); its children are the trials."""
-    mc = client(cfg)
-    run = mc.create_run(experiment_id(mc, cfg.tracking.experiment), run_name=name,
-                        tags={"scoremix.kind": "sweep", **(tags or {})})  # fmt: skip
-    return run.info.run_id
+# --- the writes: module-level functions of a client, run by the writer actor or in the calling process ---
 
 
-def end_run(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
-    client(cfg).set_terminated(run_id, status)
+def _open(mc, experiment: str, name: str, params: dict, tags: dict, find: str | None) -> str:
+    """A RUNNING run; with `find` (an MLflow filter), the newest run it matches is reopened instead."""
+    from mlflow.entities import Param, RunTag
 
-
-def log_run(cfg: Config, metrics: dict | None, artifacts: list[Path] = (), parent: str | None = None,
-            status: str = "FINISHED", error: str | None = None) -> str:  # fmt: skip
-    """One finished (or failed) experiment as an MLflow run: params = flattened config, metrics = the
-    sections of metrics.json, artifacts = files that exist of `artifacts`. Returns the run id."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    mc = client(cfg)
-    tags = {"scoremix.strategy": cfg.selection.strategy, "scoremix.method": cfg.generation.method,
-            "scoremix.seed": str(cfg.seed), "scoremix.run_dir": str(cfg.run_dir)}  # fmt: skip
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    if error:
-        tags["scoremix.error"] = error[:5000]
-    run = mc.create_run(experiment_id(mc, cfg.tracking.experiment), run_name=cfg.name, tags=tags)
-    rid, now = run.info.run_id, int(time.time() * 1000)
-    params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(cfg).items()]
-    mets = [Metric(k, v, now, 0) for k, v in flat_metrics(metrics or {}).items()]
-    for i in range(0, max(len(params), len(mets)), 100):  # MLflow takes at most 100 params per batch
-        mc.log_batch(rid, metrics=mets[i:i + 100], params=params[i:i + 100], tags=[RunTag("scoremix.logged", "1")])
-    for path in artifacts:
-        if Path(path).is_file():
-            mc.log_artifact(rid, str(path))
-    mc.set_terminated(rid, status)
-    log.info("mlflow: run %s (%s) logged to %s", rid, cfg.name, tracking_uri(cfg))
+    exp = experiment_id(mc, experiment)
+    found = mc.search_runs([exp], filter_string=find, order_by=["attributes.start_time DESC"],
+                           max_results=1) if find else []  # fmt: skip
+    if found:
+        rid = found[0].info.run_id
+        mc.update_run(rid, status="RUNNING")
+        return rid
+    rid = mc.create_run(exp, run_name=name, tags=tags).info.run_id
+    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        mc.log_batch(rid, params=items[i:i + 100], tags=[RunTag("scoremix.logged", "0")])
     return rid
+
+
+def _log_metrics(mc, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):
+        mc.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+def _log_curve(mc, run_id: str, name: str, history: list[dict]) -> None:
+    """A stage's whole curve (`history.jsonl` rows) under `train.<name>.`, each row at its step."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(f"train.{name}.{k}", float(row[k]), now, int(row["step"])) for row in history for k in CURVES if k in row]
+    for i in range(0, len(items), 1000):
+        mc.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+def _finish(mc, run_id: str, status: str, error: str | None) -> None:
+    if error:
+        mc.set_tag(run_id, "scoremix.error", error[-5000:])
+    mc.set_terminated(run_id, status)
+
+
+def _results(mc, run_id: str, metrics: dict[str, float], artifacts: list[str], curves: dict[str, list[dict]]) -> list[str]:
+    """The end of a run: its metrics (step 0), the curves of the stages it reused (not logged live), its
+    files. Returns the curve names it had live."""
+    have = mc.get_run(run_id).data.metrics
+    live = [name for name in curves if f"train.{name}.loss" in have]
+    for name, history in curves.items():
+        if name not in live:
+            _log_curve(mc, run_id, name, history)
+    _log_metrics(mc, run_id, metrics)
+    for path in artifacts:
+        mc.log_artifact(run_id, path)
+    mc.set_tag(run_id, "scoremix.logged", "1")
+    return live
+
+
+def _children(mc, parent: str) -> dict[str, tuple[str, str]]:
+    """{run name: (run id, status)} of a parent's children."""
+    exp = mc.get_run(parent).info.experiment_id
+    runs = mc.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=50000)
+    return {r.info.run_name: (r.info.run_id, r.info.status) for r in runs}
+
+
+def _ping(mc) -> None:
+    return None
+
+
+class _Writer:
+    """The one writer of a SQLite store, as a Ray actor: runs the write functions above, one at a time, in
+    the order each process sent them."""
+
+    def __init__(self, uri: str):
+        from mlflow.tracking import MlflowClient
+
+        self.mc = MlflowClient(tracking_uri=uri)
+
+    def do(self, fn: Callable, *args: Any) -> Any:
+        return fn(self.mc, *args)
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """Where a job's MLflow writes go: `actor` names the store's writer actor (SQLite), None = this process
+    writes itself (a tracking server, or no job running). Picklable: trials and Train workers get a copy."""
+
+    uri: str
+    actor: str | None = None
+
+    def do(self, fn: Callable, *args: Any, wait: bool = True) -> Any:
+        """`fn(client, *args)` by the store's writer; `wait=False` sends it and goes on (training curves)."""
+        if self.actor is not None:
+            import ray
+
+            try:
+                handle = ray.get_actor(self.actor)
+            except Exception:  # noqa: BLE001 -- the job is ending (Ray's SIGTERM handler stops its actors first):
+                handle = None  # this process is the last one left to write
+            if handle is not None:
+                ref = handle.do.remote(fn, *args)
+                return ray.get(ref) if wait else None
+        return fn(_client(self.uri), *args)
+
+
+@contextmanager
+def writer(cfg: Config) -> Iterator[Tracker]:
+    """The job's Tracker: for a SQLite store, start its writer actor on this node (or join the one an
+    enclosing job started) and end it, after its queued writes, when the job ends."""
+    uri = tracking_uri(cfg)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    if not uri.startswith("sqlite:"):
+        yield Tracker(uri)
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name = "mlflow-writer-" + hashlib.sha256(uri.encode()).hexdigest()[:12]
+    try:
+        ray.get_actor(name)
+        yield Tracker(uri, name)  # an enclosing job of this driver owns it
+        return
+    except ValueError:
+        pass
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(_Writer).options(name=name, num_cpus=0, scheduling_strategy=here).remote(uri)
+    try:
+        yield Tracker(uri, name)
+    finally:
+        try:
+            ray.get(actor.do.remote(_ping), timeout=120)  # the writes queued before are done
+        except Exception:  # noqa: BLE001 -- already gone with the job
+            pass
+        ray.kill(actor)
+
+
+_ACTIVE: dict | None = None  # this process's open run: where the curves of the stages it trains go
+
+
+def active() -> dict | None:
+    """{"uri", "actor", "run_id", "prefix"} of the run open in this process, for the Train workers."""
+    return _ACTIVE
+
+
+@contextmanager
+def activate(tracker: Tracker, run_id: str, prefix: str = "") -> Iterator[None]:
+    """Send the curves of stages trained inside the block to `run_id` (metric names after `prefix`)."""
+    global _ACTIVE
+    previous, _ACTIVE = _ACTIVE, {"uri": tracker.uri, "actor": tracker.actor, "run_id": run_id, "prefix": prefix}
+    try:
+        yield
+    finally:
+        _ACTIVE = previous
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM (`ray job stop`, a scheduler), raised like Ctrl-C so every open run is marked KILLED."""
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # a Tune trial: its driver handles signals
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Stopped()
+
+    previous = signal.signal(signal.SIGTERM, stop)  # after ray.init, which sets its own (exit at once)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dict | None = None,
+             find: str | None = None) -> Iterator[str]:  # fmt: skip
+    """An MLflow run open while the block runs (yields its id): RUNNING with the flattened config as params,
+    the curves of the stages trained inside it, then FINISHED; FAILED with the traceback as the
+    `scoremix.error` tag; KILLED on Ctrl-C or SIGTERM. Under `parent`, a child of the same name is reopened
+    (a resumed sweep); `find` (an MLflow filter) reopens another run it matches (a resumed sweep's parent)."""
+    run_tags = {"scoremix.strategy": cfg.selection.strategy, "scoremix.method": cfg.generation.method,
+                "scoremix.seed": str(cfg.seed), "scoremix.run_dir": str(cfg.run_dir), **(tags or {})}  # fmt: skip
+    if parent:
+        run_tags["mlflow.parentRunId"] = parent
+        find = f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{cfg.name}'"
+    rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), run_tags, find)
+    log.info("mlflow: run %s (%s) open in %s", rid, cfg.name, tracker.uri)
+    status, error = "FAILED", None
+    try:
+        with _sigterm_stops(), activate(tracker, rid):
+            yield rid
+        status = "FINISHED"
+    except KeyboardInterrupt as e:
+        status, error = "KILLED", "stopped by " + ("SIGTERM" if isinstance(e, _Stopped) else "Ctrl-C")
+        raise
+    except SystemExit as e:  # Ray's own SIGTERM handler exits the driver
+        status, error = ("FINISHED", None) if e.code in (0, None) else ("KILLED", f"exited with {e.code}")
+        raise
+    except BaseException as e:
+        error = "".join(traceback.format_exception(e))
+        raise
+    finally:
+        tracker.do(_finish, rid, status, error)
+
+
+def monitor(track: dict | None, stage: str):
+    """The live curve of a stage trained on a Ray Train worker (`checkpoints.Monitor`): each log point goes
+    to the open run as `<prefix>train.<stage>.<metric>` at its step, sent without waiting. None: no run."""
+    if not track:
+        return None
+    tracker = Tracker(track["uri"], track["actor"])
+
+    def send(metrics: dict, step: int) -> None:
+        values = {f"{track['prefix']}train.{stage}.{k}": metrics[k] for k in CURVES if k in metrics}
+        tracker.do(_log_metrics, track["run_id"], values, step, wait=False)
+
+    send.flush = lambda: tracker.do(_ping)  # what was sent is written before the worker ends
+    return send
+
+
+def log_results(tracker: Tracker, run_id: str, metrics: dict, artifacts: list[Path], stages: dict[str, Path]) -> None:
+    """The end of a run: its metrics, its files, and the curves of the stages it reused (`stages`: curve
+    name -> stage folder with a `history.jsonl`)."""
+    from scoremix_ray.checkpoints import read_history
+
+    curves = {name: read_history(d) for name, d in stages.items()}
+    tracker.do(_results, run_id, flat_metrics(metrics), [str(p) for p in artifacts if Path(p).is_file()], curves)
 
 
 def run_artifacts(cfg: Config, result: dict | None = None) -> list[Path]:
@@ -92,8 +311,46 @@ def run_artifacts(cfg: Config, result: dict | None = None) -> list[Path]:
     return files
 
 
+def run_logged(cfg: Config, tracker: Tracker, parent: str | None = None) -> tuple[dict, dict, str]:
+    """One experiment (`pipeline.run`) as a live MLflow run: (stage result, metrics, run id)."""
+    from scoremix_ray import pipeline
+
+    with live_run(cfg, tracker, parent) as rid:
+        pipeline.write_run_config(cfg)
+        result = pipeline.run(cfg)
+        metrics = json.loads(Path(result["metrics"]).read_text())
+        stages = {"generator": result["generator"]["dir"], "baseline": result["recognizer"]["dir"],
+                  "augmented": result["augmented"]["dir"]}  # fmt: skip
+        log_results(tracker, rid, metrics, run_artifacts(cfg, result), {k: Path(v) for k, v in stages.items()})
+    return result, metrics, rid
+
+
+def log_run(cfg: Config, metrics: dict | None, artifacts: list[Path] = (), parent: str | None = None,
+            status: str = "FINISHED", error: str | None = None) -> str:  # fmt: skip
+    """A finished (or failed) experiment logged after the fact, by this process (reports, imports, tests)."""
+    tracker = Tracker(tracking_uri(cfg))
+    client(cfg)  # the folder of the default store
+    find = f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{cfg.name}'" if parent else None
+    tags = {"scoremix.strategy": cfg.selection.strategy, "scoremix.method": cfg.generation.method,
+            "scoremix.seed": str(cfg.seed), "scoremix.run_dir": str(cfg.run_dir),
+            **({"mlflow.parentRunId": parent} if parent else {})}  # fmt: skip
+    rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), tags, find)
+    log_results(tracker, rid, metrics or {}, list(artifacts), {})
+    tracker.do(_finish, rid, status, error)
+    return rid
+
+
+def children(tracker: Tracker, parent: str) -> dict[str, tuple[str, str]]:
+    """{trial name: (MLflow run id, status)} under a sweep's parent run."""
+    return tracker.do(_children, parent)
+
+
+def finish(tracker: Tracker, run_id: str, status: str, error: str | None = None) -> None:
+    tracker.do(_finish, run_id, status, error)
+
+
 def load_runs(cfg: Config, experiment: str | None = None):
-    """Every finished non-parent run of the experiment as a pandas DataFrame (MLflow's search_runs)."""
+    """Every non-parent run of the experiment as a pandas DataFrame (MLflow's search_runs)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(cfg))

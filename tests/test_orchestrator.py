@@ -82,12 +82,33 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
     assert {"samples.png", "pairs.parquet", "metrics.json", "config.yaml"} <= arts
     bad = runs[runs["status"] == "FAILED"].iloc[0]
     assert "File exists" in bad["tags.scoremix.error"]
+    # live curves: each stage's loss, learning rate and images/s at their steps (generator: every log_every=10
+    # of 30 steps; recognizers: each of 3 epochs). The shared stages trained before the trials went live to
+    # the parent; each child has its augmented recognizer's curve live and the shared stages' replayed
+    steps = lambda rid, key: [m.step for m in mc.get_metric_history(rid, key)]  # noqa: E731
+    assert steps(parent.info.run_id, "train.generator.loss") == [10, 20, 30]
+    assert steps(parent.info.run_id, "train.baseline.lr") == [1, 2, 3]
+    for key, expected in (("train.augmented.loss", [1, 2, 3]), ("train.augmented.images_per_s", [1, 2, 3]),
+                          ("train.generator.loss", [10, 20, 30]), ("train.baseline.train_accuracy", [1, 2, 3])):
+        assert steps(done["run_id"], key) == expected, key
+    info = mc.get_run(done["run_id"]).info
+    assert info.end_time - info.start_time > 2000  # open while the trial ran, not logged after it
     table = strategy_table(base)
     assert set(table["strategy"]) == {"random", "embedding-distant"} and list(table["runs"]) == [1, 1]
     # a grid value the data cannot satisfy stops the whole sweep after the data stage, before any training
     with pytest.raises(ScoreMixError, match="selection.count=50 exceeds the 10 possible"):
         run_sweep(base, ["random"], [0], grid={"selection.count": ["2", "50"]}, name="impossible")
     assert not list(tmp_path.glob("ray_tune/impossible"))
+    # the same sweep again once the disk is fixed: only the failed trial runs, under the same MLflow runs
+    (tmp_path / "scoremix-condition-close-s0").unlink()
+    again = run_sweep(base, ["random", "embedding-distant", "condition-close"], [0], name="tiny")
+    assert again["parent_run_id"] == summary["parent_run_id"]
+    assert {t["name"]: (bool(t.get("earlier")), t["error"]) for t in again["trials"]} == {
+        "scoremix-random-s0": (True, None), "scoremix-embedding-distant-s0": (True, None),
+        "scoremix-condition-close-s0": (False, None)}  # fmt: skip
+    runs = load_runs(base)
+    assert len(runs) == 3 and sorted(runs["status"]) == ["FINISHED"] * 3  # the failed child reopened, not a fourth
+    assert again["trials"][0]["augmented.verification_accuracy"] == ok["augmented.verification_accuracy"]
     # the notebook runs on this sweep's store in the tiny study test (tests/test_study.py), which adds a study
 
 

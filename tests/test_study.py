@@ -69,28 +69,27 @@ def _fake_study(tmp_path):
     base = load_config(STUDY, [f"out_dir={tmp_path}", "study.folds=0,1", "study.seeds=0,1",
                                                       "study.methods=scoremix,plain,diffii",
                                                       "study.strategies=random,embedding-distant"])  # fmt: skip
-    parent = tracking.start_parent(base, base.name, {"scoremix.kind": "study", "scoremix.wall_time_s": "3723",
-                                                     "scoremix.machine": "test box", "scoremix.trials": "12"})  # fmt: skip
+    tags = {"scoremix.kind": "study", "scoremix.wall_time_s": "3723", "scoremix.machine": "test box", "scoremix.trials": "12"}
     gain = {("scoremix", "random"): 0.0, ("scoremix", "embedding-distant"): 0.05, ("plain", "x"): -0.04}
     rng = np.random.default_rng(0)
     expected = {}
-    for (method, strategy), g in gain.items():
-        for fold in (0, 1):
-            for seed in (0, 1):
-                b = 0.7 + 0.05 * fold + 0.01 * seed  # cells differ a lot; the paired difference does not
-                d = g + rng.normal(0, 0.005)
-                expected.setdefault((method, strategy), []).append(d)
-                sets = [f"name={method}-{strategy}-{fold}-{seed}", f"seed={seed}", f"data.split_seed={fold}",
-                        f"generation.method={method}"] + ([f"selection.strategy={strategy}"] if method == "scoremix" else [])
-                cfg = with_overrides(base, sets)
-                metrics = {"baseline": {"verification_accuracy": b, "roc_auc": b + 0.1},
-                           "augmented": {"verification_accuracy": b + d, "roc_auc": b + 0.1 + d},
-                           "delta": {"verification_accuracy": d, "roc_auc": d},
-                           "alignment": {"cka_linear": 0.1 * fold, "cka_linear_null": 0.0, "cknna": 0.2, "cknna_null": 0.1}}
-                tracking.log_run(cfg, metrics, parent=parent)
-    tracking.log_run(with_overrides(base, ["name=plain-fail", "generation.method=plain"]), None, parent=parent,
-                     status="FAILED", error="boom")  # fmt: skip
-    tracking.end_run(base, parent)
+    with tracking.live_run(base, tracking.Tracker(tracking.tracking_uri(base)), tags=tags) as parent:
+        for (method, strategy), g in gain.items():
+            for fold in (0, 1):
+                for seed in (0, 1):
+                    b = 0.7 + 0.05 * fold + 0.01 * seed  # cells differ a lot; the paired difference does not
+                    d = g + rng.normal(0, 0.005)
+                    expected.setdefault((method, strategy), []).append(d)
+                    sets = [f"name={method}-{strategy}-{fold}-{seed}", f"seed={seed}", f"data.split_seed={fold}",
+                            f"generation.method={method}"] + ([f"selection.strategy={strategy}"] if method == "scoremix" else [])
+                    cfg = with_overrides(base, sets)
+                    metrics = {"baseline": {"verification_accuracy": b, "roc_auc": b + 0.1},
+                               "augmented": {"verification_accuracy": b + d, "roc_auc": b + 0.1 + d},
+                               "delta": {"verification_accuracy": d, "roc_auc": d},
+                               "alignment": {"cka_linear": 0.1 * fold, "cka_linear_null": 0.0, "cknna": 0.2, "cknna_null": 0.1}}
+                    tracking.log_run(cfg, metrics, parent=parent)
+        tracking.log_run(with_overrides(base, ["name=plain-fail", "generation.method=plain"]), None, parent=parent,
+                         status="FAILED", error="boom")  # fmt: skip
     return with_overrides(base, ["study.metrics=verification_accuracy,roc_auc"]), expected
 
 

@@ -11,13 +11,14 @@ capped by what one trial's inner work needs, so inner placement groups always fi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import math
 from pathlib import Path
 
-from scoremix_ray.config import Config, ConfigError, section_hash, with_overrides
+from scoremix_ray.config import Config, ConfigError, section_hash, to_yaml, with_overrides
 
 log = logging.getLogger("scoremix_ray")
 
@@ -98,39 +99,34 @@ def concurrency(configs: list[Config], cpus: float, gpus: float = 0.0) -> int:
 
 
 def _trial(config: dict) -> dict:
-    """One Tune trial: the run's stages 4-7 (stages 1-3 are already cached)."""
-    from scoremix_ray import pipeline
-    from scoremix_ray.tracking import flat_metrics
+    """One Tune trial: the run's stages 4-7 (stages 1-3 are already cached) as a live MLflow child run."""
+    from scoremix_ray import tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.model_validate(config["config"])
-    pipeline.write_run_config(cfg)
-    result = pipeline.run(cfg)
-    metrics = json.loads(Path(result["metrics"]).read_text())
-    return {"run_dir": str(cfg.run_dir), "grid": result["generate"]["grid"], **flat_metrics(metrics)}
+    t = config["tracking"]
+    result, metrics, _ = tracking.run_logged(cfg, tracking.Tracker(t["uri"], t["actor"]), parent=t["parent"])
+    return {"run_dir": str(cfg.run_dir), **tracking.flat_metrics(metrics)}
 
 
-def _mlflow_callback(parent: str):
+def _mlflow_callback(tracker, parent: str):
     from ray.tune import Callback
 
     from scoremix_ray import tracking
 
-    class MLflowTrials(Callback):
-        """Logs each trial to MLflow as it ends (the driver is the only writer)."""
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            cfg = Config.model_validate(trial.config["config"])
-            metrics = json.loads((cfg.run_dir / "metrics.json").read_text())
-            tracking.log_run(cfg, metrics, tracking.run_artifacts(cfg, {"generate": {"grid": trial.last_result["grid"]}}),
-                             parent=parent)  # fmt: skip
+    class FailedTrials(Callback):
+        """A trial marks its own MLflow run FAILED when it raises; one whose process died (out of memory,
+        a lost node) could not: the driver does it here."""
 
         def on_trial_error(self, iteration, trials, trial, **info):
             cfg = Config.model_validate(trial.config["config"])
             error = _trial_error(trial)
             log.error("sweep: trial %s failed: %s", cfg.name, error.strip().splitlines()[-1] if error else "?")
-            tracking.log_run(cfg, None, [cfg.run_dir / "config.yaml"], parent=parent, status="FAILED", error=error)
+            rid, status = tracking.children(tracker, parent).get(cfg.name, (None, None))
+            if status == "RUNNING":
+                tracking.finish(tracker, rid, "FAILED", error)
 
-    return MLflowTrials()
+    return FailedTrials()
 
 
 def _trial_error(trial) -> str:
@@ -160,54 +156,80 @@ def widen_for_driver(cfg: Config, cpus: float) -> Config:
     return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cpus_per_worker": max(per, cfg.ray.cpus_per_worker)})})
 
 
+def sweep_key(name: str, configs: list[Config]) -> str:
+    """What makes two sweeps the same sweep: its name and its trials' configs. Rerunning the same command
+    finds its parent run by this key and runs only the trials not yet FINISHED under it."""
+    text = name + "".join(sorted(to_yaml(c) for c in configs))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: list[str] | None = None,
               grid: dict[str, list] | None = None, name: str = "sweep", tags: dict | None = None) -> dict:  # fmt: skip
-    """Shared stages per (fold, seed), then one Tune trial per config; returns a summary (also
-    `<out>/<name>.json`). `tags` go on the MLflow parent run."""
+    """Shared stages per (fold, seed), then one Tune trial per config not finished by an earlier attempt of
+    the same sweep; returns a summary (also `<out>/<name>.json`). `tags` go on the MLflow parent run."""
     import ray
-    from ray import tune
 
     from scoremix_ray import pipeline, tracking
     from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
 
     configs = trial_configs(base, strategies, seeds, methods or [base.generation.method], grid)
+    key = sweep_key(name, configs)
     ensure_ray(base.ray)
     cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
     configs = [fit_to_cluster(resolve_devices(c), cpus) for c in configs]
     splits: dict[str, object] = {}  # every trial's checks on the data, in seconds, before any training
     for c in configs:
-        key = section_hash(c, "data", seed=False)
-        splits[key] = splits[key] if key in splits else pipeline.data_stage(c)[0]
-        pipeline.check_with_data(c, splits[key])
-    cells = shared_settings(configs)
-    for i, c in enumerate(cells, 1):
-        log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
-        pipeline.shared_stages(widen_for_driver(c, cpus))
-    at_once = concurrency(configs, cpus, gpus)
-    log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs", len(configs), at_once, cpus, gpus)
-    parent = tracking.start_parent(base, name, {"scoremix.trials": str(len(configs)), **(tags or {})})
-    status = "FAILED"
-    try:
-        tuner = tune.Tuner(
-            tune.with_resources(_trial, {"cpu": TRIAL_CPU}),
-            param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=at_once),
-            run_config=tune.RunConfig(name=name, storage_path=str(Path(base.out_dir).resolve() / "ray_tune"),
-                                      callbacks=[_mlflow_callback(parent)],
-                                      failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
-        )  # fmt: skip
-        grid_results = tuner.fit()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracking.end_run(base, parent, status)
+        data_key = section_hash(c, "data", seed=False)
+        splits[data_key] = splits[data_key] if data_key in splits else pipeline.data_stage(c)[0]
+        pipeline.check_with_data(c, splits[data_key])
+    parent_cfg = base.model_copy(update={"name": name})
+    tags = {"scoremix.kind": "sweep", **(tags or {}), "scoremix.trials": str(len(configs)), "scoremix.sweep_key": key}
+    with tracking.writer(base) as tracker, \
+            tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'") as parent:  # fmt: skip
+        done = {n for n, (_, status) in tracking.children(tracker, parent).items() if status == "FINISHED"}
+        todo = [c for c in configs if c.name not in done]
+        if done:
+            log.info("sweep: %d of %d trials finished in an earlier attempt (MLflow run %s); running the other %d",
+                     len(configs) - len(todo), len(configs), parent, len(todo))  # fmt: skip
+        cells = shared_settings(todo)
+        for i, c in enumerate(cells, 1):
+            log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
+            # their curves go to the parent run, one set per (fold, seed) when there are several
+            prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
+            with tracking.activate(tracker, parent, prefix):
+                pipeline.shared_stages(widen_for_driver(c, cpus))
+        results = _tune(todo, name, base, cpus, gpus, tracker, parent) if todo else {}
     trials = []
-    for r in grid_results:
-        cfg = Config.model_validate(r.config["config"])
-        trials.append({"name": cfg.name, "run_dir": str(cfg.run_dir), "error": None if r.error is None else str(r.error),
-                       **{k: v for k, v in (r.metrics or {}).items() if "." in k}})  # fmt: skip
-    summary = {"name": name, "parent_run_id": parent, "tracking_uri": tracking.tracking_uri(base), "trials": trials}
+    for c in configs:
+        if c.name in results:
+            trials.append(results[c.name])
+        else:  # finished before: its metrics as it wrote them
+            metrics = json.loads((c.run_dir / "metrics.json").read_text()) if (c.run_dir / "metrics.json").is_file() else {}
+            trials.append({"name": c.name, "run_dir": str(c.run_dir), "error": None, "earlier": True,
+                           **tracking.flat_metrics(metrics)})  # fmt: skip
+    summary = {"name": name, "parent_run_id": parent, "tracking_uri": tracker.uri, "trials": trials}
     (Path(base.out_dir) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, tracker, parent: str) -> dict:
+    """The trials as one Tune run: {trial name: summary row}."""
+    from ray import tune
+
+    at_once = concurrency(configs, cpus, gpus)
+    log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs", len(configs), at_once, cpus, gpus)
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, {"cpu": TRIAL_CPU}),
+        param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs]),
+                     "tracking": {"uri": tracker.uri, "actor": tracker.actor, "parent": parent}},
+        tune_config=tune.TuneConfig(max_concurrent_trials=at_once),
+        run_config=tune.RunConfig(name=name, storage_path=str(Path(base.out_dir).resolve() / "ray_tune"),
+                                  callbacks=[_mlflow_callback(tracker, parent)],
+                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+    )  # fmt: skip
+    out = {}
+    for r in tuner.fit():
+        cfg = Config.model_validate(r.config["config"])
+        out[cfg.name] = {"name": cfg.name, "run_dir": str(cfg.run_dir), "error": None if r.error is None else str(r.error),
+                         **{k: v for k, v in (r.metrics or {}).items() if "." in k}}  # fmt: skip
+    return out

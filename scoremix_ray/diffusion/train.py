@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scoremix_ray.checkpoints import latest_checkpoint, load_state, save_checkpoint
+from scoremix_ray.checkpoints import Monitor, latest_checkpoint, load_state, log_progress, save_checkpoint, trim_history
 from scoremix_ray.config import GeneratorConfig
 from scoremix_ray.data.batches import schedule
 from scoremix_ray.data.images import to_model_tensor
@@ -49,11 +49,13 @@ def train_generator(
     prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
     report: Report | None = None,
     device: str = "cpu",
+    monitor: Monitor | None = None,
 ) -> Path:
     """Train (or resume) the EDM generator on a feed of uint8 images (`data.batches`: InMemory or Streamed);
     returns the final model folder.
 
-    Rank 0 writes checkpoints; `prepare` wraps the network for data parallelism (DDP under Ray Train).
+    Rank 0 writes checkpoints and the curve (`history.jsonl`; loss, learning rate, images/s every
+    `log_every` steps, also handed to `monitor`); `prepare` wraps the network for data parallelism (DDP under Ray Train).
     Each rank draws batch_size // world_size images per step.
     """
     out_dir = Path(out_dir)
@@ -73,6 +75,8 @@ def train_generator(
         opt.load_state_dict(state["opt"])
         step = state["step"]
         log.info("generator: resumed from %s (step %d of %d)", ckpt, step, cfg.steps)
+        if rank == 0:
+            trim_history(out_dir, step)
     model = prepare(net)
     per_rank = sched.per_rank
     batches = feed.batches(sched, step)
@@ -106,11 +110,12 @@ def train_generator(
                 })  # fmt: skip
         if step % cfg.log_every == 0 or ckpt_dir is not None or step == cfg.steps:
             dt = time.time() - t0
-            metrics = {"step": step, "loss": float(np.mean(losses)), "steps_per_s": len(losses) / dt,
-                       "images_per_s": seen / dt}  # fmt: skip
+            metrics = {"step": step, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+                       "steps_per_s": len(losses) / dt, "images_per_s": seen / dt}  # fmt: skip
             if rank == 0:
                 log.info("generator: step %d/%d loss %.4f  %.2f steps/s  %.0f img/s",
                          step, cfg.steps, metrics["loss"], metrics["steps_per_s"], metrics["images_per_s"])
+                log_progress(out_dir, metrics, step, monitor)
             if report is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 report(metrics, ckpt_dir)  # with checkpoints only: a Ray Train report costs ~1 s on 2 cores
             t0, seen, losses = time.time(), 0, []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scoremix_ray import tracking
 from scoremix_ray.config import Config
 
 log = logging.getLogger("scoremix_ray")
@@ -112,10 +113,13 @@ def _worker(conf: dict) -> None:
     def report(metrics: dict, ckpt_dir: Path | None) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
 
+    live = tracking.monitor(conf["track"], conf["stage"]) if rank == 0 else None  # the curve, to MLflow as it grows
     loop = train_generator if conf["kind"] == "generator" else train_recognizer
     loop(feed, n, _section(conf["kind"], cfg), cfg.seed, conf["out_dir"], rank=rank, world_size=world,
          prepare=ray.train.torch.prepare_model if world > 1 else (lambda m: m.to(device)),
-         report=report, device=str(device))  # fmt: skip
+         report=report, device=str(device), monitor=live)  # fmt: skip
+    if live is not None:
+        live.flush()
 
 
 def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path | None = None) -> dict:
@@ -142,8 +146,10 @@ def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path
         if free < 0.5:  # Ray Data's read tasks take 0.5 CPU; with none left they wait for ever
             log.warning("%s: streaming needs >= 0.5 CPU beside the Train workers, %.1f are free now: lower "
                         "ray.cpus_per_worker, or raise ray.cache_mb to cache the data", kind, max(0.0, free))  # fmt: skip
+    stage = kind if kind == "generator" else ("augmented" if synthetic else "baseline")
     conf = {"kind": kind, "config": cfg.model_dump(mode="json"), "split_path": str(split_path),
-            "out_dir": str(out_dir), "synthetic": str(synthetic) if synthetic else None, "stream": stream}
+            "out_dir": str(out_dir), "synthetic": str(synthetic) if synthetic else None, "stream": stream,
+            "stage": stage, "track": tracking.active()}  # fmt: skip
     trainer = TorchTrainer(
         _worker,
         train_loop_config=conf,

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoremix_ray import devices
-from scoremix_ray.checkpoints import latest_checkpoint, load_state, save_checkpoint, step_generator
+from scoremix_ray.checkpoints import (
+    Monitor, latest_checkpoint, load_state, log_progress, save_checkpoint, step_generator, trim_history,
+)  # fmt: skip
 from scoremix_ray.config import RecognizerConfig
 from scoremix_ray.data.batches import schedule
 from scoremix_ray.data.images import to_model_tensor
@@ -86,9 +88,12 @@ def train_recognizer(
     report: Report | None = None,
     device: str = "cpu",
     stop_after_epochs: int | None = None,
+    monitor: Monitor | None = None,
 ) -> Path:
     """Train (or resume) on a feed of uint8 images (`data.batches`: InMemory or Streamed); returns the final
-    model folder. `stop_after_epochs` ends this call early (as an interruption would), for tests of resume.
+    model folder. Rank 0 writes checkpoints and the curve (`history.jsonl`, per epoch: loss, train accuracy,
+    learning rate, images/s; also handed to `monitor`). `stop_after_epochs` ends this call early (as an
+    interruption would), for tests of resume.
     """
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
@@ -105,6 +110,8 @@ def train_recognizer(
         opt.load_state_dict(state["opt"])
         epoch = state["epoch"]
         log.info("recognizer: resumed from %s (epoch %d of %d)", ckpt, epoch, cfg.epochs)
+        if rank == 0:
+            trim_history(out_dir, epoch)
     model = prepare(net)
     batches = feed.batches(sched, epoch * steps_per_epoch)
     last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, epoch + stop_after_epochs)
@@ -141,10 +148,11 @@ def train_recognizer(
             })  # fmt: skip
         dt = time.time() - t0
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "train_accuracy": correct / max(1, seen),
-                   "images_per_s": seen * world_size / dt}  # fmt: skip
+                   "lr": opt.param_groups[0]["lr"], "images_per_s": seen * world_size / dt}  # fmt: skip
         if rank == 0:
             log.info("recognizer: epoch %d/%d loss %.3f  train acc %.3f  %.0f img/s",
                      epoch, cfg.epochs, metrics["loss"], metrics["train_accuracy"], metrics["images_per_s"])
+            log_progress(out_dir, metrics, epoch, monitor)
         if report is not None and at_checkpoint:  # a Ray Train report costs ~1 s here: not every epoch
             report(metrics, ckpt_dir)
     final = out_dir / "final"
