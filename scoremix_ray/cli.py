@@ -413,3 +413,6 @@ def main() -> None:
     except ScoreMixError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`ray job stop`): open MLflow runs are already marked KILLED
+        typer.echo("stopped; rerun the same command to go on (every finished stage is kept)", err=True)
+        sys.exit(130)

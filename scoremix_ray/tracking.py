@@ -227,18 +227,19 @@ def activate(tracker: Tracker, run_id: str, prefix: str = "") -> Iterator[None]:
         _ACTIVE = previous
 
 
-class _Stopped(KeyboardInterrupt):
-    """SIGTERM (`ray job stop`, a scheduler), raised like Ctrl-C so every open run is marked KILLED."""
+_SIGTERM = threading.Event()  # set when SIGTERM stopped this process (code in between may re-raise Ctrl-C as its own)
 
 
 @contextmanager
 def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM (`ray job stop`, a scheduler) raised like Ctrl-C, so every open run is marked KILLED."""
     if threading.current_thread() is not threading.main_thread():  # a Tune trial: its driver handles signals
         yield
         return
 
     def stop(signum, frame):
-        raise _Stopped()
+        _SIGTERM.set()
+        raise KeyboardInterrupt()
 
     previous = signal.signal(signal.SIGTERM, stop)  # after ray.init, which sets its own (exit at once)
     try:
@@ -266,8 +267,8 @@ def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dic
         with _sigterm_stops(), activate(tracker, rid):
             yield rid
         status = "FINISHED"
-    except KeyboardInterrupt as e:
-        status, error = "KILLED", "stopped by " + ("SIGTERM" if isinstance(e, _Stopped) else "Ctrl-C")
+    except KeyboardInterrupt:
+        status, error = "KILLED", "stopped by " + ("SIGTERM" if _SIGTERM.is_set() else "Ctrl-C")
         raise
     except SystemExit as e:  # Ray's own SIGTERM handler exits the driver
         status, error = ("FINISHED", None) if e.code in (0, None) else ("KILLED", f"exited with {e.code}")

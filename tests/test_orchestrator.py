@@ -208,3 +208,87 @@ def test_concurrency_leaves_room_for_inner_work():
     assert concurrency([gpu], 64.0, 8.0) == 4 and concurrency([gpu], 16.0, 8.0) == 2 and concurrency([gpu], 64.0, 0) == 1
     packed = cfg("ray.use_gpu=true", "ray.cpus_per_worker=1", "generation.num_actors=2", "generation.actor_gpus=0.5")
     assert trial_work(packed) == {"CPU": 1.0, "GPU": 1.0} and concurrency([packed], 16.0, 1.0) == 1
+
+
+def _cli_process(out: Path, *args: str, sets: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`python -m scoremix_ray ...` as its own driver on the test session's Ray, in its own process group;
+    `sets` after the tiny settings."""
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_USAGE_STATS_ENABLED": "0"}
+    sets = [a for s in [*TINY_RUN, "ray.address=auto", *sets] for a in ("--set", s)]
+    return subprocess.Popen([sys.executable, "-m", "scoremix_ray", *args, "--out", str(out), *sets], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+
+
+def _wait_for(what, seconds: float, proc: subprocess.Popen):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = what()
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read()[-3000:])
+        time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(proc.stdout.read()[-3000:])
+
+
+def _runs(base, filter_string: str):
+    from scoremix_ray.tracking import client, experiment_id
+
+    mc = client(base)
+    return mc.search_runs([experiment_id(mc, base.tracking.experiment)], filter_string=filter_string)
+
+
+def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
+    """SIGKILL the driver of a 2-trial sweep (one trial at a time) once its first trial's MLflow run is
+    FINISHED; the same sweep again runs only the other trial, under the same parent, with no duplicate child.
+    Both trials are the tiny sweep's, so their stages are cached: the test pays for Tune and MLflow."""
+    from tuning.sweep import run_sweep
+
+    out, base, _ = tiny_sweep
+    args = ["sweep", "--strategies", "random,embedding-distant", "--seeds", "0", "--name", "killed"]
+    proc = _cli_process(out, *args, sets=("ray.cpus_per_worker=2",))  # one trial at a time
+    parent = _wait_for(lambda: _runs(base, "attributes.run_name = 'killed'"), 120, proc)[0].info.run_id
+    first = _wait_for(lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'"),
+                      240, proc)  # fmt: skip
+    os.kill(proc.pid, 9)
+    proc.wait(30)
+    assert len(first) == 1
+    before = {r.info.run_name: r.info.status for r in _runs(base, f"tags.mlflow.parentRunId = '{parent}'")}
+    assert before[first[0].info.run_name] == "FINISHED" and "FINISHED" not in [s for n, s in before.items()
+                                                                                if n != first[0].info.run_name]
+    resumed = load_config(None, [f"out_dir={out}", *TINY_RUN, "ray.address=auto", "ray.cpus_per_worker=2"])
+    summary = run_sweep(resumed, ["random", "embedding-distant"], [0], name="killed")
+    assert summary["parent_run_id"] == parent
+    earlier = {t["name"] for t in summary["trials"] if t.get("earlier")}
+    assert earlier == {first[0].info.run_name} and not [t for t in summary["trials"] if t["error"]]
+    children = _runs(base, f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == ["scoremix-embedding-distant-s0", "scoremix-random-s0"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert next(r for r in children if r.info.run_id == first[0].info.run_id).info.end_time == first[0].info.end_time
+
+
+def test_a_stopped_run_is_marked_killed_and_a_failed_one_failed(tiny_sweep, tmp_path):
+    """SIGTERM (what `ray job stop` sends) to `run` while it works: the MLflow run it opened at the start is
+    KILLED, exit code 130. A run that raises is FAILED with its error."""
+    from typer.testing import CliRunner
+
+    from scoremix_ray.cli import app
+
+    out, base, _ = tiny_sweep
+    proc = _cli_process(out, "run", sets=("name=stopped", "seed=5"))  # seed 5: a generator to train, not cached
+    _wait_for(lambda: _runs(base, "attributes.run_name = 'stopped' and attributes.status = 'RUNNING'"), 120, proc)
+    time.sleep(3)  # into the work
+    os.killpg(proc.pid, 15)
+    assert proc.wait(120) == 130, proc.stdout.read()[-3000:]  # seen: 2.7 s after SIGTERM, in Ray Train
+    run = _runs(base, "attributes.run_name = 'stopped'")[0]
+    assert run.info.status == "KILLED" and run.data.tags["scoremix.error"] == "stopped by SIGTERM"
+    assert run.data.params["selection.strategy"] == "embedding-distant"  # the config, from the start
+    (out / "failing").write_text("a file where the run folder goes")
+    sets = [a for s in [*TINY_RUN, "name=failing"] for a in ("--set", s)]
+    r = CliRunner().invoke(app, ["run", "--out", str(out), *sets])
+    assert isinstance(r.exception, FileExistsError)
+    run = _runs(base, "attributes.run_name = 'failing'")[0]
+    assert run.info.status == "FAILED" and "FileExistsError" in run.data.tags["scoremix.error"]
