@@ -49,6 +49,7 @@ Monitor = Callable[[dict, int], None]
 
 def log_progress(out_dir: Path, metrics: dict, step: int, monitor: Monitor | None = None) -> None:
     """Rank 0 at each log point: a line of the stage's curve, and the caller's live monitor."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(out_dir) / HISTORY, "a") as f:
         f.write(json.dumps({"step": step, **metrics}) + "\n")
     if monitor is not None:

@@ -23,7 +23,7 @@ def test_yaml_then_override(tmp_path):
 
 @pytest.mark.parametrize("overrides, needle", [
     (["selection.strategy=nearest"], "unknown selection.strategy 'nearest' (valid: random, embedding-distant"),
-    (["generation.method=nosuch"], "unknown generation.method 'nosuch' (valid: mixup, cutmix"),
+    (["generation.method=nosuch"], "unknown generation.method 'nosuch' (valid: cutmix, diffcoremix, diffii, diffusemix, mixup, plain, scoremix)"),
     (["study.methods=scoremix,nosuch"], "unknown study.methods 'nosuch'"),
     (["study.strategies=random,closest"], "unknown study.strategies 'closest'"),
     (["generation.weights=0.7,0.7"], "generation.weights must be non-negative and sum to 1, got [0.7, 0.7]"),

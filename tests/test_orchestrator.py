@@ -277,15 +277,16 @@ def test_a_stopped_run_is_marked_killed_and_a_failed_one_failed(tiny_sweep, tmp_
 
     from scoremix_ray.cli import app
 
-    out, base, _ = tiny_sweep
-    proc = _cli_process(out, "run", sets=("name=stopped", "seed=5"))  # seed 5: a generator to train, not cached
-    _wait_for(lambda: _runs(base, "attributes.run_name = 'stopped' and attributes.status = 'RUNNING'"), 120, proc)
+    fresh = load_config(None, [f"out_dir={tmp_path}"])
+    proc = _cli_process(tmp_path, "run", sets=("name=stopped",))  # a fresh folder: a generator to train
+    _wait_for(lambda: _runs(fresh, "attributes.run_name = 'stopped' and attributes.status = 'RUNNING'"), 120, proc)
     time.sleep(3)  # into the work
     os.killpg(proc.pid, 15)
     assert proc.wait(120) == 130, proc.stdout.read()[-3000:]  # seen: 2.7 s after SIGTERM, in Ray Train
-    run = _runs(base, "attributes.run_name = 'stopped'")[0]
+    run = _runs(fresh, "attributes.run_name = 'stopped'")[0]
     assert run.info.status == "KILLED" and run.data.tags["scoremix.error"] == "stopped by SIGTERM"
     assert run.data.params["selection.strategy"] == "embedding-distant"  # the config, from the start
+    out, base, _ = tiny_sweep
     (out / "failing").write_text("a file where the run folder goes")
     sets = [a for s in [*TINY_RUN, "name=failing"] for a in ("--set", s)]
     r = CliRunner().invoke(app, ["run", "--out", str(out), *sets])

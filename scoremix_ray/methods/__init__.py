@@ -112,10 +112,10 @@ def registry() -> dict[str, Method]:
     import scoremix_ray.methods.plain  # noqa: F401
     import scoremix_ray.methods.scoremix  # noqa: F401
 
-    return METHODS
+    return dict(sorted(METHODS.items()))  # one order, whichever module a process imported first
 
 
 def get_method(name: str) -> Method:
     if name not in registry():
-        raise ScoreMixError(f"unknown generation.method '{name}' (valid: {', '.join(METHODS)})")
+        raise ScoreMixError(f"unknown generation.method '{name}' (valid: {', '.join(registry())})")
     return METHODS[name]
