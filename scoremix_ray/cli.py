@@ -33,7 +33,9 @@ def _cfg(config: Path | None, sets: list[str] | None, out: Path | None = None, u
         overrides.append(f"out_dir={out}")
     if uri is not None:
         overrides.append(f"tracking.tracking_uri={uri}")
-    return load_config(config, overrides)
+    from scoremix_ray.checks import check_config
+
+    return check_config(load_config(config, overrides))
 
 
 def _setup_logging() -> None:
@@ -73,7 +75,7 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
 def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None) -> None:
     """Run the whole experiment for one strategy: data, generator, baseline recognizer (all three cached),
     select, generate, augmented recognizer, evaluate; prints baseline vs augmented and logs to MLflow."""
-    from scoremix_ray import tracking
+    from scoremix_ray import pipeline, tracking
     from scoremix_ray.distributed.runtime import ensure_ray
 
     _setup_logging()
@@ -81,7 +83,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
     start = time.time()
     ensure_ray(cfg.ray)
     with tracking.writer(cfg) as tracker:  # the MLflow run is open (and live) from here to the end
-        result, metrics, run_id = tracking.run_logged(cfg, tracker)
+        result, metrics, run_id = pipeline.run_tracked(cfg, tracker)
     typer.echo(metrics_table({"baseline": metrics["baseline"], "augmented": metrics["augmented"],
                               "delta": metrics["delta"]}))  # fmt: skip
     a = metrics["alignment"]

@@ -219,28 +219,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
-        """What the registries and the formulas say of the settings together, at load: a typo or a mismatch
-        stops here in one line, not after minutes of training. Checks that need the data (class counts) run
-        right after the data stage (`pipeline.check_with_data`)."""
-        from scoremix_ray.methods import registry
-        from scoremix_ray.selection.strategies import STRATEGIES, tuple_size_of
-
-        sel, gen, study = self.selection, self.generation, self.study
-        strategies = [("selection.strategy", sel.strategy), *(("study.strategies", s) for s in (study.strategies if study else ()))]
-        methods = [("generation.method", gen.method), *(("study.methods", m) for m in (study.methods if study else ()))]
-        for (key, name), known in [*((s, STRATEGIES) for s in strategies), *((m, registry()) for m in methods)]:
-            if name not in known:
-                raise ValueError(f"unknown {key} '{name}' (valid: {', '.join(known)})")
-        for key in ("weights", "weights_end"):  # convex, one weight per class of a tuple
-            w = getattr(gen, key)
-            if w is None:
-                continue
-            for _, name in strategies:
-                k = tuple_size_of(name, sel.tuple_size)
-                if len(w) != k:
-                    raise ValueError(f"generation.{key} has {len(w)} values for tuples of {k} classes "
-                                     f"(selection.tuple_size={sel.tuple_size}, strategy {name})")  # fmt: skip
-            if not convex(w):
+        """What the formulas say of the settings together. What the registries say (strategy and method names,
+        weights per tuple, the budget) is `checks.check_config`, run by every entry point right after loading."""
+        for key in ("weights", "weights_end"):
+            w = getattr(self.generation, key)
+            if w is not None and not convex(w):
                 raise ValueError(f"generation.{key} must be non-negative and sum to 1, got {list(w)}")
         if self.sampler.guidance == "cfg" and self.generator.label_dropout == 0:
             raise ValueError("sampler.guidance=cfg needs a generator trained with a null label: set "
@@ -249,11 +232,6 @@ class Config(_Section):
         if self.sampler.guidance == "autoguidance" and guide is not None and guide >= self.generator.steps:
             raise ValueError(f"sampler.guidance=autoguidance needs an earlier, weaker guide: generator.guide_checkpoint_step "
                              f"({guide}) must be below generator.steps ({self.generator.steps})")  # fmt: skip
-        made = sel.count * gen.per_tuple  # ScoreMix's images: per_tuple of each selected tuple
-        if gen.budget is not None and gen.budget != made and any(registry()[m].new_classes for _, m in methods):
-            raise ValueError(f"generation.budget={gen.budget} differs from the {made} images ScoreMix makes "
-                             f"(selection.count {sel.count} x generation.per_tuple {gen.per_tuple}): the methods "
-                             f"would not compare on one budget; change one of them")  # fmt: skip
         return self
 
     @property

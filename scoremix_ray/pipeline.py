@@ -169,20 +169,10 @@ def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
     return d, metrics
 
 
-def check_with_data(cfg: Config, split: Split) -> None:
-    """The checks that need the data, run right after the data stage and before any training: the selection
-    must be drawable from the training classes. (The split itself refuses a data.per_class above a class's
-    images and a side with fewer than 2 classes, from the labels, before decoding.)"""
-    from scoremix_ray.methods import get_method
-    from scoremix_ray.selection.strategies import check_feasible
-
-    sc = cfg.selection
-    if get_method(cfg.generation.method).new_classes:
-        check_feasible(sc.strategy, split.train.num_classes, sc.count, sc.tuple_size, sc.max_uses_per_class)
-
-
 def shared_stages(cfg: Config) -> tuple[Split, Path, Path, Path]:
     """Stages 1-3, computed once per setting and reused: (split, data dir, generator dir, recognizer dir)."""
+    from scoremix_ray.checks import check_with_data
+
     split, data_dir = data_stage(cfg)
     check_with_data(cfg, split)
     gen_dir = generator_stage(cfg, data_dir)
@@ -314,9 +304,10 @@ def write_run_config(cfg: Config) -> Path:
 def run(cfg: Config) -> dict:
     """One experiment: stages 1-3 (shared, cached), then select, generate, augmented recognizer, evaluate.
     Writes `<run>/metrics.json` ({baseline, augmented, delta, alignment}) and `<run>/stages.json`."""
+    from scoremix_ray.checks import check_config
     from scoremix_ray.methods import get_method
 
-    method = get_method(cfg.generation.method)  # an unknown method fails before any training
+    method = get_method(check_config(cfg).generation.method)  # a bad setting fails before any training
     split, data_dir, gen_dir, rec_dir = shared_stages(cfg)
     quality = json.loads((gen_dir / "quality.json").read_text())
     baseline = {k: v for k, v in json.loads((rec_dir / "metrics.json").read_text()).items() if k != "train"}
@@ -342,3 +333,19 @@ def run(cfg: Config) -> dict:
     ))  # fmt: skip
     (cfg.run_dir / "stages.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def run_tracked(cfg: Config, tracker, parent: str | None = None) -> tuple[dict, dict, str]:
+    """`run` as a live MLflow run (`tracking.live_run`: open from the start, the curves as stages train, the
+    results and the reused stages' curves at the end): (stage result, metrics, run id)."""
+    from scoremix_ray import tracking
+
+    with tracking.live_run(cfg, tracker, parent) as rid:
+        write_run_config(cfg)
+        result = run(cfg)
+        metrics = json.loads(Path(result["metrics"]).read_text())
+        stages = {"generator": result["generator"]["dir"], "baseline": result["recognizer"]["dir"],
+                  "augmented": result["augmented"]["dir"]}  # fmt: skip
+        tracking.log_results(tracker, rid, metrics, tracking.run_artifacts(cfg, result),
+                             {k: Path(v) for k, v in stages.items()})  # fmt: skip
+    return result, metrics, rid

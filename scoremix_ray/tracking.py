@@ -312,20 +312,6 @@ def run_artifacts(cfg: Config, result: dict | None = None) -> list[Path]:
     return files
 
 
-def run_logged(cfg: Config, tracker: Tracker, parent: str | None = None) -> tuple[dict, dict, str]:
-    """One experiment (`pipeline.run`) as a live MLflow run: (stage result, metrics, run id)."""
-    from scoremix_ray import pipeline
-
-    with live_run(cfg, tracker, parent) as rid:
-        pipeline.write_run_config(cfg)
-        result = pipeline.run(cfg)
-        metrics = json.loads(Path(result["metrics"]).read_text())
-        stages = {"generator": result["generator"]["dir"], "baseline": result["recognizer"]["dir"],
-                  "augmented": result["augmented"]["dir"]}  # fmt: skip
-        log_results(tracker, rid, metrics, run_artifacts(cfg, result), {k: Path(v) for k, v in stages.items()})
-    return result, metrics, rid
-
-
 def log_run(cfg: Config, metrics: dict | None, artifacts: list[Path] = (), parent: str | None = None,
             status: str = "FINISHED", error: str | None = None) -> str:  # fmt: skip
     """A finished (or failed) experiment logged after the fact, by this process (reports, imports, tests)."""

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from scoremix_ray.checks import check_config
 from scoremix_ray.config import ConfigError, flatten, load_config, parse_override, section_hash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,16 +37,18 @@ def test_yaml_then_override(tmp_path):
     (["generation.method=plain", "generation.budget=7", "study.methods=plain,scoremix"], "generation.budget=7"),
 ])
 def test_settings_are_checked_together_at_load(overrides, needle):
+    """What the CLI does right after loading (`_cfg`), as sweeps and `pipeline.run` do."""
     with pytest.raises(ConfigError) as e:
-        load_config(None, overrides)
+        check_config(load_config(None, overrides))
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_consistent_settings_load():
-    cfg = load_config(None, ["selection.strategy=triplet-sum-max", "generation.weights=0.2,0.3,0.5",
-                             "generation.method=plain", "generation.budget=7", "sampler.guidance=autoguidance"])  # fmt: skip
+    cfg = check_config(load_config(None, ["selection.strategy=triplet-sum-max", "generation.weights=0.2,0.3,0.5",
+                                          "generation.method=plain", "generation.budget=7",
+                                          "sampler.guidance=autoguidance"]))  # fmt: skip
     assert cfg.generation.budget == 7 and cfg.generation.weights == (0.2, 0.3, 0.5)  # plain makes no new classes
-    assert load_config(None, ["generation.budget=500"]).generation.budget == 500  # = 10 x 50, ScoreMix's own
+    assert check_config(load_config(None, ["generation.budget=500"])).generation.budget == 500  # 10 x 50, ScoreMix's
 
 
 @pytest.mark.parametrize("override, needle", [

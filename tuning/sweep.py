@@ -40,6 +40,7 @@ def trial_configs(base: Config, strategies: list[str], seeds: list[int], methods
                   grid: dict[str, list] | None = None) -> list[Config]:  # fmt: skip
     """One validated config per point of strategies x methods x seeds x grid; bad values fail here,
     before anything runs. Methods that make no new classes ignore the strategy (run once per seed)."""
+    from scoremix_ray.checks import check_config
     from scoremix_ray.methods import get_method
 
     grid = grid or {}
@@ -55,7 +56,7 @@ def trial_configs(base: Config, strategies: list[str], seeds: list[int], methods
         sets = [f"name={name}", f"seed={seed}", f"generation.method={method}",
                 *([f"selection.strategy={strategy}"] if strategy != "none" else []),
                 *(f"{k}={v}" for k, v in axes.items())]  # fmt: skip
-        out.append(with_overrides(base, sets))
+        out.append(check_config(with_overrides(base, sets)))
     return out
 
 
@@ -100,12 +101,12 @@ def concurrency(configs: list[Config], cpus: float, gpus: float = 0.0) -> int:
 
 def _trial(config: dict) -> dict:
     """One Tune trial: the run's stages 4-7 (stages 1-3 are already cached) as a live MLflow child run."""
-    from scoremix_ray import tracking
+    from scoremix_ray import pipeline, tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.model_validate(config["config"])
     t = config["tracking"]
-    result, metrics, _ = tracking.run_logged(cfg, tracking.Tracker(t["uri"], t["actor"]), parent=t["parent"])
+    _, metrics, _ = pipeline.run_tracked(cfg, tracking.Tracker(t["uri"], t["actor"]), parent=t["parent"])
     return {"run_dir": str(cfg.run_dir), **tracking.flat_metrics(metrics)}
 
 
@@ -170,6 +171,7 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     import ray
 
     from scoremix_ray import pipeline, tracking
+    from scoremix_ray.checks import check_with_data
     from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
 
     configs = trial_configs(base, strategies, seeds, methods or [base.generation.method], grid)
@@ -181,7 +183,7 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     for c in configs:
         data_key = section_hash(c, "data", seed=False)
         splits[data_key] = splits[data_key] if data_key in splits else pipeline.data_stage(c)[0]
-        pipeline.check_with_data(c, splits[data_key])
+        check_with_data(c, splits[data_key])
     parent_cfg = base.model_copy(update={"name": name})
     tags = {"scoremix.kind": "sweep", **(tags or {}), "scoremix.trials": str(len(configs)), "scoremix.sweep_key": key}
     with tracking.writer(base) as tracker, \
