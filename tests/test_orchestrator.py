@@ -99,7 +99,17 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
     with pytest.raises(ScoreMixError, match="selection.count=50 exceeds the 10 possible"):
         run_sweep(base, ["random"], [0], grid={"selection.count": ["2", "50"]}, name="impossible")
     assert not list(tmp_path.glob("ray_tune/impossible"))
-    # the same sweep again once the disk is fixed: only the failed trial runs, under the same MLflow runs
+    # the same command again: the finished trials are skipped, the failed one fails again; exit 1 naming it
+    from typer.testing import CliRunner
+
+    from scoremix_ray.cli import app
+
+    sets = [a for s in [f"out_dir={tmp_path}", *TINY_RUN] for a in ("--set", s)]
+    r = CliRunner().invoke(app, ["sweep", "--strategies", "random,embedding-distant,condition-close", "--seeds", "0",
+                                 "--name", "tiny", *sets])  # fmt: skip
+    assert r.exit_code == 1, r.output[-3000:]
+    assert "3 trials, 1 failed (scoremix-condition-close-s0), 2 finished in an earlier attempt" in r.output
+    # and once the disk is fixed: only the failed trial runs, under the same MLflow runs
     (tmp_path / "scoremix-condition-close-s0").unlink()
     again = run_sweep(base, ["random", "embedding-distant", "condition-close"], [0], name="tiny")
     assert again["parent_run_id"] == summary["parent_run_id"]
@@ -113,7 +123,7 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
 
 
 def test_shared_mlflow_server_over_http(tmp_path):
-    from scoremix_ray.tracking import client, log_run
+    from scoremix_ray.tracking import client, live_run, log_run, writer
 
     port = _free_port()
     server = subprocess.Popen(
@@ -134,6 +144,11 @@ def test_shared_mlflow_server_over_http(tmp_path):
         assert run.data.params["name"] == "over-http"
         assert [a.path for a in client(cfg).list_artifacts(rid)] == ["metrics.json"]
         assert not (tmp_path / "client" / "mlflow.db").exists()  # nothing went to the local default store
+        with writer(cfg) as tracker:  # a server serialises writes itself: every process writes directly
+            assert tracker.actor is None
+            with live_run(cfg, tracker) as live:
+                assert client(cfg).get_run(live).info.status == "RUNNING"
+        assert client(cfg).get_run(live).info.status == "FINISHED"
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
