@@ -56,14 +56,25 @@ def log_progress(out_dir: Path, metrics: dict, step: int, monitor: Monitor | Non
         monitor(metrics, step)
 
 
-def trim_history(out_dir: Path, step: int) -> None:
-    """On resume from a checkpoint at `step`: the curve past it was of the interrupted attempt."""
+def resume_history(out_dir: Path, step: int, monitor: Monitor | None = None) -> None:
+    """At the start of training (rank 0), from a checkpoint at `step` or from scratch (0): the curve past it
+    was of an interrupted attempt and goes; the rest is handed to `monitor` again (a run that resumes a
+    stage another run began shows the whole curve)."""
+    kept = [row for row in read_history(out_dir) if row["step"] <= step]
     path = Path(out_dir) / HISTORY
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    for row in kept if monitor is not None else ():
+        monitor(row, row["step"])
 
 
 def read_history(out_dir: Path) -> list[dict]:
+    """The curve's rows; a line cut short by a kill mid-write is skipped."""
     path = Path(out_dir) / HISTORY
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -27,7 +27,10 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output folder (co
 UriOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: SQLite in --out).")]
 
 
-def _cfg(config: Path | None, sets: list[str] | None, out: Path | None = None, uri: str | None = None) -> Config:
+def _cfg(config: Path | None, sets: list[str] | None, out: Path | None = None, uri: str | None = None,
+         check: bool = True) -> Config:  # fmt: skip
+    """The config, checked against the registries (`checks.check_config`) unless it is a sweep's base, whose
+    trials (other strategies and methods) are each checked instead."""
     overrides = list(sets or [])
     if out is not None:
         overrides.append(f"out_dir={out}")
@@ -35,7 +38,8 @@ def _cfg(config: Path | None, sets: list[str] | None, out: Path | None = None, u
         overrides.append(f"tracking.tracking_uri={uri}")
     from scoremix_ray.checks import check_config
 
-    return check_config(load_config(config, overrides))
+    cfg = load_config(config, overrides)
+    return check_config(cfg) if check else cfg
 
 
 def _setup_logging() -> None:
@@ -111,7 +115,7 @@ def sweep(
     from tuning.sweep import parse_grid, run_sweep
 
     _setup_logging()
-    cfg = _cfg(config, set_, out, tracking_uri)
+    cfg = _cfg(config, set_, out, tracking_uri, check=False)
     try:
         seed_list = [int(s) for s in _list(seeds)]
     except ValueError:

@@ -203,7 +203,7 @@ class StudyConfig(_Section):
 
 
 class Config(_Section):
-    name: str = "default"
+    name: str = Field("default", pattern=r"^[^'\"/\s]+$")  # a folder under out_dir and an MLflow run name (found by it)
     seed: int = 0  # model initialisation, training order, sampling noise
     out_dir: Path = Path("runs")
     data: DataConfig = DataConfig()
@@ -349,9 +349,14 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+# Settings that never change a stage's bytes: data.on_bad_image "error" completes only when no image is bad,
+# which is when "skip" writes the same stores
+NOT_HASHED = {"data": {"on_bad_image"}}
+
+
 def section_hash(cfg: Config, *sections: str, seed: bool = True) -> str:
     """Content address of the settings that feed a stage (and the seed, if it does): the stage's cache key."""
-    payload = {s: getattr(cfg, s).model_dump(mode="json") for s in sections}
+    payload = {s: getattr(cfg, s).model_dump(mode="json", exclude=NOT_HASHED.get(s)) for s in sections}
     if seed:
         payload["seed"] = cfg.seed
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

@@ -79,8 +79,10 @@ def _open(mc, experiment: str, name: str, params: dict, tags: dict, find: str | 
     exp = experiment_id(mc, experiment)
     found = mc.search_runs([exp], filter_string=find, order_by=["attributes.start_time DESC"],
                            max_results=1) if find else []  # fmt: skip
-    if found:
+    if found:  # params stay as logged (the same config); the last attempt's error goes
         rid = found[0].info.run_id
+        if "scoremix.error" in found[0].data.tags:
+            mc.delete_tag(rid, "scoremix.error")
         mc.update_run(rid, status="RUNNING")
         return rid
     rid = mc.create_run(exp, run_name=name, tags=tags).info.run_id
@@ -90,23 +92,23 @@ def _open(mc, experiment: str, name: str, params: dict, tags: dict, find: str | 
     return rid
 
 
-def _log_metrics(mc, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+def _log_points(mc, run_id: str, points: list[tuple[str, float, int]]) -> None:
+    """(key, value, step) points, in batches of MLflow's limit (1000 metrics)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    items = [Metric(k, float(v), now, int(step)) for k, v, step in points]
     for i in range(0, len(items), 1000):
         mc.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+def _log_metrics(mc, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    _log_points(mc, run_id, [(k, v, step) for k, v in metrics.items()])
 
 
 def _log_curve(mc, run_id: str, name: str, history: list[dict]) -> None:
     """A stage's whole curve (`history.jsonl` rows) under `train.<name>.`, each row at its step."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    items = [Metric(f"train.{name}.{k}", float(row[k]), now, int(row["step"])) for row in history for k in CURVES if k in row]
-    for i in range(0, len(items), 1000):
-        mc.log_batch(run_id, metrics=items[i:i + 1000])
+    _log_points(mc, run_id, [(f"train.{name}.{k}", row[k], row["step"]) for row in history for k in CURVES if k in row])
 
 
 def _finish(mc, run_id: str, status: str, error: str | None) -> None:
@@ -168,12 +170,10 @@ class Tracker:
             import ray
 
             try:
-                handle = ray.get_actor(self.actor)
-            except Exception:  # noqa: BLE001 -- the job is ending (Ray's SIGTERM handler stops its actors first):
-                handle = None  # this process is the last one left to write
-            if handle is not None:
-                ref = handle.do.remote(fn, *args)
+                ref = ray.get_actor(self.actor).do.remote(fn, *args)
                 return ray.get(ref) if wait else None
+            except (ValueError, ray.exceptions.RayActorError, ray.exceptions.RaySystemError):
+                pass  # the writer is gone with its job (a run's last word on a kill): write from here
         return fn(_client(self.uri), *args)
 
 
@@ -201,9 +201,9 @@ def writer(cfg: Config) -> Iterator[Tracker]:
     try:
         yield Tracker(uri, name)
     finally:
-        try:
-            ray.get(actor.do.remote(_ping), timeout=120)  # the writes queued before are done
-        except Exception:  # noqa: BLE001 -- already gone with the job
+        try:  # this process's queued writes are done (workers and trials flushed theirs as they ended)
+            ray.get(actor.do.remote(_ping), timeout=120)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass
         ray.kill(actor)
 
@@ -241,11 +241,22 @@ def _sigterm_stops() -> Iterator[None]:
         _SIGTERM.set()
         raise KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, stop)  # after ray.init, which sets its own (exit at once)
+    previous = signal.signal(signal.SIGTERM, stop)  # replaces the one ray.init set (sys.exit at once)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _tags(cfg: Config, parent: str | None) -> dict[str, str]:
+    return {"scoremix.strategy": cfg.selection.strategy, "scoremix.method": cfg.generation.method,
+            "scoremix.seed": str(cfg.seed), "scoremix.run_dir": str(cfg.run_dir),
+            **({"mlflow.parentRunId": parent} if parent else {})}  # fmt: skip
+
+
+def _child(parent: str, name: str) -> str:
+    """The filter that finds a parent's child by name (a resumed sweep's trial)."""
+    return f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{name}'"
 
 
 @contextmanager
@@ -255,12 +266,8 @@ def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dic
     the curves of the stages trained inside it, then FINISHED; FAILED with the traceback as the
     `scoremix.error` tag; KILLED on Ctrl-C or SIGTERM. Under `parent`, a child of the same name is reopened
     (a resumed sweep); `find` (an MLflow filter) reopens another run it matches (a resumed sweep's parent)."""
-    run_tags = {"scoremix.strategy": cfg.selection.strategy, "scoremix.method": cfg.generation.method,
-                "scoremix.seed": str(cfg.seed), "scoremix.run_dir": str(cfg.run_dir), **(tags or {})}  # fmt: skip
-    if parent:
-        run_tags["mlflow.parentRunId"] = parent
-        find = f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{cfg.name}'"
-    rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), run_tags, find)
+    rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), {**_tags(cfg, parent), **(tags or {})},
+                     _child(parent, cfg.name) if parent else find)  # fmt: skip
     log.info("mlflow: run %s (%s) open in %s", rid, cfg.name, tracker.uri)
     status, error = "FAILED", None
     try:
@@ -317,11 +324,8 @@ def log_run(cfg: Config, metrics: dict | None, artifacts: list[Path] = (), paren
     """A finished (or failed) experiment logged after the fact, by this process (reports, imports, tests)."""
     tracker = Tracker(tracking_uri(cfg))
     client(cfg)  # the folder of the default store
-    find = f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{cfg.name}'" if parent else None
-    tags = {"scoremix.strategy": cfg.selection.strategy, "scoremix.method": cfg.generation.method,
-            "scoremix.seed": str(cfg.seed), "scoremix.run_dir": str(cfg.run_dir),
-            **({"mlflow.parentRunId": parent} if parent else {})}  # fmt: skip
-    rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), tags, find)
+    rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), _tags(cfg, parent),
+                     _child(parent, cfg.name) if parent else None)  # fmt: skip
     log_results(tracker, rid, metrics or {}, list(artifacts), {})
     tracker.do(_finish, rid, status, error)
     return rid

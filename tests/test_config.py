@@ -99,3 +99,4 @@ def test_section_hash_tracks_only_its_sections():
     assert section_hash(a, "data") != section_hash(c, "data")
     assert section_hash(a, "data", seed=False) == section_hash(load_config(None, ["seed=9"]), "data", seed=False)
     assert flatten(a)["data.image_size"] == 16 and flatten(c)["data.image_size"] == 32
+    assert section_hash(load_config(None, ["data.on_bad_image=skip"]), "data") == section_hash(a, "data")  # same bytes

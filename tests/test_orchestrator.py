@@ -285,6 +285,19 @@ def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
     assert next(r for r in children if r.info.run_id == first[0].info.run_id).info.end_time == first[0].info.end_time
 
 
+def test_a_stopped_sweep_marks_its_runs_killed(tiny_sweep):
+    """SIGTERM to a sweep's driver while a trial runs: the parent and the open child are KILLED (Tune's own
+    Ctrl-C handling would have ended fit() as if the sweep were done), exit code 130."""
+    out, base, _ = tiny_sweep
+    proc = _cli_process(out, "sweep", "--strategies", "embedding-close", "--seeds", "0", "--name", "stopped-sweep")
+    parent = _wait_for(lambda: _runs(base, "attributes.run_name = 'stopped-sweep'"), 120, proc)[0].info.run_id
+    _wait_for(lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"), 240, proc)
+    os.killpg(proc.pid, 15)
+    assert proc.wait(120) == 130, proc.stdout.read()[-3000:]
+    assert _runs(base, "attributes.run_name = 'stopped-sweep'")[0].info.status == "KILLED"
+    assert [r.info.status for r in _runs(base, f"tags.mlflow.parentRunId = '{parent}'")] == ["KILLED"]
+
+
 def test_a_stopped_run_is_marked_killed_and_a_failed_one_failed(tiny_sweep, tmp_path):
     """SIGTERM (what `ray job stop` sends) to `run` while it works: the MLflow run it opened at the start is
     KILLED, exit code 130. A run that raises is FAILED with its error."""
@@ -308,3 +321,18 @@ def test_a_stopped_run_is_marked_killed_and_a_failed_one_failed(tiny_sweep, tmp_
     assert isinstance(r.exception, FileExistsError)
     run = _runs(base, "attributes.run_name = 'failing'")[0]
     assert run.info.status == "FAILED" and "FileExistsError" in run.data.tags["scoremix.error"]
+
+
+def test_a_sweep_is_the_same_sweep_from_anywhere():
+    """The resume key holds what the trials compute, not where or on how many workers."""
+    from tuning.sweep import sweep_key, trial_configs
+
+    def key(*sets, strategies=("random", "embedding-distant"), name="s"):
+        base = load_config(None, [*TINY_RUN, *sets])
+        return sweep_key(name, trial_configs(base, list(strategies), [0], ["scoremix"]))
+
+    here = key()
+    assert key("out_dir=/elsewhere", "ray.address=auto", "ray.cpus_per_worker=2", "generation.num_actors=4",
+               "tracking.tracking_uri=http://127.0.0.1:5000") == here  # fmt: skip
+    assert key(strategies=("embedding-distant", "random")) == here
+    assert key("generation.per_tuple=9") != here and key(strategies=("random",)) != here and key(name="t") != here

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from scoremix_ray.checkpoints import read_history
 from scoremix_ray.config import RecognizerConfig
 from scoremix_ray.data.batches import InMemory
 from scoremix_ray.evaluation.verification import (
@@ -137,7 +138,14 @@ def test_resume_continues_exactly(digits_split, tmp_path):
     train_recognizer(*args, tmp_path / "straight")
     train_recognizer(*args, tmp_path / "resumed", stop_after_epochs=2)  # "interrupted" after epoch 2
     assert not (tmp_path / "resumed" / "final").exists()
-    train_recognizer(*args, tmp_path / "resumed")
+    with open(tmp_path / "resumed" / "history.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.')  # a line cut short by the kill
+    seen = []
+    train_recognizer(*args, tmp_path / "resumed", monitor=lambda m, step: seen.append((step, m["loss"])))
     a = torch.load(tmp_path / "straight" / "final" / "model.pt")
     b = torch.load(tmp_path / "resumed" / "final" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the curve: the interrupted attempt's epochs handed to the monitor again, then the new ones; the file holds
+    # each epoch once, as the uninterrupted run's
+    curve = [(r["step"], r["loss"]) for r in read_history(tmp_path / "straight")]
+    assert seen == curve and [r["step"] for r in read_history(tmp_path / "resumed")] == list(range(1, TINY_REC.epochs + 1))

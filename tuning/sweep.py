@@ -18,7 +18,7 @@ import logging
 import math
 from pathlib import Path
 
-from scoremix_ray.config import Config, ConfigError, section_hash, to_yaml, with_overrides
+from scoremix_ray.config import Config, ConfigError, section_hash, with_overrides
 
 log = logging.getLogger("scoremix_ray")
 
@@ -157,11 +157,25 @@ def widen_for_driver(cfg: Config, cpus: float) -> Config:
     return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cpus_per_worker": max(per, cfg.ray.cpus_per_worker)})})
 
 
+NOT_RESULTS = {"out_dir": None, "ray": None, "tracking": None,
+               "generation": ("num_actors", "actor_cpus", "actor_gpus", "threads_per_actor")}  # where and how, not what
+
+
 def sweep_key(name: str, configs: list[Config]) -> str:
-    """What makes two sweeps the same sweep: its name and its trials' configs. Rerunning the same command
-    finds its parent run by this key and runs only the trials not yet FINISHED under it."""
-    text = name + "".join(sorted(to_yaml(c) for c in configs))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """What makes two sweeps the same sweep: its name and what its trials compute (not where or on how many
+    workers: the same command from another launcher, path or cluster is the same sweep). Rerunning it finds
+    its parent run by this key and runs only the trials not yet FINISHED under it."""
+    trials = []
+    for c in configs:
+        tree = c.model_dump(mode="json")
+        for section, keys in NOT_RESULTS.items():
+            if keys is None:
+                tree.pop(section)
+            else:
+                for k in keys:
+                    tree[section].pop(k)
+        trials.append(json.dumps(tree, sort_keys=True))
+    return hashlib.sha256((name + "".join(sorted(trials))).encode()).hexdigest()[:16]
 
 
 def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: list[str] | None = None,
@@ -200,7 +214,13 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
             prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
             with tracking.activate(tracker, parent, prefix):
                 pipeline.shared_stages(widen_for_driver(c, cpus))
-        results = _tune(todo, name, base, cpus, gpus, tracker, parent) if todo else {}
+        try:
+            results = _tune(todo, name, base, cpus, gpus, tracker, parent) if todo else {}
+        except KeyboardInterrupt:  # the trials' runs end with the sweep's (theirs cannot see the signal)
+            for rid, status in tracking.children(tracker, parent).values():
+                if status == "RUNNING":
+                    tracking.finish(tracker, rid, "KILLED", "stopped with the sweep")
+            raise
     trials = []
     for c in configs:
         if c.name in results:
@@ -216,8 +236,13 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
 
 def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, tracker, parent: str) -> dict:
     """The trials as one Tune run: {trial name: summary row}."""
+    import os
+
     from ray import tune
 
+    # Tune's own Ctrl-C handler ends fit() as if the sweep were done; the sweep's driver handles Ctrl-C and
+    # SIGTERM itself (its open runs are marked KILLED, the command exits 130)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     at_once = concurrency(configs, cpus, gpus)
     log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs", len(configs), at_once, cpus, gpus)
     tuner = tune.Tuner(
@@ -232,6 +257,7 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
     out = {}
     for r in tuner.fit():
         cfg = Config.model_validate(r.config["config"])
-        out[cfg.name] = {"name": cfg.name, "run_dir": str(cfg.run_dir), "error": None if r.error is None else str(r.error),
+        error = str(r.error) if r.error is not None else (None if r.metrics else "the trial did not finish")
+        out[cfg.name] = {"name": cfg.name, "run_dir": str(cfg.run_dir), "error": error,
                          **{k: v for k, v in (r.metrics or {}).items() if "." in k}}  # fmt: skip
     return out

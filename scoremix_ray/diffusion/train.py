@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scoremix_ray.checkpoints import Monitor, latest_checkpoint, load_state, log_progress, save_checkpoint, trim_history
+from scoremix_ray.checkpoints import Monitor, latest_checkpoint, load_state, log_progress, resume_history, save_checkpoint
 from scoremix_ray.config import GeneratorConfig
 from scoremix_ray.data.batches import schedule
 from scoremix_ray.data.images import to_model_tensor
@@ -75,8 +75,8 @@ def train_generator(
         opt.load_state_dict(state["opt"])
         step = state["step"]
         log.info("generator: resumed from %s (step %d of %d)", ckpt, step, cfg.steps)
-        if rank == 0:
-            trim_history(out_dir, step)
+    if rank == 0:
+        resume_history(out_dir, step, monitor)
     model = prepare(net)
     per_rank = sched.per_rank
     batches = feed.batches(sched, step)

@@ -115,11 +115,13 @@ def _worker(conf: dict) -> None:
 
     live = tracking.monitor(conf["track"], conf["stage"]) if rank == 0 else None  # the curve, to MLflow as it grows
     loop = train_generator if conf["kind"] == "generator" else train_recognizer
-    loop(feed, n, _section(conf["kind"], cfg), cfg.seed, conf["out_dir"], rank=rank, world_size=world,
-         prepare=ray.train.torch.prepare_model if world > 1 else (lambda m: m.to(device)),
-         report=report, device=str(device), monitor=live)  # fmt: skip
-    if live is not None:
-        live.flush()
+    try:
+        loop(feed, n, _section(conf["kind"], cfg), cfg.seed, conf["out_dir"], rank=rank, world_size=world,
+             prepare=ray.train.torch.prepare_model if world > 1 else (lambda m: m.to(device)),
+             report=report, device=str(device), monitor=live)  # fmt: skip
+    finally:
+        if live is not None:
+            live.flush()  # the points it sent are written before the worker ends
 
 
 def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path | None = None) -> dict:

@@ -100,6 +100,7 @@ METHODS: dict[str, Method] = {}
 def register(name: str, plan: Callable, render: Callable, new_classes: bool, needs: tuple[str, ...]) -> None:
     if set(needs) - set(NEEDS):
         raise ValueError(f"method {name} declares unknown needs {sorted(set(needs) - set(NEEDS))} (known: {NEEDS})")
+    needs = set(needs) | ({"generator"} if "guide" in needs else set())  # the guide guides the generator
     METHODS[name] = Method(name, plan, render, new_classes, frozenset(needs))
 
 

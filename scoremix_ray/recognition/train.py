@@ -22,7 +22,7 @@ from torch import nn
 
 from scoremix_ray import devices
 from scoremix_ray.checkpoints import (
-    Monitor, latest_checkpoint, load_state, log_progress, save_checkpoint, step_generator, trim_history,
+    Monitor, latest_checkpoint, load_state, log_progress, resume_history, save_checkpoint, step_generator,
 )  # fmt: skip
 from scoremix_ray.config import RecognizerConfig
 from scoremix_ray.data.batches import schedule
@@ -110,8 +110,8 @@ def train_recognizer(
         opt.load_state_dict(state["opt"])
         epoch = state["epoch"]
         log.info("recognizer: resumed from %s (epoch %d of %d)", ckpt, epoch, cfg.epochs)
-        if rank == 0:
-            trim_history(out_dir, epoch)
+    if rank == 0:
+        resume_history(out_dir, epoch, monitor)
     model = prepare(net)
     batches = feed.batches(sched, epoch * steps_per_epoch)
     last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, epoch + stop_after_epochs)
