@@ -90,6 +90,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
         result, metrics, run_id = pipeline.run_tracked(cfg, tracker)
     typer.echo(metrics_table({"baseline": metrics["baseline"], "augmented": metrics["augmented"],
                               "delta": metrics["delta"]}))  # fmt: skip
+    typer.echo(delta_noise(metrics["baseline"], metrics["augmented"]))
     a = metrics["alignment"]
     typer.echo(f"alignment (condition vs embedding space): CKA linear {a['cka_linear']:.3f} (null "
                f"{a['cka_linear_null']:.3f}), mutual kNN {a['mutual_knn']:.3f} (null {a['mutual_knn_null']:.3f})")
@@ -195,6 +196,20 @@ def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutO
     q = json.loads((d / "quality.json").read_text())
     typer.echo(f"generator: {d / 'final'}")
     typer.echo(f"class accuracy of samples (pixel classifier): {q['class_accuracy']:.3f}; grid: {d / 'samples.png'}")
+
+
+def delta_noise(baseline: dict, augmented: dict) -> str:
+    """What one run's delta can say: its interval over the verification folds (paired: the same pairs), which
+    counts only the draw of pairs; retraining with other seeds moves it more, which only a study measures."""
+    from scoremix_ray.evaluation.statistics import paired_interval
+
+    b, a = baseline.get("verification_accuracy_folds"), augmented.get("verification_accuracy_folds")
+    folds = ""
+    if b and a and len(a) == len(b):
+        mean, low, high = paired_interval([y - x for x, y in zip(b, a)])
+        folds = f"over its {len(b)} folds of pairs the accuracy delta is {mean:+.4f} [{low:+.4f}, {high:+.4f}] (95%), "
+    return (f"note: one run's delta is not a verdict: {folds}which counts only the draw of pairs; other seeds "
+            f"(generator, initialisation, sampling) move it more. Intervals over folds x seeds: scoremix-ray study")
 
 
 METRIC_ROWS = ["verification_accuracy", "verification_accuracy_std", "roc_auc", "tar_at_far_1e-1",

@@ -147,3 +147,17 @@ def test_checks_on_the_data_stop_before_any_training(tmp_path, args, needle):
     with pytest.raises(ScoreMixError, match=re.escape(needle)):
         _in_process(*args, "--out", tmp_path, "--set", "data.image_size=8", "--set", "data.per_class=30")
     assert [p.name.split("-")[0] for p in (tmp_path / "stages").iterdir()] == ["data"]
+
+
+def test_a_run_says_how_noisy_its_delta_is():
+    """The paired interval over the verification folds (the same pairs for both recognizers), and the pointer
+    to a study; without per-fold accuracies (a baseline evaluated by an older version), the pointer alone."""
+    from scoremix_ray.cli import delta_noise
+
+    b = [0.70, 0.72, 0.74, 0.71, 0.73, 0.70, 0.72, 0.74, 0.71, 0.73]
+    a = [x + d for x, d in zip(b, [0.01, 0.03, -0.01, 0.02, 0.0, 0.01, 0.03, -0.01, 0.02, 0.0])]
+    line = delta_noise({"verification_accuracy_folds": b}, {"verification_accuracy_folds": a})
+    # mean 0.01, sd 0.01491 (ddof 1), t_9 = 2.2622: half-width 0.01067
+    assert "over its 10 folds of pairs the accuracy delta is +0.0100 [-0.0007, +0.0207] (95%)" in line
+    assert "scoremix-ray study" in line and "\n" not in line
+    assert "accuracy delta" not in delta_noise({}, {}) and "scoremix-ray study" in delta_noise({}, {})

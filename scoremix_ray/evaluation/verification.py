@@ -31,9 +31,8 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     return float(cands[np.argmax(diff_below + same_above)])
 
 
-def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> tuple[float, float]:
-    """LFW protocol: contiguous folds; each fold is scored at the threshold best on the other folds.
-    Returns (mean, std) of the per-fold accuracies."""
+def kfold_accuracies(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> np.ndarray:
+    """LFW protocol: contiguous folds; each fold is scored at the threshold best on the other folds."""
     scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
     n = len(scores)
     if n < folds:
@@ -45,7 +44,7 @@ def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> t
         test[bounds[k]:bounds[k + 1]] = True
         t = best_threshold(scores[~test], issame[~test])
         accs.append(np.mean((scores[test] > t) == issame[test]))
-    return float(np.mean(accs)), float(np.std(accs))
+    return np.asarray(accs)
 
 
 def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float | None:
@@ -62,8 +61,9 @@ def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float | No
 
 def verification_metrics(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> dict:
     scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
-    acc, std = kfold_accuracy(scores, issame, folds)
-    out: dict = {"verification_accuracy": acc, "verification_accuracy_std": std,
+    accs = kfold_accuracies(scores, issame, folds)
+    out: dict = {"verification_accuracy": float(np.mean(accs)), "verification_accuracy_std": float(np.std(accs)),
+                 "verification_accuracy_folds": accs.tolist(),  # for paired fold differences between recognizers
                  "roc_auc": float(roc_auc_score(issame, scores)), "pairs": int(len(scores)),
                  "negative_pairs": int((~issame).sum())}  # fmt: skip
     notes = []
