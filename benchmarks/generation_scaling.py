@@ -4,6 +4,8 @@ Prints, measured in one run:
   - images/s of 1 actor vs the plain loop in this process (target ratio >= 0.9)
   - scaling from 1 to 2 actors on this box (2 actors share the cores: expect ~1.0 on 2 CPUs, ~2 with 2 GPUs)
   - the driver's peak memory at N tuples vs 10 N tuples (target: flat; the images go straight to disk)
+  - once the actor is warm (units after its first, on the 10 N run): `ratio_steady_1actor` (target >= 0.9)
+Ends with one JSON line of these figures.
 Uses an untrained generator of the default architecture: the cost does not depend on the weights.
 
     python benchmarks/generation_scaling.py [--tuples 8] [--per-tuple 32] [--steps 8]
@@ -36,7 +38,7 @@ sel = Selection("bench", np.sort(np.stack([rng.choice(5, 2, replace=False) for _
                 np.zeros(int(tuples)))
 plan = get_method("scoremix").plan(PlanContext(cfg, 5, sel))
 m = generate_shards(cfg, "scoremix", plan, Path(gen_dir), Path("none.npz"), Path(out))
-print(json.dumps({"images_per_s": m["images_per_s"], "seconds": m["seconds"],
+print(json.dumps({"images_per_s": m["images_per_s"], "steady_images_per_s": m["steady_images_per_s"], "seconds": m["seconds"],
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -96,7 +98,14 @@ def main() -> None:
           f"(start-up amortised)")
     print(f"driver peak RSS: {one['peak_rss_mb']:.0f} MB at {a.tuples} tuples, {big['peak_rss_mb']:.0f} MB at "
           f"{10 * a.tuples} tuples   ratio {big['peak_rss_mb'] / one['peak_rss_mb']:.2f} (target: flat, ~1.0)")
+    print(f"Ray Data, 1 actor, once warm:        {big['steady_images_per_s']:8.1f} images/s   ratio "
+          f"{big['steady_images_per_s'] / plain:.2f} (target >= 0.9; units after the first, {10 * a.tuples} tuples)")
     print("(Ray Data's rate includes actor start-up and the generator load inside the timed call)")
+    print(json.dumps({"plain_images_per_s": round(plain, 2), "ratio_1actor": round(one["images_per_s"] / plain, 3),
+                      "ratio_steady_1actor": round(big["steady_images_per_s"] / plain, 3),
+                      "ratio_1actor_10x": round(big["images_per_s"] / plain, 3),
+                      "scaling_1_to_2": round(two["images_per_s"] / one["images_per_s"], 3),
+                      "driver_rss_ratio_10x": round(big["peak_rss_mb"] / one["peak_rss_mb"], 3)}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""Per-trial overhead: one small trial as plain calls in this process vs through the project's sweep path.
+
+The trial: select 2 pairs, generate 16 ScoreMix images, train the augmented recognizer 2 epochs on real +
+synthetic, evaluate it, on cached shared stages (data, generator, baseline: computed first, not timed).
+  (a) in process: the same functions the stages call, no Ray (`render_unit`, `train_recognizer`,
+      `evaluate_recognizer`), writing to folders of their own;
+  (b) as a sweep: `run_sweep` with that one trial (Tune trial, Ray Data actor pool, Ray Train, MLflow child
+      run), on stage keys (a) did not fill, so it does the same work.
+The difference is what the orchestration costs a trial (target: overhead_s <= 5 on a 2-core box). Ends with
+one JSON line {"inprocess_s", "trial_s", "overhead_s"} and the sweep's own phases.
+
+    python benchmarks/loop.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+TRIAL = ["data.image_size=8", "data.per_class=30", "data.num_pairs=200", "generator.block_out_channels=16,32",
+         "generator.steps=30", "generator.batch_size=16", "sampler.steps=4", "recognizer.widths=8,16",
+         "recognizer.blocks=1,1", "recognizer.epochs=2", "recognizer.batch_size=32", "recognizer.checkpoint_every=2",
+         "selection.count=2", "generation.per_tuple=8", "generation.unit_size=8", "ray.cpus_per_worker=1"]  # fmt: skip
+
+
+def in_process(cfg, split, data_dir: Path, gen_dir: Path, rec_dir: Path, out: Path) -> float:
+    """Select, generate, train and evaluate with plain calls; seconds."""
+    import numpy as np
+    import torch
+
+    from scoremix_ray import pipeline
+    from scoremix_ray.data.batches import InMemory
+    from scoremix_ray.data.readers import decode_synthetic
+    from scoremix_ray.data.store import ConcatStore
+    from scoremix_ray.diffusion.train import load_for_sampling
+    from scoremix_ray.evaluation.recognizer import evaluate_recognizer
+    from scoremix_ray.generation import render_unit
+    from scoremix_ray.methods import PlanContext, RenderContext, get_method
+    from scoremix_ray.recognition.train import train_recognizer
+
+    torch.set_num_threads(round(cfg.ray.cpus_per_worker))  # what the Train worker and the actor use
+    t0 = time.perf_counter()
+    sel, _ = pipeline.select_stage(cfg, split, gen_dir, rec_dir)
+    method = get_method("scoremix")
+    plan = method.plan(PlanContext(cfg, split.train.num_classes, sel, split))
+    net, guide = load_for_sampling(gen_dir, cfg.sampler)
+    ctx = RenderContext(cfg, net, guide)
+    u = cfg.generation.unit_size
+    for k, lo in enumerate(range(0, len(plan), u)):
+        render_unit(ctx, method, plan, k, lo, min(lo + u, len(plan)), out / "gen")
+    _, size, _, channels = split.train.images.shape
+    synth = decode_synthetic(out / "gen" / "shards", out / "decoded", size, channels)
+    images = ConcatStore([split.train.images, synth])
+    labels = np.concatenate([split.train.labels, synth.labels])
+    n = int(labels.max()) + 1
+    train_recognizer(InMemory(images, labels), n, cfg.recognizer, cfg.seed, out / "rec")
+    evaluate_recognizer(cfg, data_dir / "split.npz", out / "rec")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import ray
+
+    from scoremix_ray import pipeline
+    from scoremix_ray.config import load_config
+    from tuning.sweep import run_sweep
+
+    out = a.out or Path(tempfile.mkdtemp(prefix="loop-"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    base = load_config(None, [f"out_dir={out}", *TRIAL])
+    split, data_dir, gen_dir, rec_dir = pipeline.shared_stages(base)  # cached for both, not timed
+    pipeline.alignment_stage(base, gen_dir, rec_dir)
+    inproc = in_process(base, split, data_dir, gen_dir, rec_dir, out / "plain")
+    t0 = time.perf_counter()
+    summary = run_sweep(base, [base.selection.strategy], [base.seed], name=f"loop-{time.time_ns()}")
+    trial = time.perf_counter() - t0
+    assert not any(t["error"] for t in summary["trials"]), summary["trials"]
+    stages = json.loads((Path(summary["trials"][0]["run_dir"]) / "stages.json").read_text())
+    gen = json.loads((Path(stages["generate"]["dir"]) / "generation.json").read_text())
+    print(f"in process: {inproc:.1f} s; as a sweep trial: {trial:.1f} s ({trial / inproc:.2f}x); "
+          f"Ray Data generation inside it: {gen['seconds']:.1f} s for {gen['rendered']} images")
+    print(json.dumps({"inprocess_s": round(inproc, 2), "trial_s": round(trial, 2), "overhead_s": round(trial - inproc, 2),
+                      "ratio": round(trial / inproc, 2), "generation_s": round(gen["seconds"], 2)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
