@@ -101,7 +101,7 @@ def test_rank_datasets_give_each_worker_its_rows(tmp_path, ray_session):
 
 def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
     """A recognizer trained by Ray Train from a Ray Data stream (ray.cache_mb=0) ends with the very weights of the
-    same run fed from memory: same rows, same order."""
+    same run fed from memory, and of the same run inside an inline sweep trial: same rows, same order."""
     from scoremix_ray.config import Config
     from scoremix_ray.distributed.train import fit
     from scoremix_ray.recognition.train import train_recognizer
@@ -118,9 +118,19 @@ def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
         train_recognizer(feed, 6, TINY_REC, cfg.seed, tmp_path / "cached")
     finally:
         torch.set_num_threads(threads)
+    from scoremix_ray.distributed.runtime import run_inline
+
+    run_inline(True)  # as a sweep trial holding its CPUs: no TorchTrainer, the same loop in this process
+    try:
+        fit("recognizer", cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cache_mb": 1024})}),
+            tmp_path / "data" / "split.npz", tmp_path / "inline", synthetic=tmp_path / "synth")  # fmt: skip
+    finally:
+        run_inline(False)
+    assert not (tmp_path / "inline" / "ray_train").exists()
     a = torch.load(tmp_path / "streamed" / "final" / "model.pt")
-    b = torch.load(tmp_path / "cached" / "final" / "model.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for other in ("cached", "inline"):
+        b = torch.load(tmp_path / other / "final" / "model.pt")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), other
 
 
 def test_image_size_and_channels_come_from_the_data(tmp_path, caplog):

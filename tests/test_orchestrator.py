@@ -205,7 +205,7 @@ def _stop_cluster(temp: Path) -> None:
 
 
 def test_concurrency_leaves_room_for_inner_work():
-    from tuning.sweep import TRIAL_CPU, concurrency, fit_to_cluster, trial_work
+    from tuning.sweep import TRIAL_CPU, concurrency, fit_to_cluster, inline_trial, trial_work
 
     def cfg(*sets):
         return load_config(None, ["ray.use_gpu=false", *sets])
@@ -216,6 +216,8 @@ def test_concurrency_leaves_room_for_inner_work():
     small = cfg("ray.cpus_per_worker=1", "generation.actor_gpus=0")
     assert concurrency([small], 2.0) == 2 and concurrency([small], 16.0) == 16  # 1 + 16 * 0.01 <= 16
     assert fit_to_cluster(small, 2.0).ray.cpus_per_worker == 1
+    # an inline trial (1 worker, 1 actor, CPUs) holds its work's CPUs itself: n x work <= CPUs
+    assert inline_trial(small) and concurrency([small], 2.0, inline=True) == 2 and concurrency([fitted], 2.0, inline=True) == 1
     # GPUs count too: 2 Train workers on a GPU each, or 4 actors x 0.25 GPU, or the evaluation task's 1 GPU
     gpu = cfg("ray.use_gpu=true", "ray.num_workers=2", "ray.cpus_per_worker=4", "generation.num_actors=4",
               "generation.actor_gpus=0.25")  # fmt: skip
@@ -223,6 +225,7 @@ def test_concurrency_leaves_room_for_inner_work():
     assert concurrency([gpu], 64.0, 8.0) == 4 and concurrency([gpu], 16.0, 8.0) == 2 and concurrency([gpu], 64.0, 0) == 1
     packed = cfg("ray.use_gpu=true", "ray.cpus_per_worker=1", "generation.num_actors=2", "generation.actor_gpus=0.5")
     assert trial_work(packed) == {"CPU": 1.0, "GPU": 1.0} and concurrency([packed], 16.0, 1.0) == 1
+    assert not inline_trial(gpu) and not inline_trial(packed)  # GPU or several workers: Ray Train and Ray Data
 
 
 def _cli_process(out: Path, *args: str, sets: tuple[str, ...] = ()) -> subprocess.Popen:

@@ -82,14 +82,30 @@ def fit_to_cluster(cfg: Config, cpus: float) -> Config:
     return cfg
 
 
-def concurrency(configs: list[Config], cpus: float, gpus: float = 0.0) -> int:
-    """As many trials as their inner work fits side by side, counting CPUs and GPUs. A trial holds only
-    TRIAL_CPU itself (Ray Train V2 under Tune: the trial is the Train driver; the workers, actors and the
-    evaluation task reserve their own CPUs and GPUs), so the inner work of running trials queues for resources
-    but can always start: work + n * TRIAL_CPU <= cpus, and n * GPU work <= gpus."""
+def inline_trial(cfg: Config) -> bool:
+    """Whether a trial does its own work: 1 Train worker and 1 generation actor, all on CPUs (a sweep on a
+    small box); it then holds their CPUs and skips the TorchTrainer and actor-pool start-ups."""
+    return cfg.ray.num_workers == 1 and cfg.generation.num_actors == 1 and trial_work(cfg)["GPU"] == 0
+
+
+def cached(cfg: Config, split) -> bool:
+    """Whether the augmented training set (real + the method's budget of synthetic images) fits ray.cache_mb."""
+    from scoremix_ray.distributed.train import cached as fits
+
+    images = split.train.images
+    rows = len(images) + (cfg.generation.budget or cfg.selection.count * cfg.generation.per_tuple)
+    return fits(cfg, rows * math.prod(images.shape[1:]))
+
+
+def concurrency(configs: list[Config], cpus: float, gpus: float = 0.0, inline: bool = False) -> int:
+    """As many trials as their inner work fits side by side, counting CPUs and GPUs. An inline trial holds
+    its work's CPUs itself: n * work <= cpus. Otherwise a trial holds only TRIAL_CPU (Ray Train V2 under Tune:
+    the trial is the Train driver; the workers, actors and the evaluation task reserve their own CPUs and
+    GPUs), so the inner work of running trials queues for resources but can always start:
+    work + n * TRIAL_CPU <= cpus, and n * GPU work <= gpus."""
     work = {k: max(trial_work(c)[k] for c in configs) for k in ("CPU", "GPU")}
     n = max(1, int(cpus // work["CPU"]))
-    while n > 1 and work["CPU"] + n * TRIAL_CPU > cpus:
+    while n > 1 and not inline and work["CPU"] + n * TRIAL_CPU > cpus:
         n -= 1
     if work["GPU"] > 0:
         if work["GPU"] > gpus:
@@ -104,7 +120,10 @@ def _trial(config: dict) -> dict:
     from scoremix_ray import pipeline, tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from scoremix_ray.distributed.runtime import run_inline
+
     cfg = Config.model_validate(config["config"])
+    run_inline(config["inline"])  # this trial holds its work's CPUs: 1-worker work runs here
     t = config["tracking"]
     _, metrics, _ = pipeline.run_tracked(cfg, tracking.Tracker(t["uri"], t["actor"]), parent=t["parent"])
     return {"run_dir": str(cfg.run_dir), **tracking.flat_metrics(metrics)}
@@ -214,8 +233,11 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
             prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
             with tracking.activate(tracker, parent, prefix):
                 pipeline.shared_stages(widen_for_driver(c, cpus))
+        # inline trials only when each one's training set is cached in memory (streaming needs Ray Data's readers
+        # beside the trainer, and the trial would hold their CPUs)
+        inline = all(inline_trial(c) and cached(c, splits[section_hash(c, "data", seed=False)]) for c in todo)
         try:
-            results = _tune(todo, name, base, cpus, gpus, tracker, parent) if todo else {}
+            results = _tune(todo, name, base, cpus, gpus, tracker, parent, inline) if todo else {}
         except KeyboardInterrupt:  # the trials' runs end with the sweep's (theirs cannot see the signal)
             for rid, status in tracking.children(tracker, parent).values():
                 if status == "RUNNING":
@@ -234,7 +256,8 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     return summary
 
 
-def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, tracker, parent: str) -> dict:
+def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, tracker, parent: str,
+          inline: bool) -> dict:  # fmt: skip
     """The trials as one Tune run: {trial name: summary row}."""
     import os
 
@@ -243,11 +266,12 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
     # Tune's own Ctrl-C handler ends fit() as if the sweep were done; the sweep's driver handles Ctrl-C and
     # SIGTERM itself (its open runs are marked KILLED, the command exits 130)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    at_once = concurrency(configs, cpus, gpus)
-    log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs", len(configs), at_once, cpus, gpus)
+    at_once = concurrency(configs, cpus, gpus, inline)
+    log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs%s", len(configs), at_once, cpus, gpus,
+             " (1-worker CPU work inside each trial)" if inline else "")  # fmt: skip
     tuner = tune.Tuner(
-        tune.with_resources(_trial, {"cpu": TRIAL_CPU}),
-        param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs]),
+        tune.with_resources(_trial, {"cpu": max(trial_work(c)["CPU"] for c in configs) if inline else TRIAL_CPU}),
+        param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs]), "inline": inline,
                      "tracking": {"uri": tracker.uri, "actor": tracker.actor, "parent": parent}},
         tune_config=tune.TuneConfig(max_concurrent_trials=at_once),
         run_config=tune.RunConfig(name=name, storage_path=str(Path(base.out_dir).resolve() / "ray_tune"),

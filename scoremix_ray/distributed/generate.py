@@ -67,7 +67,7 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
     import ray
     from ray.data import ActorPoolStrategy
 
-    from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
+    from scoremix_ray.distributed.runtime import ensure_ray, inline_generation, resolve_devices
     from scoremix_ray.generation import missing_units, write_manifest, write_plan
 
     g = cfg.generation
@@ -86,6 +86,22 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
         conf = {"config": cfg.model_dump(mode="json"), "method": method, "generator_dir": str(Path(generator_dir).resolve()),
                 "split_path": str(Path(split_path).resolve()), "out_dir": str(out_dir),
                 "recognizer_dir": str(Path(recognizer_dir).resolve()) if recognizer_dir else None}  # fmt: skip
+    if todo and inline_generation(cfg):  # an inline sweep trial: its one actor's work in its own process
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            renderer = UnitRenderer(conf)  # the actor's set-up: the same threads, so the same bytes
+            log.info("generate: %d unit(s) in this trial's process", len(todo))
+            for u, lo, hi in todo:
+                row = renderer({"unit": [u], "start": [lo], "stop": [hi]})
+                if not rendered:
+                    first = (time.time(), int(row["rows"][0]))
+                rendered += int(row["rows"][0])
+                used.add(row["device"][0])
+        finally:
+            torch.set_num_threads(threads)
+    elif todo:
         ds = ray.data.from_items([{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo],
                                  override_num_blocks=len(todo))  # fmt: skip
         ds = ds.map_batches(

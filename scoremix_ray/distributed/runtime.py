@@ -57,3 +57,25 @@ def on_device(cfg: Config, fn: Callable[..., Any], *args: Any) -> Any:
 
     ensure_ray(cfg.ray)
     return ray.get(ray.remote(num_gpus=1, num_cpus=1)(fn).remote(*args, "cuda"))
+
+
+# Set by a sweep trial that holds the resources of its own work (`tuning.sweep`): a 1-worker training and a
+# 1-actor generation then run in the trial's process, without a TorchTrainer or an actor pool of their own
+# (their start-up was most of a small trial's cost); bigger work still goes to Ray Train and Ray Data.
+_INLINE = False
+
+
+def run_inline(on: bool) -> None:
+    global _INLINE
+    _INLINE = on
+
+
+def inline_training(cfg: Config) -> bool:
+    """Whether this process trains `cfg` itself: in an inline trial, 1 worker, on the CPU."""
+    cfg = resolve_devices(cfg)
+    return _INLINE and cfg.ray.num_workers == 1 and not cfg.ray.use_gpu
+
+
+def inline_generation(cfg: Config) -> bool:
+    cfg = resolve_devices(cfg)
+    return _INLINE and cfg.generation.num_actors == 1 and not cfg.generation.actor_gpus

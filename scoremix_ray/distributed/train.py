@@ -37,8 +37,9 @@ def training_set(split_path: str | Path, synthetic: str | Path | None = None):
     return ConcatStore([train.images, synth]), np.concatenate([train.labels, synth.labels]), n
 
 
-def cached(cfg: Config, images) -> bool:
-    return images.nbytes <= cfg.ray.cache_mb * 2**20
+def cached(cfg: Config, nbytes: int) -> bool:
+    """Whether a training set of `nbytes` (uint8) is read whole into each worker rather than streamed."""
+    return nbytes <= cfg.ray.cache_mb * 2**20
 
 
 def _section(kind: str, cfg: Config):
@@ -93,8 +94,6 @@ def _worker(conf: dict) -> None:
     from ray.train import Checkpoint
 
     from scoremix_ray.data.batches import InMemory, Streamed, schedule
-    from scoremix_ray.diffusion.train import train_generator
-    from scoremix_ray.recognition.train import train_recognizer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.model_validate(conf["config"])
@@ -113,15 +112,48 @@ def _worker(conf: dict) -> None:
     def report(metrics: dict, ckpt_dir: Path | None) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
 
+    prepare = ray.train.torch.prepare_model if world > 1 else (lambda m: m.to(device))
+    _train(conf, cfg, feed, n, rank, world, prepare, report, str(device))
+
+
+def _train(conf: dict, cfg: Config, feed, n: int, rank: int, world: int, prepare, report, device: str) -> dict:
+    """The shared loop with its live curve (rank 0 sends it to the open MLflow run); returns the last metrics."""
+    from scoremix_ray.diffusion.train import train_generator
+    from scoremix_ray.recognition.train import train_recognizer
+
     live = tracking.monitor(conf["track"], conf["stage"]) if rank == 0 else None  # the curve, to MLflow as it grows
+    last: dict = {}
+
+    def watch(metrics: dict, step: int) -> None:
+        last.clear()
+        last.update(metrics)
+        if live is not None:
+            live(metrics, step)
+
     loop = train_generator if conf["kind"] == "generator" else train_recognizer
     try:
         loop(feed, n, _section(conf["kind"], cfg), cfg.seed, conf["out_dir"], rank=rank, world_size=world,
-             prepare=ray.train.torch.prepare_model if world > 1 else (lambda m: m.to(device)),
-             report=report, device=str(device), monitor=live)  # fmt: skip
+             prepare=prepare, report=report, device=device, monitor=watch)  # fmt: skip
     finally:
         if live is not None:
             live.flush()  # the points it sent are written before the worker ends
+    return last
+
+
+def _train_here(conf: dict, cfg: Config) -> dict:
+    """A 1-worker CPU training in this process (an inline sweep trial, which holds the CPUs): the worker's
+    feed, loop and thread count, so the same bytes as under Ray Train; its checkpoints let it resume."""
+    import torch
+
+    from scoremix_ray.data.batches import InMemory
+
+    images, labels, n = training_set(conf["split_path"], conf["synthetic"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, round(cfg.ray.cpus_per_worker)))  # as the worker
+    try:
+        return _train(conf, cfg, InMemory(images, labels), n, 0, 1, lambda m: m, None, "cpu")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path | None = None) -> dict:
@@ -130,7 +162,7 @@ def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
+    from scoremix_ray.distributed.runtime import ensure_ray, inline_training, resolve_devices
 
     ensure_ray(cfg.ray)
     cfg = resolve_devices(cfg)
@@ -138,7 +170,7 @@ def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path
     split_path = Path(split_path).resolve()
     synthetic = Path(synthetic).resolve() if synthetic else None
     images, labels, _ = training_set(split_path, synthetic)
-    stream = not cached(cfg, images)
+    stream = not cached(cfg, images.nbytes)
     if stream:
         import ray
 
@@ -152,6 +184,9 @@ def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path
     conf = {"kind": kind, "config": cfg.model_dump(mode="json"), "split_path": str(split_path),
             "out_dir": str(out_dir), "synthetic": str(synthetic) if synthetic else None, "stream": stream,
             "stage": stage, "track": tracking.active()}  # fmt: skip
+    if not stream and inline_training(cfg):
+        log.info("%s: training in this trial's process (1 worker, CPU)", kind)
+        return _train_here(conf, cfg)
     trainer = TorchTrainer(
         _worker,
         train_loop_config=conf,
