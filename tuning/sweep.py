@@ -88,7 +88,7 @@ def inline_trial(cfg: Config) -> bool:
     return cfg.ray.num_workers == 1 and cfg.generation.num_actors == 1 and trial_work(cfg)["GPU"] == 0
 
 
-def cached(cfg: Config, split) -> bool:
+def fits_in_cache(cfg: Config, split) -> bool:
     """Whether the augmented training set (real + the method's budget of synthetic images) fits ray.cache_mb."""
     from scoremix_ray.distributed.train import cached as fits
 
@@ -235,7 +235,7 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
                 pipeline.shared_stages(widen_for_driver(c, cpus))
         # inline trials only when each one's training set is cached in memory (streaming needs Ray Data's readers
         # beside the trainer, and the trial would hold their CPUs)
-        inline = all(inline_trial(c) and cached(c, splits[section_hash(c, "data", seed=False)]) for c in todo)
+        inline = all(inline_trial(c) and fits_in_cache(c, splits[section_hash(c, "data", seed=False)]) for c in todo)
         try:
             results = _tune(todo, name, base, cpus, gpus, tracker, parent, inline) if todo else {}
         except KeyboardInterrupt:  # the trials' runs end with the sweep's (theirs cannot see the signal)
