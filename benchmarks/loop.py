@@ -65,8 +65,10 @@ def in_process(cfg, split, data_dir: Path, gen_dir: Path, rec_dir: Path, out: Pa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--log", default="WARNING", help="scoremix_ray log level (INFO: the sweep path's phases with times)")
     a = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("scoremix_ray").setLevel(a.log)
 
     import ray
 
