@@ -344,8 +344,7 @@ def run_tracked(cfg: Config, tracker, parent: str | None = None) -> tuple[dict, 
         write_run_config(cfg)
         result = run(cfg)
         metrics = json.loads(Path(result["metrics"]).read_text())
-        stages = {"generator": result["generator"]["dir"], "baseline": result["recognizer"]["dir"],
-                  "augmented": result["augmented"]["dir"]}  # fmt: skip
-        tracking.log_results(tracker, rid, metrics, tracking.run_artifacts(cfg, result),
-                             {k: Path(v) for k, v in stages.items()})  # fmt: skip
+        stages = {name: Path(result[key]["dir"]) for name, key in
+                  (("generator", "generator"), ("baseline", "recognizer"), ("augmented", "augmented"))}  # fmt: skip
+        tracking.log_results(tracker, rid, metrics, tracking.run_artifacts(cfg, result), stages)
     return result, metrics, rid

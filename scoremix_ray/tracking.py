@@ -117,19 +117,16 @@ def _finish(mc, run_id: str, status: str, error: str | None) -> None:
     mc.set_terminated(run_id, status)
 
 
-def _results(mc, run_id: str, metrics: dict[str, float], artifacts: list[str], curves: dict[str, list[dict]]) -> list[str]:
-    """The end of a run: its metrics (step 0), the curves of the stages it reused (not logged live), its
-    files. Returns the curve names it had live."""
+def _results(mc, run_id: str, metrics: dict[str, float], artifacts: list[str], curves: dict[str, list[dict]]) -> None:
+    """The end of a run: its metrics (step 0), the curves of the stages it reused (not logged live), its files."""
     have = mc.get_run(run_id).data.metrics
-    live = [name for name in curves if f"train.{name}.loss" in have]
     for name, history in curves.items():
-        if name not in live:
+        if f"train.{name}.loss" not in have:
             _log_curve(mc, run_id, name, history)
     _log_metrics(mc, run_id, metrics)
     for path in artifacts:
         mc.log_artifact(run_id, path)
     mc.set_tag(run_id, "scoremix.logged", "1")
-    return live
 
 
 def _children(mc, parent: str) -> dict[str, tuple[str, str]]:
@@ -287,19 +284,26 @@ def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dic
         tracker.do(_finish, rid, status, error)
 
 
-def monitor(track: dict | None, stage: str):
+class _Curve:
     """The live curve of a stage trained on a Ray Train worker (`checkpoints.Monitor`): each log point goes
-    to the open run as `<prefix>train.<stage>.<metric>` at its step, sent without waiting. None: no run."""
-    if not track:
-        return None
-    tracker = Tracker(track["uri"], track["actor"])
+    to the open run as `<prefix>train.<stage>.<metric>` at its step, sent without waiting."""
 
-    def send(metrics: dict, step: int) -> None:
-        values = {f"{track['prefix']}train.{stage}.{k}": metrics[k] for k in CURVES if k in metrics}
-        tracker.do(_log_metrics, track["run_id"], values, step, wait=False)
+    def __init__(self, track: dict, stage: str):
+        self.tracker, self.run_id = Tracker(track["uri"], track["actor"]), track["run_id"]
+        self.prefix = f"{track['prefix']}train.{stage}."
 
-    send.flush = lambda: tracker.do(_ping)  # what was sent is written before the worker ends
-    return send
+    def __call__(self, metrics: dict, step: int) -> None:
+        values = {self.prefix + k: metrics[k] for k in CURVES if k in metrics}
+        self.tracker.do(_log_metrics, self.run_id, values, step, wait=False)
+
+    def flush(self) -> None:
+        """What was sent is written before the worker ends."""
+        self.tracker.do(_ping)
+
+
+def monitor(track: dict | None, stage: str) -> _Curve | None:
+    """The curve's sender for the run `track` (`active()` where the training was started); None: no run."""
+    return _Curve(track, stage) if track else None
 
 
 def log_results(tracker: Tracker, run_id: str, metrics: dict, artifacts: list[Path], stages: dict[str, Path]) -> None:
