@@ -1,13 +1,15 @@
 """Per-trial overhead: one small trial as plain calls in this process vs through the project's sweep path.
 
 The trial: select 2 pairs, generate 16 ScoreMix images, train the augmented recognizer 2 epochs on real +
-synthetic, evaluate it, on cached shared stages (data, generator, baseline: computed first, not timed).
+synthetic, evaluate it, on cached shared stages (data, generator, baseline: computed first, not timed, by a
+tracked run that leaves its MLflow store, as the earlier command in a real out_dir does).
   (a) in process: the same functions the stages call, no Ray (`render_unit`, `train_recognizer`,
       `evaluate_recognizer`), writing to folders of their own;
   (b) as a sweep: `run_sweep` with that one trial (Tune trial, Ray Data actor pool, Ray Train, MLflow child
       run), on stage keys (a) did not fill, so it does the same work.
-The difference is what the orchestration costs a trial (target: overhead_s <= 5 on a 2-core box). Ends with
-one JSON line {"inprocess_s", "trial_s", "overhead_s"} and the sweep's own phases.
+The difference is what the orchestration costs a trial (target: overhead_s <= 5 on a 2-core box). Then a
+sweep of 4 such trials: what each trial after the first adds (the sweep's start-up paid once, trial processes
+reused). Ends with one JSON line {"inprocess_s", "trial_s", "overhead_s", ..., "per_extra_trial_s"}.
 
     python benchmarks/loop.py [--out DIR]
 """
@@ -72,14 +74,16 @@ def main() -> None:
 
     import ray
 
-    from scoremix_ray import pipeline
+    from scoremix_ray import pipeline, tracking
     from scoremix_ray.config import load_config
     from tuning.sweep import run_sweep
 
     out = a.out or Path(tempfile.mkdtemp(prefix="loop-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     base = load_config(None, [f"out_dir={out}", *TRIAL])
-    split, data_dir, gen_dir, rec_dir = pipeline.shared_stages(base)  # cached for both, not timed
+    # cached for both, not timed; as the earlier command that cached them, it leaves an MLflow store behind
+    with tracking.writer(base) as tracker, tracking.live_run(base.model_copy(update={"name": "setup"}), tracker):
+        split, data_dir, gen_dir, rec_dir = pipeline.shared_stages(base)
     pipeline.alignment_stage(base, gen_dir, rec_dir)
     inproc = in_process(base, split, data_dir, gen_dir, rec_dir, out / "plain")
     t0 = time.perf_counter()
@@ -88,10 +92,20 @@ def main() -> None:
     assert not any(t["error"] for t in summary["trials"]), summary["trials"]
     stages = json.loads((Path(summary["trials"][0]["run_dir"]) / "stages.json").read_text())
     gen = json.loads((Path(stages["generate"]["dir"]) / "generation.json").read_text())
+    # the same trial's cost inside a longer sweep: 4 strategies (4 trials of the same size, 2 at a time, each
+    # process reused by the next trial): what one more trial adds once the sweep's own start-up is paid
+    four = ["random", "embedding-close", "condition-distant", "condition-close"]
+    t0 = time.perf_counter()
+    summary = run_sweep(base, four, [base.seed], name=f"loop4-{time.time_ns()}")
+    sweep4 = time.perf_counter() - t0
+    assert not any(t["error"] for t in summary["trials"]), summary["trials"]
+    extra = (sweep4 - trial) / (len(four) - 1)
     print(f"in process: {inproc:.1f} s; as a sweep trial: {trial:.1f} s ({trial / inproc:.2f}x); "
-          f"Ray Data generation inside it: {gen['seconds']:.1f} s for {gen['rendered']} images")
+          f"Ray Data generation inside it: {gen['seconds']:.1f} s for {gen['rendered']} images; a sweep of "
+          f"{len(four)} such trials: {sweep4:.1f} s, {extra:.1f} s per trial after the first")
     print(json.dumps({"inprocess_s": round(inproc, 2), "trial_s": round(trial, 2), "overhead_s": round(trial - inproc, 2),
-                      "ratio": round(trial / inproc, 2), "generation_s": round(gen["seconds"], 2)}))  # fmt: skip
+                      "ratio": round(trial / inproc, 2), "generation_s": round(gen["seconds"], 2),
+                      "sweep4_s": round(sweep4, 2), "per_extra_trial_s": round(extra, 2)}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -262,11 +262,12 @@ def _runs(base, filter_string: str):
 def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
     """SIGKILL the driver of a 2-trial sweep (one trial at a time) once its first trial's MLflow run is
     FINISHED; the same sweep again runs only the other trial, under the same parent, with no duplicate child.
-    Both trials are the tiny sweep's, so their stages are cached: the test pays for Tune and MLflow."""
+    The first trial is the tiny sweep's (cached: done in a second); the second selects, generates and trains,
+    so the kill lands while it works."""
     from tuning.sweep import run_sweep
 
     out, base, _ = tiny_sweep
-    args = ["sweep", "--strategies", "random,embedding-distant", "--seeds", "0", "--name", "killed"]
+    args = ["sweep", "--strategies", "random,condition-distant", "--seeds", "0", "--name", "killed"]
     proc = _cli_process(out, *args, sets=("ray.cpus_per_worker=2",))  # one trial at a time
     parent = _wait_for(lambda: _runs(base, "attributes.run_name = 'killed'"), 120, proc)[0].info.run_id
     first = _wait_for(lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'"),
@@ -278,12 +279,12 @@ def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
     assert before[first[0].info.run_name] == "FINISHED" and "FINISHED" not in [s for n, s in before.items()
                                                                                 if n != first[0].info.run_name]
     resumed = load_config(None, [f"out_dir={out}", *TINY_RUN, "ray.address=auto", "ray.cpus_per_worker=2"])
-    summary = run_sweep(resumed, ["random", "embedding-distant"], [0], name="killed")
+    summary = run_sweep(resumed, ["random", "condition-distant"], [0], name="killed")
     assert summary["parent_run_id"] == parent
     earlier = {t["name"] for t in summary["trials"] if t.get("earlier")}
     assert earlier == {first[0].info.run_name} and not [t for t in summary["trials"] if t["error"]]
     children = _runs(base, f"tags.mlflow.parentRunId = '{parent}'")
-    assert sorted(r.info.run_name for r in children) == ["scoremix-embedding-distant-s0", "scoremix-random-s0"]
+    assert sorted(r.info.run_name for r in children) == ["scoremix-condition-distant-s0", "scoremix-random-s0"]
     assert {r.info.status for r in children} == {"FINISHED"}
     assert next(r for r in children if r.info.run_id == first[0].info.run_id).info.end_time == first[0].info.end_time
 

@@ -83,6 +83,12 @@ def test_known_roc():
     issame = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
     m = verification_metrics(np.tile(scores, 2), np.tile(issame, 2), folds=2)
     assert m["roc_auc"] == pytest.approx(11 / 16)
+    # ties count one half, as sklearn's trapezoids do (scores rounded to 1 decimal: many ties)
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    tied, same = np.round(rng.random(500), 1), rng.random(500) < 0.4
+    assert verification_metrics(tied + 0.1 * same, same)["roc_auc"] == pytest.approx(roc_auc_score(same, tied + 0.1 * same))
     # best accuracy is 6/8 (threshold between 0.4 and 0.6: 3 TP + 3 TN)
     assert m["verification_accuracy"] == pytest.approx(0.75)
     # 4 negatives: FAR 1e-1 needs 10 -> not measurable, and said so

@@ -129,33 +129,6 @@ def _trial(config: dict) -> dict:
     return {"run_dir": str(cfg.run_dir), **tracking.flat_metrics(metrics)}
 
 
-def _mlflow_callback(tracker, parent: str):
-    from ray.tune import Callback
-
-    from scoremix_ray import tracking
-
-    class FailedTrials(Callback):
-        """A trial marks its own MLflow run FAILED when it raises; one whose process died (out of memory,
-        a lost node) could not: the driver does it here."""
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            cfg = Config.model_validate(trial.config["config"])
-            error = _trial_error(trial)
-            log.error("sweep: trial %s failed: %s", cfg.name, error.strip().splitlines()[-1] if error else "?")
-            rid, status = tracking.children(tracker, parent).get(cfg.name, (None, None))
-            if status == "RUNNING":
-                tracking.finish(tracker, rid, "FAILED", error)
-
-    return FailedTrials()
-
-
-def _trial_error(trial) -> str:
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        return Path(path).read_text()
-    return str(getattr(trial, "error_msg", "") or "")
-
-
 def shared_settings(configs: list[Config]) -> list[Config]:
     """One config per distinct stages 1-3 (data, generator, baseline recognizer and seed), in trial order:
     each is computed once, before the trials, and every trial that shares it reuses it."""
@@ -210,39 +183,39 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     configs = trial_configs(base, strategies, seeds, methods or [base.generation.method], grid)
     key = sweep_key(name, configs)
     ensure_ray(base.ray)
-    cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
-    configs = [fit_to_cluster(resolve_devices(c), cpus) for c in configs]
-    splits: dict[str, object] = {}  # every trial's checks on the data, in seconds, before any training
-    for c in configs:
-        data_key = section_hash(c, "data", seed=False)
-        splits[data_key] = splits[data_key] if data_key in splits else pipeline.data_stage(c)[0]
-        check_with_data(c, splits[data_key])
-    parent_cfg = base.model_copy(update={"name": name})
-    tags = {"scoremix.kind": "sweep", **(tags or {}), "scoremix.trials": str(len(configs)), "scoremix.sweep_key": key}
-    with tracking.writer(base) as tracker, \
-            tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'") as parent:  # fmt: skip
-        done = {n for n, (_, status) in tracking.children(tracker, parent).items() if status == "FINISHED"}
-        todo = [c for c in configs if c.name not in done]
-        if done:
-            log.info("sweep: %d of %d trials finished in an earlier attempt (MLflow run %s); running the other %d",
-                     len(configs) - len(todo), len(configs), parent, len(todo))  # fmt: skip
-        cells = shared_settings(todo)
-        for i, c in enumerate(cells, 1):
-            log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
-            # their curves go to the parent run, one set per (fold, seed) when there are several
-            prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
-            with tracking.activate(tracker, parent, prefix):
-                pipeline.shared_stages(widen_for_driver(c, cpus))
-        # inline trials only when each one's training set is cached in memory (streaming needs Ray Data's readers
-        # beside the trainer, and the trial would hold their CPUs)
-        inline = all(inline_trial(c) and fits_in_cache(c, splits[section_hash(c, "data", seed=False)]) for c in todo)
-        try:
-            results = _tune(todo, name, base, cpus, gpus, tracker, parent, inline) if todo else {}
-        except KeyboardInterrupt:  # the trials' runs end with the sweep's (theirs cannot see the signal)
-            for rid, status in tracking.children(tracker, parent).values():
-                if status == "RUNNING":
-                    tracking.finish(tracker, rid, "KILLED", "stopped with the sweep")
-            raise
+    with tracking.writer(base) as tracker:  # its process starts while the data is checked
+        cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
+        configs = [fit_to_cluster(resolve_devices(c), cpus) for c in configs]
+        splits: dict[str, object] = {}  # every trial's checks on the data, in seconds, before any training
+        for c in configs:
+            data_key = section_hash(c, "data", seed=False)
+            splits[data_key] = splits[data_key] if data_key in splits else pipeline.data_stage(c)[0]
+            check_with_data(c, splits[data_key])
+        parent_cfg = base.model_copy(update={"name": name})
+        tags = {"scoremix.kind": "sweep", **(tags or {}), "scoremix.trials": str(len(configs)), "scoremix.sweep_key": key}
+        with tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'") as parent:
+            done = {n for n, (_, status) in tracking.children(tracker, parent).items() if status == "FINISHED"}
+            todo = [c for c in configs if c.name not in done]
+            if done:
+                log.info("sweep: %d of %d trials finished in an earlier attempt (MLflow run %s); running the other %d",
+                         len(configs) - len(todo), len(configs), parent, len(todo))  # fmt: skip
+            cells = shared_settings(todo)
+            for i, c in enumerate(cells, 1):
+                log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
+                # their curves go to the parent run, one set per (fold, seed) when there are several
+                prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
+                with tracking.activate(tracker, parent, prefix):
+                    pipeline.shared_stages(widen_for_driver(c, cpus))
+            # inline trials only when each one's training set is cached in memory (streaming needs Ray Data's readers
+            # beside the trainer, and the trial would hold their CPUs)
+            inline = all(inline_trial(c) and fits_in_cache(c, splits[section_hash(c, "data", seed=False)]) for c in todo)
+            try:
+                results = _tune(todo, name, base, cpus, gpus, tracker, parent, inline) if todo else {}
+            except KeyboardInterrupt:  # the trials' runs end with the sweep's (theirs cannot see the signal)
+                for rid, status in tracking.children(tracker, parent).values():
+                    if status == "RUNNING":
+                        tracking.finish(tracker, rid, "KILLED", "stopped with the sweep")
+                raise
     trials = []
     for c in configs:
         if c.name in results:
@@ -263,6 +236,8 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
 
     from ray import tune
 
+    from scoremix_ray import tracking
+
     # Tune's own Ctrl-C handler ends fit() as if the sweep were done; the sweep's driver handles Ctrl-C and
     # SIGTERM itself (its open runs are marked KILLED, the command exits 130)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
@@ -273,9 +248,10 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
         tune.with_resources(_trial, {"cpu": max(trial_work(c)["CPU"] for c in configs) if inline else TRIAL_CPU}),
         param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs]), "inline": inline,
                      "tracking": {"uri": tracker.uri, "actor": tracker.actor, "parent": parent}},
-        tune_config=tune.TuneConfig(max_concurrent_trials=at_once),
+        # a trial's process is reused by the next trial (every stage seeds its own randomness from the config):
+        # torch, diffusers and the data are imported and loaded once per process, not once per trial
+        tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=str(Path(base.out_dir).resolve() / "ray_tune"),
-                                  callbacks=[_mlflow_callback(tracker, parent)],
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )  # fmt: skip
     out = {}
@@ -284,4 +260,10 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
         error = str(r.error) if r.error is not None else (None if r.metrics else "the trial did not finish")
         out[cfg.name] = {"name": cfg.name, "run_dir": str(cfg.run_dir), "error": error,
                          **{k: v for k, v in (r.metrics or {}).items() if "." in k}}  # fmt: skip
+    failed = {n: row["error"] for n, row in out.items() if row["error"]}
+    for n, (rid, status) in (tracking.children(tracker, parent) if failed else {}).items():
+        if n in failed and status == "RUNNING":  # its process died (out of memory, a lost node) before it could
+            tracking.finish(tracker, rid, "FAILED", failed[n])
+    for n, error in failed.items():
+        log.error("sweep: trial %s failed: %s", n, error.strip().splitlines()[-1] if error.strip() else "?")
     return out
