@@ -32,8 +32,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+EMBEDDED = ("digits", "glyphs")  # sources shipped with the package: 16x16 grey by default (minutes on 2 cores)
+
+
 class DataConfig(_Section):
-    source: Literal["digits", "folder", "parquet", "recordio"] = "digits"
+    # embedded (nothing to download): "digits" (sklearn's 1797 8x8 handwritten digits, 10 classes) or "glyphs"
+    # (142 Latin, Greek and Cyrillic characters x 24 font-and-pose images, 32x32: scoremix_ray/data/glyphs.py)
+    source: Literal["digits", "glyphs", "folder", "parquet", "recordio"] = "digits"
     path: Path | None = None  # image folder root, Parquet file/dir, or the train.rec of a RecordIO pair
     image_size: int | None = Field(None, ge=8, le=512)  # None: 16 for the embedded digits (minutes on 2 CPU
     # cores), else the data's own (the first image's shorter side)
@@ -52,9 +57,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
-        if self.source != "digits" and self.path is None:
+        if self.source not in EMBEDDED and self.path is None:
             raise ValueError(f"data.path is required when data.source is '{self.source}'")
-        if self.source == "digits":  # known without reading: the same stage hash whether set or left out
+        if self.source in EMBEDDED:  # known without reading: the same stage hash whether set or left out
             for key, value in (("image_size", 16), ("channels", 1)):
                 if getattr(self, key) is None:
                     object.__setattr__(self, key, value)  # not a validated assignment: that would re-run this
@@ -111,6 +116,9 @@ class RecognizerConfig(_Section):
     scale: float = Field(32.0, gt=0)
     margin: float = Field(0.5, ge=0)
     epochs: int = Field(30, ge=1)
+    # the augmented recognizer trains as many optimizer steps as the baseline ("steps": its epochs scaled by
+    # real / (real + synthetic) images, so a gain is not longer training) or as many epochs ("epochs")
+    match: Literal["steps", "epochs"] = "steps"
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.1, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -137,9 +145,10 @@ class GenerationConfig(_Section):
     edit_strength: float = Field(0.5, gt=0.0, le=1.0)  # DiffuseMix: share of the trajectory re-noised
     fractal_weight: float = Field(0.2, ge=0.0, le=1.0)  # DiffuseMix: fractal blend weight
     filter_tau: float = Field(0.6, ge=-1.0, le=1.0)  # DiffCoRe-Mix: min cosine to the class centre
-    filter_candidates: int = Field(2, ge=1)  # DiffCoRe-Mix: generated candidates per image
+    filter_candidates: int = Field(2, ge=1)  # DiffCoRe-Mix: generated candidates per image and round
+    filter_rounds: int = Field(3, ge=1)  # DiffCoRe-Mix: rounds of fresh candidates for an image with none kept
     mix_alpha: float = Field(0.4, gt=0.0)  # mixup/cutmix: lambda ~ Beta(alpha, alpha)
-    inversion_strength: float = Field(0.6, gt=0.0, le=1.0)  # Diff-II: how far up the trajectory to invert
+    inversion_strength: float = Field(0.3, gt=0.0, le=1.0)  # Diff-II: how far up the trajectory to invert (the paper's 0.3)
     guided_fraction: float = Field(0.5, ge=0.0, le=1.0)  # Diff-II: share of the denoising steps with guidance
     guidance_scale: float = Field(1.5, ge=0.0)  # Diff-II: guidance in its first (high-noise) stage
     unit_size: int = Field(64, ge=1)  # rows rendered as one network batch and written as one Parquet shard;

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoremix_ray.config import Config, section_hash, to_yaml
+from scoremix_ray.config import EMBEDDED, Config, section_hash, to_yaml
 from scoremix_ray.data import Split
 from scoremix_ray.data.images import save_grid
 
@@ -41,7 +41,7 @@ def image_shape(dc, catalog) -> tuple[int, int]:
     """(image size, channels): the configured ones, else the embedded digits' 16 x 1, else the data's own (the
     first image's shorter side and colour). Warns in one line when images are shrunk more than 2x."""
     h, w, c = catalog.native_shape()
-    default = (16, 1) if dc.source == "digits" else (min(h, w), c)
+    default = (16, 1) if dc.source in EMBEDDED else (min(h, w), c)
     size, channels = dc.image_size or default[0], dc.channels or default[1]
     if min(h, w) > 2 * size:
         log.warning("data: %s images are %dx%d px, data.image_size=%d shrinks them %.1fx (set data.image_size to keep "
@@ -151,6 +151,7 @@ def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
 
     The baseline (out=None) is cached by data + recognizer settings + seed, shared by every strategy.
     """
+    from scoremix_ray.data.store import ImageStore
     from scoremix_ray.distributed.runtime import on_device
     from scoremix_ray.distributed.train import fit
     from scoremix_ray.evaluation.recognizer import evaluate_recognizer
@@ -163,6 +164,8 @@ def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
     train_metrics = fit("recognizer", cfg, data_dir / "split.npz", d, synthetic)
     metrics = on_device(cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
     metrics["train"] = train_metrics
+    rows = len(Split.load(data_dir / "split.npz").train.labels) + (len(ImageStore(synthetic)) if synthetic else 0)
+    metrics["optimizer_steps"], metrics["epochs"] = optimizer_steps(cfg, rows), cfg.recognizer.epochs
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("recognizer: verification accuracy %.4f +- %.4f, AUC %.4f (%s)", metrics["verification_accuracy"],
              metrics["verification_accuracy_std"], metrics["roc_auc"], d)
@@ -237,10 +240,34 @@ def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, sel
 
 
 def augmented_stage(cfg: Config, data_dir: Path, synth_dir: Path) -> tuple[Path, dict]:
-    """Stage 6: the same recognizer recipe on real + synthetic images; cached by recognizer settings and
-    the synthetic set it saw."""
+    """Stage 6: the same recognizer recipe on real + synthetic images, for the baseline's number of optimizer
+    steps (`recognizer.match`); cached by recognizer settings and the synthetic set it saw."""
+    from scoremix_ray.data.store import ImageStore
+
     key = hashlib.sha256(f"{section_hash(cfg, 'data', 'recognizer')}/{synth_dir.name}".encode()).hexdigest()[:12]
-    return recognizer_stage(cfg, data_dir, stage_dir(cfg, "augmented", key), synthetic_store(data_dir, synth_dir))
+    store = synthetic_store(data_dir, synth_dir)
+    real = len(Split.load(data_dir / "split.npz").train.labels)
+    return recognizer_stage(matched_epochs(cfg, real, len(ImageStore(store))), data_dir, stage_dir(cfg, "augmented", key), store)
+
+
+def optimizer_steps(cfg: Config, rows: int) -> int:
+    """Steps of a recognizer's training on `rows` images (every rank takes one step per global batch)."""
+    from scoremix_ray.data.batches import schedule
+
+    return cfg.recognizer.epochs * schedule("recognizer", cfg.recognizer, rows, cfg.seed, 0, cfg.ray.num_workers).steps_per_epoch
+
+
+def matched_epochs(cfg: Config, real: int, synthetic: int) -> Config:
+    """With `recognizer.match: steps`, the epochs over real + synthetic images whose steps come closest to the
+    baseline's (epochs x steps per epoch on real images alone); else cfg unchanged."""
+    from scoremix_ray.data.batches import schedule
+
+    if cfg.recognizer.match == "epochs" or synthetic == 0:
+        return cfg
+    per_epoch = schedule("recognizer", cfg.recognizer, real + synthetic, cfg.seed, 0, cfg.ray.num_workers).steps_per_epoch
+    epochs = max(1, round(optimizer_steps(cfg, real) / per_epoch))
+    rec = cfg.recognizer.model_copy(update={"epochs": epochs, "checkpoint_every": min(cfg.recognizer.checkpoint_every, epochs)})
+    return cfg.model_copy(update={"recognizer": rec})
 
 
 def synthetic_store(data_dir: Path, synth_dir: Path) -> Path:

@@ -185,3 +185,22 @@ def test_split_roundtrip(tmp_path, digits_split):
 
     s = Split.load(tmp_path / "s.npz")
     assert np.array_equal(s.pairs, digits_split.pairs) and s.train.class_names == digits_split.train.class_names
+
+
+def test_glyphs_source_many_classes_without_look_alikes():
+    """The embedded many-class source: >= 100 characters x >= 20 images, built from matplotlib's fonts; Latin A
+    and Greek Alpha (one outline in the fonts) are one class, Theta and O are two; the same pixels each build."""
+    from scoremix_ray.data import glyphs
+    from scoremix_ray.data.readers import scan
+
+    cat = scan("glyphs", None)
+    counts = np.bincount(cat.labels)
+    assert len(cat.class_names) >= 100 and counts.min() >= 20 and cat.pixels.shape[1:] == (glyphs.RENDER,) * 2
+    names = {n.split(" ", 1)[1] for n in cat.class_names}
+    assert "LATIN CAPITAL LETTER A" in names and "GREEK CAPITAL LETTER ALPHA" not in names
+    assert "GREEK CAPITAL LETTER THETA" in names and "CYRILLIC SMALL LETTER ZHE" in names
+    pixels = cat.pixels.copy()
+    glyphs.render.cache_clear()
+    assert np.array_equal(glyphs.render()[0], pixels)
+    cfg = DataConfig(source="glyphs")
+    assert (cfg.image_size, cfg.channels) == (16, 1)

@@ -87,6 +87,23 @@ def test_actors_load_only_what_the_method_declares(tiny_generator, tiny_recogniz
         RenderContext(cfg, None).split
 
 
+def test_cutmix_records_the_share_of_the_box_it_pasted():
+    """On 7x7 images (boxes of whole pixels cannot match lambda exactly) with one grey level per class, the
+    labelled image's share of pixels is the weight the plan recorded, and it is the larger share."""
+    from types import SimpleNamespace
+
+    labels = np.repeat(np.arange(4), 6)
+    images = np.broadcast_to(((labels + 1) * 50).astype(np.uint8)[:, None, None, None], (24, 7, 7, 1)).copy()
+    split = SimpleNamespace(train=SimpleNamespace(images=images, labels=labels))
+    method, cfg = get_method("cutmix"), _cfg()
+    plan = method.plan(PlanContext(cfg, 4, None, split))
+    out = method.render(RenderContext(cfg, None, _split=split), plan)
+    own = (out == images[plan.column("source").to_numpy()]).mean((1, 2, 3))
+    kept = np.array(plan.column("weights").to_pylist())[:, 0]
+    assert np.allclose(own, kept, rtol=0, atol=1e-12) and (kept >= 0.5).all() and (kept < 1).any()
+    assert (plan.column("label").to_numpy() == labels[plan.column("source").to_numpy()]).all()
+
+
 def test_half_split_keeps_each_half():
     a, b = np.full((8, 8, 1), 200, np.uint8), np.full((8, 8, 1), 10, np.uint8)
     out = half_split(a, b, vertical=True, a_first=True, ramp=2)
@@ -121,6 +138,21 @@ def test_diffcoremix_filter_drops_off_class_images(tiny_generator, tiny_recogniz
     cos_in, kept_in = keep_mask(ctx, zeros, np.zeros(20, int))
     cos_off, kept_off = keep_mask(ctx, zeros, np.ones(20, int))  # class-0 images claimed as class 1
     assert kept_in.mean() > 0.8 and kept_off.mean() < 0.2 and cos_in.mean() > cos_off.mean()
+
+
+def test_diffcoremix_redraws_before_it_settles(tiny_generator, tiny_recognizer):
+    """Rows whose candidates all fail the filter get fresh ones (filter_rounds); none is ever the real image
+    itself, and the stats give the effective budget (rows whose candidate passed)."""
+    method = get_method("diffcoremix")
+    rows = method.plan(PlanContext(_cfg(), 5, None, tiny_generator[2])).slice(0, 4)
+    stats = {}
+    for tau, rounds in ((-1.0, 3), (1.0, 1), (1.0, 3)):  # all pass at once; none passes (cosine < 1), 1 or 3 rounds
+        cfg = _cfg(filter_tau=tau, filter_rounds=rounds, filter_candidates=2)
+        out, stats[tau, rounds] = method.render(_ctx(tiny_generator, cfg, tiny_recognizer), rows)
+        assert len(out) == 4
+    assert stats[-1.0, 3] == {"candidates": 8, "discarded": 0, "rows_passing_filter": 4, "rows_below_tau": 0}
+    assert stats[1.0, 1]["candidates"] == 8 and stats[1.0, 3] == {"candidates": 24, "discarded": 24,
+                                                                  "rows_passing_filter": 0, "rows_below_tau": 4}
 
 
 def test_slerp_endpoints_and_inversion_round_trip(tiny_generator):

@@ -155,3 +155,19 @@ def test_resume_continues_exactly(digits_split, tmp_path):
     # each epoch once, as the uninterrupted run's
     curve = [(r["step"], r["loss"]) for r in read_history(tmp_path / "straight")]
     assert seen == curve and [r["step"] for r in read_history(tmp_path / "resumed")] == list(range(1, TINY_REC.epochs + 1))
+
+
+def test_augmented_recognizer_trains_the_baselines_steps():
+    """recognizer.match: steps scales the augmented run's epochs so its optimizer steps come within one epoch of
+    the baseline's; match: epochs keeps the epochs (more images: more steps)."""
+    from scoremix_ray.config import load_config
+    from scoremix_ray.pipeline import matched_epochs, optimizer_steps
+
+    cfg = load_config(None, ["recognizer.epochs=30", "recognizer.batch_size=128"])
+    base = optimizer_steps(cfg, 900)  # 7 steps an epoch
+    aug = matched_epochs(cfg, 900, 500)
+    assert base == 210 and aug.recognizer.epochs == 21 and optimizer_steps(aug, 1400) == 210
+    more = matched_epochs(cfg, 900, 2000)  # 22 steps an epoch: 10 epochs = 220, within one epoch of 210
+    assert abs(optimizer_steps(more, 2900) - base) <= 22 and more.recognizer.checkpoint_every <= more.recognizer.epochs
+    same = load_config(None, ["recognizer.match=epochs"])
+    assert matched_epochs(same, 900, 500).recognizer.epochs == same.recognizer.epochs

@@ -1,4 +1,4 @@
-"""Readers for labelled image data: the embedded digits, an image folder, Parquet, InsightFace RecordIO.
+"""Readers for labelled image data: the embedded digits and glyphs, an image folder, Parquet, InsightFace RecordIO.
 
 Each source is first *scanned* (`scan`): labels and where each image lives, no pixels. A `Catalog` then
 decodes the rows asked for, batch by batch, so the data stage streams a 160k-image folder with memory
@@ -46,7 +46,7 @@ class Catalog:
     labels: np.ndarray  # int64 (N,), 0..C-1
     class_names: list[str]
     encoded: Callable[[np.ndarray], Iterator[tuple[bytes, str]]] | None = None
-    pixels: np.ndarray | None = None  # sources already in memory (the embedded digits): uint8 (N, h, w)
+    pixels: np.ndarray | None = None  # sources already in memory (the embedded ones): uint8 (N, h, w)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -133,6 +133,14 @@ def scan_digits() -> Catalog:
     d = sk_digits()
     raw = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
     return Catalog(d.target.astype(np.int64), [str(i) for i in range(10)], pixels=raw)
+
+
+def scan_glyphs() -> Catalog:
+    """Letters and digits of three scripts in matplotlib's fonts (`glyphs.render`: 142 classes x 24, 32x32)."""
+    from scoremix_ray.data.glyphs import render
+
+    pixels, labels, names, _ = render()
+    return Catalog(labels, names, pixels=pixels)
 
 
 def scan_folder(root: str | Path) -> Catalog:
@@ -254,13 +262,15 @@ def scan_recordio(rec_path: str | Path) -> Catalog:
 def scan(source: str, path: Path | None) -> Catalog:
     if source == "digits":
         return scan_digits()
+    if source == "glyphs":
+        return scan_glyphs()
     if source == "folder":
         return scan_folder(path)
     if source == "parquet":
         return scan_parquet(path)
     if source == "recordio":
         return scan_recordio(path)
-    raise ScoreMixError(f"unknown data source '{source}' (valid: digits, folder, parquet, recordio)")
+    raise ScoreMixError(f"unknown data source '{source}' (valid: digits, glyphs, folder, parquet, recordio)")
 
 
 def load_labelled(source: str, path: Path | None, size: int, channels: int) -> LabelledImages:

@@ -3,7 +3,8 @@
 
 Adaptation: the recognizer trains on hard labels (a margin softmax has no soft-label form here), so each
 image takes the label of its dominant source: lambda ~ Beta(alpha, alpha) folded to [0.5, 1] is the share
-of the labelled image. `classes`/`weights` record both sources and their shares.
+of the labelled image. `classes`/`weights` record both sources and their shares: for CutMix the share of the
+pixels each one has in the image made (the box of 1 - lambda, in whole pixels, as pasted).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoremix_ray.methods import PlanContext, RenderContext, register
-from scoremix_ray.methods.common import blend, images_of, paste_box, row_rng, source_rows
+from scoremix_ray.methods.common import blend, box_size, images_of, paste_box, row_rng, source_rows
 
 
 def _share(seed: int, alpha: float) -> float:
@@ -20,11 +21,19 @@ def _share(seed: int, alpha: float) -> float:
     return float(max(lam, 1 - lam))
 
 
+def _pasted_share(lam: float, shape: tuple[int, ...]) -> float:
+    """The share of the labelled image once CutMix pastes its box of 1 - lam (whole pixels)."""
+    bh, bw = box_size(shape[0], shape[1], 1 - lam)
+    return 1 - bh * bw / (shape[0] * shape[1])
+
+
 def _plan(name: str):
     def plan(ctx: PlanContext) -> pa.Table:
         rows = source_rows(ctx, name, partner="other")
         labels = ctx.split.train.labels
         lam = [_share(s, ctx.cfg.generation.mix_alpha) for s in rows.column("seed").to_pylist()]
+        if name == "cutmix":
+            lam = [_pasted_share(v, ctx.split.train.images.shape[1:3]) for v in lam]
         pairs = [[int(labels[a]), int(labels[b])] for a, b in zip(rows.column("source").to_numpy(), rows.column("partner").to_numpy())]
         rows = rows.set_column(rows.schema.get_field_index("classes"), "classes", pa.array(pairs, pa.list_(pa.int64())))
         return rows.set_column(rows.schema.get_field_index("weights"), "weights",
@@ -42,7 +51,9 @@ def render_cutmix(ctx: RenderContext, rows: pa.Table) -> np.ndarray:
     a, b = images_of(ctx, rows, "source"), images_of(ctx, rows, "partner")
     out = []
     for x, y, w, seed in zip(a, b, rows.column("weights").to_pylist(), rows.column("seed").to_pylist()):
-        out.append(paste_box(x, y, 1 - w[0], row_rng(seed))[0])
+        image, kept = paste_box(x, y, 1 - _share(seed, ctx.cfg.generation.mix_alpha), row_rng(seed))
+        assert kept == w[0], (kept, w)  # the plan recorded this very box's share
+        out.append(image)
     return np.stack(out)
 
 

@@ -137,11 +137,17 @@ def patch_swap(a: np.ndarray, b: np.ndarray, grid: int, rng: np.random.Generator
     return out
 
 
+def box_size(h: int, w: int, area: float) -> tuple[int, int]:
+    """CutMix's box for `area` (share of an h x w image), floored to whole pixels: the box never covers more
+    than `area`, so the labelled image keeps at least 1 - area (>= 1/2)."""
+    return int(h * np.sqrt(area)), int(w * np.sqrt(area))
+
+
 def paste_box(a: np.ndarray, b: np.ndarray, area: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """CutMix: a with a random box of about `area` (share of the image) taken from b; returns the image and
     the share of a that remains."""
     h, w = a.shape[:2]
-    bh, bw = int(round(h * np.sqrt(area))), int(round(w * np.sqrt(area)))
+    bh, bw = box_size(h, w, area)
     y, x = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
     out = a.copy()
     out[y:y + bh, x:x + bw] = b[y:y + bh, x:x + bw]
