@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import numpy as np
 
 from scoremix_ray.config import Config
 from scoremix_ray.errors import ScoreMixError
@@ -98,7 +101,7 @@ def study_table(cfg: Config, runs, metric: str):
     cells, and the paired difference to the baseline of the same cell with its interval and verdict."""
     import pandas as pd
 
-    from scoremix_ray.evaluation.statistics import paired_interval, verdict
+    from scoremix_ray.evaluation.statistics import holm, paired_interval, paired_p, verdict
 
     st = cfg.study
     aug, delta, base = (f"metrics.{s}.{metric}".replace("@", "_at_") for s in ("augmented", "delta", "baseline"))
@@ -116,8 +119,56 @@ def study_table(cfg: Config, runs, metric: str):
         mean, low, high = paired_interval(diffs.to_numpy(), st.confidence, st.interval, seed=cfg.seed)
         rows.append({"condition": cond, "cells": len(values), "failed": int((runs["condition"] == cond).sum() - len(mine)),
                      "mean": values.mean(), "std": values.std(ddof=1), "diff": mean, "low": low, "high": high,
-                     "verdict": verdict(low, high) if len(diffs) else "not run"})  # fmt: skip
-    return pd.DataFrame(rows)
+                     "verdict": verdict(low, high) if len(diffs) else "not run",
+                     "p": paired_p(diffs.to_numpy(), st.interval, seed=cfg.seed)})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["p_holm"] = np.concatenate([[math.nan], holm(table["p"].to_numpy()[1:])])  # family: the conditions
+    table["holm"] = [holm_verdict(d, p, st.confidence) for d, p in zip(table["diff"], table["p_holm"])]
+    table.loc[0, "holm"] = "reference"
+    return table
+
+
+def holm_verdict(diff: float, p_holm: float, confidence: float) -> str:
+    """The verdict after Holm's adjustment over the study's conditions (family-wise error 1 - confidence)."""
+    if p_holm != p_holm:
+        return "too few cells"
+    if p_holm < 1 - confidence:
+        return "higher" if diff > 0 else "lower"
+    return "not detected"
+
+
+CONTRASTS = [("scoremix / embedding-distant", "scoremix / embedding-close"),  # the paper's headline ablation
+             ("scoremix / embedding-distant", "scoremix / random"),
+             ("scoremix / condition-distant", "scoremix / condition-close")]
+
+
+def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
+    """Condition A minus condition B, paired by cell (both ran on the same split, generator and baseline):
+    mean, interval, p and verdict of each contrast whose two conditions ran, Holm-adjusted over them."""
+    import pandas as pd
+
+    from scoremix_ray.evaluation.statistics import holm, paired_interval, paired_p, verdict
+
+    st = cfg.study
+    aug = f"metrics.augmented.{metric}".replace("@", "_at_")
+    ok = runs[runs["status"] == "FINISHED"]
+    ok = ok.assign(condition=[condition_of(m, s) for m, s in zip(ok["tags.scoremix.method"], ok["tags.scoremix.strategy"])],
+                   cell=list(zip(ok["params.data.split_seed"], ok["params.seed"])))  # fmt: skip
+    if aug not in ok:
+        return pd.DataFrame(columns=["contrast", "cells", "diff", "low", "high", "verdict", "p", "p_holm", "holm"])
+    by = ok.set_index(["condition", "cell"])[aug].astype(float)
+    rows = []
+    for a, b in contrasts:
+        if a not in by.index.get_level_values(0) or b not in by.index.get_level_values(0):
+            continue
+        d = (by.loc[a] - by.loc[b]).dropna().to_numpy()  # cells where both finished
+        mean, low, high = paired_interval(d, st.confidence, st.interval, seed=cfg.seed)
+        rows.append({"contrast": f"{a} - {b}", "cells": len(d), "diff": mean, "low": low, "high": high,
+                     "verdict": verdict(low, high), "p": paired_p(d, st.interval, seed=cfg.seed)})  # fmt: skip
+    table = pd.DataFrame(rows, columns=["contrast", "cells", "diff", "low", "high", "verdict", "p"])
+    table["p_holm"] = holm(table["p"].to_numpy())
+    table["holm"] = [holm_verdict(d, p, st.confidence) for d, p in zip(table["diff"], table["p_holm"])]
+    return table
 
 
 ALIGNMENT_KEYS = ["cka_linear", "cknna", "mutual_knn", "distance_spearman"]
@@ -137,7 +188,7 @@ def _fmt(v: float, sign: bool = False) -> str:
     return "–" if v != v else (f"{v:+.3f}" if sign else f"{v:.3f}")
 
 
-def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str) -> str:
+def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str, contrasts=()) -> str:
     """The study as markdown: how it ran, the primary metric's table, the other metrics' differences, the
     alignment per fold; every condition of the config appears."""
     st, tags = cfg.study, parent.data.tags
@@ -151,16 +202,26 @@ def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str)
         f"Wall time {wall // 3600} h {wall % 3600 // 60} min {wall % 60} s on {tags.get('scoremix.machine', '?')}.",
         "",
         f"`{first}` of the recognizer on unseen classes: mean +- std over cells; difference to the real-only "
-        f"baseline of the same cell with its {pct} interval ({st.interval}).",
+        f"baseline of the same cell with its {pct} interval ({st.interval}) and raw verdict; beside it the p-value "
+        f"adjusted by Holm over the {len(tables[first]) - 1} conditions and the verdict it allows (family-wise "
+        f"error {1 - st.confidence:.0%}).",
         "",
-        f"| condition | cells | {first} | difference [{pct} CI] | verdict |",
-        "|---|---|---|---|---|",
+        f"| condition | cells | {first} | difference [{pct} CI] | verdict | p (Holm) | Holm verdict |",
+        "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in tables[first].itertuples():
         ci = "" if r.low != r.low else f" [{_fmt(r.low, True)}, {_fmt(r.high, True)}]"
         failed = f" ({r.failed} failed)" if r.failed else ""
         diff = "" if r.condition == BASELINE else f"{_fmt(r.diff, True)}{ci}"
-        lines.append(f"| {r.condition} | {r.cells}{failed} | {_fmt(r.mean)} +- {_fmt(r.std)} | {diff} | {r.verdict} |")
+        lines.append(f"| {r.condition} | {r.cells}{failed} | {_fmt(r.mean)} +- {_fmt(r.std)} | {diff} | {r.verdict} "
+                     f"| {_fmt(r.p_holm)} | {r.holm} |")  # fmt: skip
+    if len(contrasts):
+        lines += ["", f"Contrasts between conditions, paired by cell (`{first}`, A - B, {pct} CI; p adjusted by "
+                  f"Holm over the contrasts):", "", "| A - B | cells | difference [CI] | verdict | p (Holm) | Holm verdict |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in contrasts.itertuples():
+            lines.append(f"| {r.contrast} | {r.cells} | {_fmt(r.diff, True)} [{_fmt(r.low, True)}, {_fmt(r.high, True)}] "
+                         f"| {r.verdict} | {_fmt(r.p_holm)} | {r.holm} |")  # fmt: skip
     others = [m for m in st.metrics[1:] if m in tables]
     if others:
         lines += ["", f"Differences in the other metrics ({pct} CI; * = the interval excludes 0):", "",
@@ -228,14 +289,15 @@ def write_study_report(cfg: Config) -> dict[str, Path]:
         raise ScoreMixError(f"study '{cfg.name}' (MLflow run {parent.info.run_id}) has no trial runs yet")
     tables = {m: study_table(cfg, runs, m) for m in cfg.study.metrics}
     alignment = alignment_by_fold(runs)
+    contrasts = contrast_table(cfg, runs, cfg.study.metrics[0])
     d = cfg.run_dir
     d.mkdir(parents=True, exist_ok=True)
     plot = plot_differences(tables, cfg.study.confidence, d / "differences.png")
     md = d / "report.md"
-    md.write_text(study_markdown(cfg, parent, tables, alignment, plot.name))
+    md.write_text(study_markdown(cfg, parent, tables, alignment, plot.name, contrasts))
     data = {"parent_run_id": parent.info.run_id, "tags": dict(parent.data.tags),
             "tables": {m: t.to_dict(orient="records") for m, t in tables.items()},
-            "alignment": alignment.to_dict(orient="records")}  # fmt: skip
+            "alignment": alignment.to_dict(orient="records"), "contrasts": contrasts.to_dict(orient="records")}  # fmt: skip
     js = d / "study.json"
     js.write_text(json.dumps(data, indent=2, default=float))
     return {"markdown": md, "plot": plot, "json": js}

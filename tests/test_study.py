@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scoremix_ray.config import ConfigError, load_config
-from scoremix_ray.evaluation.statistics import paired_interval, verdict
+from scoremix_ray.evaluation.statistics import holm, paired_interval, paired_p, verdict
 
 STUDY = str(Path(__file__).resolve().parents[1] / "configs" / "study-digits.yaml")
 
@@ -22,6 +22,11 @@ def test_t_interval_by_hand():
     assert verdict(low, high) == "no detectable difference"
     assert verdict(*paired_interval([0.02, 0.03, 0.025, 0.028], 0.95, "t")[1:]) == "higher than baseline"
     assert verdict(*paired_interval([-0.02, -0.03, -0.025], 0.95, "bootstrap")[1:]) == "lower than baseline"
+    # the p-value agrees with the interval: p < 0.05 exactly when the 95% interval excludes 0
+    for d in ([1.0, 2.0, 3.0], [0.02, 0.03, 0.025, 0.028], [0.01, -0.02, 0.015]):
+        low, high = paired_interval(d, 0.95, "t")[1:]
+        assert (paired_p(d, "t") < 0.05) == (low > 0 or high < 0)
+    assert list(holm([0.01, math.nan, 0.04, 0.03])) == pytest.approx([0.03, math.nan, 0.06, 0.06], nan_ok=True)
     assert math.isnan(paired_interval([0.1], 0.95, "t")[1]) and verdict(math.nan, math.nan).startswith("too few")
     with pytest.raises(ValueError, match="unknown interval method 'z'"):
         paired_interval([1, 2], 0.95, "z")
@@ -94,6 +99,8 @@ def _fake_study(tmp_path):
 
 
 def test_study_report_from_mlflow(tmp_path):
+    from scipy import stats
+
     from scoremix_ray.report import write_study_report
 
     cfg, expected = _fake_study(tmp_path)
@@ -111,7 +118,21 @@ def test_study_report_from_mlflow(tmp_path):
     assert rows["scoremix / random"]["verdict"] == "no detectable difference"
     assert rows["plain"]["verdict"] == "lower than baseline" and rows["plain"]["failed"] == 1
     assert rows["diffii"]["cells"] == 0 and rows["diffii"]["verdict"] == "not run"
+    # Holm over the 3 conditions that ran: the smallest p times 3, the next times 2 (never below the one before)
+    p = {c: stats.ttest_1samp(expected[k], 0).pvalue for c, k in (("scoremix / random", ("scoremix", "random")),
+         ("scoremix / embedding-distant", ("scoremix", "embedding-distant")), ("plain", ("plain", "x")))}  # fmt: skip
+    order = sorted(p, key=p.get)
+    adj = np.maximum.accumulate([min(1, (3 - j) * p[c]) for j, c in enumerate(order)])
+    assert [rows[c]["p_holm"] for c in order] == pytest.approx(list(adj))
+    assert rows["scoremix / embedding-distant"]["holm"] == "higher" and rows["plain"]["holm"] == "lower"
+    assert rows["scoremix / random"]["holm"] == "not detected"
+    # the contrast embedding-distant - random, paired by cell (embedding-close never ran: that contrast is absent)
+    (c,) = data["contrasts"]
+    d = np.subtract(expected[("scoremix", "embedding-distant")], expected[("scoremix", "random")])
+    assert c["contrast"] == "scoremix / embedding-distant - scoremix / random" and c["cells"] == 4
+    assert c["diff"] == pytest.approx(d.mean()) and c["low"] == pytest.approx(paired_interval(d, 0.95, "t")[1])
     md = paths["markdown"].read_text()
+    assert "| scoremix / embedding-distant - scoremix / random | 4 |" in md
     assert "1 h 2 min 3 s on test box" in md and "| plain | 4 (1 failed) |" in md and "| diffii | 0 |" in md
     assert "![differences to the baseline](differences.png)" in md and paths["plot"].stat().st_size > 5000
     align = {r["fold"]: r for r in data["alignment"]}

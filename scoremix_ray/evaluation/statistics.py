@@ -45,6 +45,43 @@ def paired_interval(diffs, confidence: float = 0.95, method: str = "t", resample
     raise ValueError(f"unknown interval method '{method}' (valid: t, bootstrap)")
 
 
+def paired_p(diffs, method: str = "t", resamples: int = 10_000, seed: int = 0) -> float:
+    """Two-sided p-value of "mean difference = 0", the test behind `paired_interval`'s interval.
+
+    t:          2 P(T_{n-1} > |mean| / (s / sqrt(n))).
+    bootstrap:  2 min(share of resampled means <= 0, share >= 0) (the interval excludes 0 iff p < 1 - c).
+    Fewer than two cells: nan.
+    """
+    d = np.asarray(diffs, np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return math.nan
+    if method == "t":
+        from scipy import stats
+
+        return float(stats.ttest_1samp(d, 0.0).pvalue) if d.std(ddof=1) > 0 else (1.0 if d.mean() == 0 else 0.0)
+    if method == "bootstrap":
+        rng = np.random.default_rng(seed)
+        means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+        return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
+    raise ValueError(f"unknown interval method '{method}' (valid: t, bootstrap)")
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment over a family of m tests (nan = not tested, left out of m): with p sorted
+    ascending, p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j)). Rejecting where p_adj < alpha keeps the chance
+    of any false "detected" at or below alpha, whichever hypotheses are true."""
+    p = np.asarray(pvalues, np.float64)
+    out = np.full(len(p), math.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m, running = len(order), 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p[i]))
+        out[i] = running
+    return out
+
+
 def verdict(low: float, high: float) -> str:
     """What the interval allows one to say, and no more."""
     if not (math.isfinite(low) and math.isfinite(high)):
