@@ -142,3 +142,19 @@ def render() -> tuple[np.ndarray, np.ndarray, list[str], dict[int, int]]:
             images.append(_pose(inks[fonts[i % len(fonts)]], np.random.default_rng([SEED, code, i])))
             labels.append(label)
     return np.stack(images), np.array(labels, np.int64), [class_name(c) for c in kept], dropped
+
+
+def main(path: str = "glyphs.png", classes: int = 24, per_class: int = 12) -> None:
+    """A picture of the source: `classes` characters spread over the scripts, `per_class` images each."""
+    from scoremix_ray.data.images import save_grid
+
+    pixels, labels, names, dropped = render()
+    picked = np.linspace(0, len(names) - 1, classes).round().astype(int)
+    save_grid([pixels[labels == c][:per_class, :, :, None] for c in picked], path, upscale=2)
+    print(f"{len(names)} classes x {PER_CLASS} images ({len(dropped)} look-alikes dropped) -> {path}")
+
+
+if __name__ == "__main__":  # python -m scoremix_ray.data.glyphs docs/glyphs.png
+    import sys
+
+    main(*sys.argv[1:2])
