@@ -171,7 +171,7 @@ def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
     return table
 
 
-ALIGNMENT_KEYS = ["cka_linear", "cknna", "mutual_knn", "distance_spearman"]
+ALIGNMENT_KEYS = ["cka_linear", "cka_linear_biased", "cknna", "mutual_knn", "distance_spearman"]
 
 
 def alignment_by_fold(runs):
