@@ -83,12 +83,18 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
     bad = runs[runs["status"] == "FAILED"].iloc[0]
     assert "File exists" in bad["tags.scoremix.error"]
     # live curves: each stage's loss, learning rate and images/s at their steps (generator: every log_every=10
-    # of 30 steps; recognizers: each of 3 epochs). The shared stages trained before the trials went live to
+    # of 30 steps; recognizers: each epoch, 3 for the baseline, fewer for the augmented one that trains the
+    # baseline's optimizer steps over more images). The shared stages trained before the trials went live to
     # the parent; each child has its augmented recognizer's curve live and the shared stages' replayed
     steps = lambda rid, key: [m.step for m in mc.get_metric_history(rid, key)]  # noqa: E731
     assert steps(parent.info.run_id, "train.generator.loss") == [10, 20, 30]
     assert steps(parent.info.run_id, "train.baseline.lr") == [1, 2, 3]
-    for key, expected in (("train.augmented.loss", [1, 2, 3]), ("train.augmented.images_per_s", [1, 2, 3]),
+    metrics = json.loads((Path(ok["run_dir"]) / "metrics.json").read_text())
+    aug, real = metrics["augmented"], metrics["baseline"]
+    assert abs(aug["optimizer_steps"] - real["optimizer_steps"]) <= aug["optimizer_steps"] / aug["epochs"]  # within an epoch
+    epochs = list(range(1, aug["epochs"] + 1))
+    assert len(epochs) < real["epochs"] == 3
+    for key, expected in (("train.augmented.loss", epochs), ("train.augmented.images_per_s", epochs),
                           ("train.generator.loss", [10, 20, 30]), ("train.baseline.train_accuracy", [1, 2, 3])):
         assert steps(done["run_id"], key) == expected, key
     info = mc.get_run(done["run_id"]).info
