@@ -4,9 +4,11 @@
     python -m scoremix_ray sweep ...   (the same, e.g. as a `ray job submit` entrypoint)
 
 Shared stages (data, generator, baseline recognizer) are computed once per fold and seed in the driver before any
-trial starts, so trials only select, generate and train the augmented recognizer. Each trial starts Ray Data
-actors and a Ray Train run of its own: the trial itself reserves a sliver of CPU and the concurrency is
+trial starts, so trials only select, generate and train the augmented recognizer. A trial whose work is one
+Train worker and one generation actor on CPUs does it in its own process, holding those CPUs; otherwise it
+starts Ray Data actors and a Ray Train run of its own, reserving a sliver of CPU itself, with the concurrency
 capped by what one trial's inner work needs, so inner placement groups always fit (no deadlock on 2 CPUs).
+A trial's process is reused by the next trial (imports and data loaded once per process).
 """
 
 from __future__ import annotations
