@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
 from scoremix_ray.config import Config
 from scoremix_ray.errors import ScoreMixError
 
@@ -101,12 +99,11 @@ def study_table(cfg: Config, runs, metric: str):
     cells, and the paired difference to the baseline of the same cell with its interval and verdict."""
     import pandas as pd
 
-    from scoremix_ray.evaluation.statistics import holm, paired_interval, paired_p, verdict
+    from scoremix_ray.evaluation.statistics import paired_interval, paired_p, verdict
 
     st = cfg.study
     aug, delta, base = (f"metrics.{s}.{metric}".replace("@", "_at_") for s in ("augmented", "delta", "baseline"))
-    runs = runs.assign(condition=[condition_of(m, s) for m, s in zip(runs["tags.scoremix.method"],
-                                                                     runs["tags.scoremix.strategy"])])  # fmt: skip
+    runs = with_conditions(runs)
     ok = runs[runs["status"] == "FINISHED"]
     cells = ok.drop_duplicates(["params.data.split_seed", "params.seed"])
     b = cells[base].astype(float) if base in cells else pd.Series(dtype=float)
@@ -121,20 +118,28 @@ def study_table(cfg: Config, runs, metric: str):
                      "mean": values.mean(), "std": values.std(ddof=1), "diff": mean, "low": low, "high": high,
                      "verdict": verdict(low, high) if len(diffs) else "not run",
                      "p": paired_p(diffs.to_numpy(), st.interval, seed=cfg.seed)})  # fmt: skip
-    table = pd.DataFrame(rows)
-    table["p_holm"] = np.concatenate([[math.nan], holm(table["p"].to_numpy()[1:])])  # family: the conditions
-    table["holm"] = [holm_verdict(d, p, st.confidence) for d, p in zip(table["diff"], table["p_holm"])]
-    table.loc[0, "holm"] = "reference"
-    return table
+    table = with_holm(pd.DataFrame(rows[1:]), st.confidence)  # family: the conditions, not the reference
+    return pd.concat([pd.DataFrame(rows[:1]).assign(p_holm=math.nan, holm="reference"), table], ignore_index=True)
 
 
-def holm_verdict(diff: float, p_holm: float, confidence: float) -> str:
-    """The verdict after Holm's adjustment over the study's conditions (family-wise error 1 - confidence)."""
-    if p_holm != p_holm:
-        return "too few cells"
-    if p_holm < 1 - confidence:
-        return "higher" if diff > 0 else "lower"
-    return "not detected"
+def with_conditions(runs):
+    """The runs with a `condition` column: "method / strategy" for methods that make new classes, else the method."""
+    return runs.assign(condition=[condition_of(m, s) for m, s in zip(runs["tags.scoremix.method"],
+                                                                      runs["tags.scoremix.strategy"])])  # fmt: skip
+
+
+def with_holm(table, confidence: float):
+    """A table of tests (`diff`, `p`) with Holm's adjusted p over its rows and the verdict it allows
+    (family-wise error 1 - confidence)."""
+    from scoremix_ray.evaluation.statistics import holm
+
+    def verdict(diff: float, p: float) -> str:
+        if p != p:
+            return "too few cells"
+        return ("higher" if diff > 0 else "lower") if p < 1 - confidence else "not detected"
+
+    table = table.assign(p_holm=holm(table["p"].to_numpy()))
+    return table.assign(holm=[verdict(d, p) for d, p in zip(table["diff"], table["p_holm"])])
 
 
 CONTRASTS = [("scoremix / embedding-distant", "scoremix / embedding-close"),  # the paper's headline ablation
@@ -147,13 +152,12 @@ def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
     mean, interval, p and verdict of each contrast whose two conditions ran, Holm-adjusted over them."""
     import pandas as pd
 
-    from scoremix_ray.evaluation.statistics import holm, paired_interval, paired_p, verdict
+    from scoremix_ray.evaluation.statistics import paired_interval, paired_p, verdict
 
     st = cfg.study
     aug = f"metrics.augmented.{metric}".replace("@", "_at_")
-    ok = runs[runs["status"] == "FINISHED"]
-    ok = ok.assign(condition=[condition_of(m, s) for m, s in zip(ok["tags.scoremix.method"], ok["tags.scoremix.strategy"])],
-                   cell=list(zip(ok["params.data.split_seed"], ok["params.seed"])))  # fmt: skip
+    ok = with_conditions(runs[runs["status"] == "FINISHED"])
+    ok = ok.assign(cell=list(zip(ok["params.data.split_seed"], ok["params.seed"])))
     if aug not in ok:
         return pd.DataFrame(columns=["contrast", "cells", "diff", "low", "high", "verdict", "p", "p_holm", "holm"])
     by = ok.set_index(["condition", "cell"])[aug].astype(float)
@@ -165,10 +169,7 @@ def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
         mean, low, high = paired_interval(d, st.confidence, st.interval, seed=cfg.seed)
         rows.append({"contrast": f"{a} - {b}", "cells": len(d), "diff": mean, "low": low, "high": high,
                      "verdict": verdict(low, high), "p": paired_p(d, st.interval, seed=cfg.seed)})  # fmt: skip
-    table = pd.DataFrame(rows, columns=["contrast", "cells", "diff", "low", "high", "verdict", "p"])
-    table["p_holm"] = holm(table["p"].to_numpy())
-    table["holm"] = [holm_verdict(d, p, st.confidence) for d, p in zip(table["diff"], table["p_holm"])]
-    return table
+    return with_holm(pd.DataFrame(rows, columns=["contrast", "cells", "diff", "low", "high", "verdict", "p"]), st.confidence)
 
 
 ALIGNMENT_KEYS = ["cka_linear", "cka_linear_biased", "cknna", "mutual_knn", "distance_spearman"]

@@ -118,7 +118,8 @@ def _pose(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if stroke == "bold":
         img = img.filter(ImageFilter.MaxFilter(3))
     elif stroke == "thin":
-        img = img.filter(ImageFilter.MinFilter(3)) if np.asarray(img.filter(ImageFilter.MinFilter(3))).max() > 128 else img
+        thin = img.filter(ImageFilter.MinFilter(3))
+        img = thin if np.asarray(thin).max() > 128 else img  # a hairline font would vanish: kept as is
     return np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.8))))
 
 

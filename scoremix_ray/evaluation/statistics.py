@@ -17,6 +17,13 @@ import math
 import numpy as np
 
 
+def _bootstrap_means(d: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Means of `resamples` resamples of the cells, with replacement (seeded: the interval and the p-value of
+    one set of cells use the same resamples)."""
+    rng = np.random.default_rng(seed)
+    return d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+
+
 def paired_interval(diffs, confidence: float = 0.95, method: str = "t", resamples: int = 10_000,
                     seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
     """(mean, low, high) of the mean paired difference.
@@ -38,9 +45,7 @@ def paired_interval(diffs, confidence: float = 0.95, method: str = "t", resample
         half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
         return mean, mean - half, mean + half
     if method == "bootstrap":
-        rng = np.random.default_rng(seed)
-        means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
-        low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+        low, high = np.quantile(_bootstrap_means(d, resamples, seed), [(1 - confidence) / 2, (1 + confidence) / 2])
         return mean, float(low), float(high)
     raise ValueError(f"unknown interval method '{method}' (valid: t, bootstrap)")
 
@@ -61,8 +66,7 @@ def paired_p(diffs, method: str = "t", resamples: int = 10_000, seed: int = 0) -
 
         return float(stats.ttest_1samp(d, 0.0).pvalue) if d.std(ddof=1) > 0 else (1.0 if d.mean() == 0 else 0.0)
     if method == "bootstrap":
-        rng = np.random.default_rng(seed)
-        means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+        means = _bootstrap_means(d, resamples, seed)
         return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
     raise ValueError(f"unknown interval method '{method}' (valid: t, bootstrap)")
 
