@@ -328,6 +328,14 @@ def write_run_config(cfg: Config) -> Path:
     return path
 
 
+def import_stages() -> None:
+    """Import what stages 4-7 run on (torch, diffusers, scipy: ~2 s in a fresh process) ahead of them, e.g.
+    while a sweep's trial waits for its MLflow parent run."""
+    import scoremix_ray.diffusion.train  # noqa: F401 -- diffusers (with torch._dynamo) and torch
+    import scoremix_ray.evaluation.recognizer  # noqa: F401 -- scipy.stats
+    import scoremix_ray.methods  # noqa: F401
+
+
 def run(cfg: Config) -> dict:
     """One experiment: stages 1-3 (shared, cached), then select, generate, augmented recognizer, evaluate.
     Writes `<run>/metrics.json` ({baseline, augmented, delta, alignment}) and `<run>/stages.json`."""

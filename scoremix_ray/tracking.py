@@ -136,6 +136,12 @@ def _children(mc, parent: str) -> dict[str, tuple[str, str]]:
     return {r.info.run_name: (r.info.run_id, r.info.status) for r in runs}
 
 
+def _child_status(mc, parent: str, name: str) -> str | None:
+    exp = mc.get_run(parent).info.experiment_id
+    runs = mc.search_runs([exp], filter_string=_child(parent, name), order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.status if runs else None
+
+
 def _ping(mc) -> None:
     return None
 
@@ -162,13 +168,14 @@ class Tracker:
     actor: str | None = None
 
     def do(self, fn: Callable, *args: Any, wait: bool = True) -> Any:
-        """`fn(client, *args)` by the store's writer; `wait=False` sends it and goes on (training curves)."""
+        """`fn(client, *args)` by the store's writer; `wait=False` sends it and goes on (training curves, a run
+        being opened) and returns its ObjectRef: passed as an argument of a later call, Ray waits for it."""
         if self.actor is not None:
             import ray
 
             try:
                 ref = ray.get_actor(self.actor).do.remote(fn, *args)
-                return ray.get(ref) if wait else None
+                return ray.get(ref) if wait else ref
             except (ValueError, ray.exceptions.RayActorError, ray.exceptions.RaySystemError):
                 pass  # the writer is gone with its job (a run's last word on a kill): write from here
         return fn(_client(self.uri), *args)
@@ -210,7 +217,15 @@ _ACTIVE: dict | None = None  # this process's open run: where the curves of the 
 
 def active() -> dict | None:
     """{"uri", "actor", "run_id", "prefix"} of the run open in this process, for the Train workers."""
-    return _ACTIVE
+    return None if _ACTIVE is None else {**_ACTIVE, "run_id": resolve(_ACTIVE["run_id"])}
+
+
+def resolve(answer: Any) -> Any:
+    """The writer's answer to a call sent with `wait=False` (an ObjectRef: waits for it), e.g. the id of a
+    run `live_run(..., wait=False)` is opening; anything else as it is."""
+    import ray
+
+    return ray.get(answer) if isinstance(answer, ray.ObjectRef) else answer
 
 
 @contextmanager
@@ -258,14 +273,17 @@ def _child(parent: str, name: str) -> str:
 
 @contextmanager
 def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dict | None = None,
-             find: str | None = None) -> Iterator[str]:  # fmt: skip
+             find: str | None = None, wait: bool = True) -> Iterator[Any]:  # fmt: skip
     """An MLflow run open while the block runs (yields its id): RUNNING with the flattened config as params,
     the curves of the stages trained inside it, then FINISHED; FAILED with the traceback as the
     `scoremix.error` tag; KILLED on Ctrl-C or SIGTERM. Under `parent`, a child of the same name is reopened
-    (a resumed sweep); `find` (an MLflow filter) reopens another run it matches (a resumed sweep's parent)."""
+    (a resumed sweep); `find` (an MLflow filter) reopens another run it matches (a resumed sweep's parent).
+    `wait=False`: the block starts while the writer is still starting; it gets the id as an ObjectRef
+    (`resolve` waits for it; the writes that take it as an argument wait by themselves)."""
     rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), {**_tags(cfg, parent), **(tags or {})},
-                     _child(parent, cfg.name) if parent else find)  # fmt: skip
-    log.info("mlflow: run %s (%s) open in %s", rid, cfg.name, tracker.uri)
+                     _child(parent, cfg.name) if parent else find, wait=wait)  # fmt: skip
+    if isinstance(rid, str):
+        log.info("mlflow: run %s (%s) open in %s", rid, cfg.name, tracker.uri)
     status, error = "FAILED", None
     try:
         with _sigterm_stops(), activate(tracker, rid):
@@ -338,6 +356,11 @@ def log_run(cfg: Config, metrics: dict | None, artifacts: list[Path] = (), paren
 def children(tracker: Tracker, parent: str) -> dict[str, tuple[str, str]]:
     """{trial name: (MLflow run id, status)} under a sweep's parent run."""
     return tracker.do(_children, parent)
+
+
+def child_status(tracker: Tracker, parent: str, name: str, wait: bool = True) -> str | None:
+    """The status of a sweep's trial `name` as an earlier attempt left it (None: never opened)."""
+    return tracker.do(_child_status, parent, name, wait=wait)
 
 
 def finish(tracker: Tracker, run_id: str, status: str, error: str | None = None) -> None:

@@ -97,8 +97,9 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
     for key, expected in (("train.augmented.loss", epochs), ("train.augmented.images_per_s", epochs),
                           ("train.generator.loss", [10, 20, 30]), ("train.baseline.train_accuracy", [1, 2, 3])):
         assert steps(done["run_id"], key) == expected, key
-    info = mc.get_run(done["run_id"]).info
-    assert info.end_time - info.start_time > 2000  # open while the trial ran, not logged after it
+    info = mc.get_run(done["run_id"]).info  # open while the trial ran, not logged after it:
+    trained = json.loads((Path(done["tags.scoremix.run_dir"]) / "stages.json").read_text())["augmented"]["dir"]
+    assert info.start_time < (Path(trained) / "final" / "model.pt").stat().st_mtime * 1000 < info.end_time
     table = strategy_table(base)
     assert set(table["strategy"]) == {"random", "embedding-distant"} and list(table["runs"]) == [1, 1]
     # a grid value the data cannot satisfy stops the whole sweep after the data stage, before any training
@@ -234,6 +235,11 @@ def test_concurrency_leaves_room_for_inner_work():
     assert not inline_trial(gpu) and not inline_trial(packed)  # GPU or several workers: Ray Train and Ray Data
 
 
+# a trial that works a few seconds on the tiny sweep's cached stages (96 images of 32 sampler steps), so a
+# signal sent once its run is seen RUNNING lands while it works
+SLOW_TRIAL = ("generation.per_tuple=48", "sampler.steps=32")
+
+
 def _cli_process(out: Path, *args: str, sets: tuple[str, ...] = ()) -> subprocess.Popen:
     """`python -m scoremix_ray ...` as its own driver on the test session's Ray, in its own process group;
     `sets` after the tiny settings."""
@@ -268,13 +274,12 @@ def _runs(base, filter_string: str):
 def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
     """SIGKILL the driver of a 2-trial sweep (one trial at a time) once its first trial's MLflow run is
     FINISHED; the same sweep again runs only the other trial, under the same parent, with no duplicate child.
-    The first trial is the tiny sweep's (cached: done in a second); the second selects, generates and trains,
-    so the kill lands while it works."""
+    Each trial works a few seconds (SLOW_TRIAL), so the kill lands while the second works."""
     from tuning.sweep import run_sweep
 
     out, base, _ = tiny_sweep
     args = ["sweep", "--strategies", "random,condition-distant", "--seeds", "0", "--name", "killed"]
-    proc = _cli_process(out, *args, sets=("ray.cpus_per_worker=2",))  # one trial at a time
+    proc = _cli_process(out, *args, sets=("ray.cpus_per_worker=2", *SLOW_TRIAL))  # one trial at a time
     parent = _wait_for(lambda: _runs(base, "attributes.run_name = 'killed'"), 120, proc)[0].info.run_id
     first = _wait_for(lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'"),
                       240, proc)  # fmt: skip
@@ -284,7 +289,7 @@ def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
     before = {r.info.run_name: r.info.status for r in _runs(base, f"tags.mlflow.parentRunId = '{parent}'")}
     assert before[first[0].info.run_name] == "FINISHED" and "FINISHED" not in [s for n, s in before.items()
                                                                                 if n != first[0].info.run_name]
-    resumed = load_config(None, [f"out_dir={out}", *TINY_RUN, "ray.address=auto", "ray.cpus_per_worker=2"])
+    resumed = load_config(None, [f"out_dir={out}", *TINY_RUN, "ray.address=auto", "ray.cpus_per_worker=2", *SLOW_TRIAL])
     summary = run_sweep(resumed, ["random", "condition-distant"], [0], name="killed")
     assert summary["parent_run_id"] == parent
     earlier = {t["name"] for t in summary["trials"] if t.get("earlier")}
@@ -299,7 +304,8 @@ def test_a_stopped_sweep_marks_its_runs_killed(tiny_sweep):
     """SIGTERM to a sweep's driver while a trial runs: the parent and the open child are KILLED (Tune's own
     Ctrl-C handling would have ended fit() as if the sweep were done), exit code 130."""
     out, base, _ = tiny_sweep
-    proc = _cli_process(out, "sweep", "--strategies", "embedding-close", "--seeds", "0", "--name", "stopped-sweep")
+    proc = _cli_process(out, "sweep", "--strategies", "embedding-close", "--seeds", "0", "--name", "stopped-sweep",
+                        sets=SLOW_TRIAL)  # fmt: skip
     parent = _wait_for(lambda: _runs(base, "attributes.run_name = 'stopped-sweep'"), 120, proc)[0].info.run_id
     _wait_for(lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"), 240, proc)
     os.killpg(proc.pid, 15)

@@ -117,17 +117,25 @@ def concurrency(configs: list[Config], cpus: float, gpus: float = 0.0, inline: b
     return n
 
 
-def _trial(config: dict) -> dict:
-    """One Tune trial: the run's stages 4-7 (stages 1-3 are already cached) as a live MLflow child run."""
+def _trial(config: dict, parent: list) -> dict:
+    """One Tune trial: the run's stages 4-7 (stages 1-3 are already cached) as a live MLflow child run of
+    `parent[0]` (its id, or the ObjectRef of its opening); a trial an earlier attempt of the same sweep
+    finished returns the metrics it wrote, without running again."""
     from scoremix_ray import pipeline, tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from scoremix_ray.distributed.runtime import run_inline
 
     cfg = Config.model_validate(config["config"])
+    tracker = tracking.Tracker(**config["tracking"])
+    status = tracking.child_status(tracker, parent[0], cfg.name, wait=False)  # answered once the parent is open
+    pipeline.import_stages()  # meanwhile (a fresh process: ~2 s)
+    if tracking.resolve(status) == "FINISHED":
+        path = cfg.run_dir / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        return {"run_dir": str(cfg.run_dir), "earlier": True, **tracking.flat_metrics(metrics)}
     run_inline(config["inline"])  # this trial holds its work's CPUs: 1-worker work runs here
-    t = config["tracking"]
-    _, metrics, _ = pipeline.run_tracked(cfg, tracking.Tracker(t["uri"], t["actor"]), parent=t["parent"])
+    _, metrics, _ = pipeline.run_tracked(cfg, tracker, parent=tracking.resolve(parent[0]))
     return {"run_dir": str(cfg.run_dir), **tracking.flat_metrics(metrics)}
 
 
@@ -174,8 +182,9 @@ def sweep_key(name: str, configs: list[Config]) -> str:
 
 def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: list[str] | None = None,
               grid: dict[str, list] | None = None, name: str = "sweep", tags: dict | None = None) -> dict:  # fmt: skip
-    """Shared stages per (fold, seed), then one Tune trial per config not finished by an earlier attempt of
-    the same sweep; returns a summary (also `<out>/<name>.json`). `tags` go on the MLflow parent run."""
+    """Shared stages per (fold, seed), then one Tune trial per config (one an earlier attempt of the same
+    sweep finished returns its metrics at once); returns a summary (also `<out>/<name>.json`). `tags` go on
+    the MLflow parent run."""
     import ray
 
     from scoremix_ray import pipeline, tracking
@@ -185,7 +194,7 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     configs = trial_configs(base, strategies, seeds, methods or [base.generation.method], grid)
     key = sweep_key(name, configs)
     ensure_ray(base.ray)
-    with tracking.writer(base) as tracker:  # its process starts while the data is checked and Tune imported
+    with tracking.writer(base) as tracker:  # its process starts while the data is checked and Tune starts
         import ray.tune  # noqa: F401 -- ~1 s of imports, here in parallel with the writer's start, not after it
 
         cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
@@ -197,13 +206,11 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
             check_with_data(c, splits[data_key])
         parent_cfg = base.model_copy(update={"name": name})
         tags = {"scoremix.kind": "sweep", **(tags or {}), "scoremix.trials": str(len(configs)), "scoremix.sweep_key": key}
-        with tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'") as parent:
-            done = {n for n, (_, status) in tracking.children(tracker, parent).items() if status == "FINISHED"}
-            todo = [c for c in configs if c.name not in done]
-            if done:
-                log.info("sweep: %d of %d trials finished in an earlier attempt (MLflow run %s); running the other %d",
-                         len(configs) - len(todo), len(configs), parent, len(todo))  # fmt: skip
-            cells = shared_settings(todo)
+        # the parent run (an earlier attempt's, found by the key) opens once the writer is up; nothing here
+        # waits for it but a shared stage that trains (its curves go there) and the trials
+        with tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'",
+                               wait=False) as parent:  # fmt: skip
+            cells = shared_settings(configs)
             for i, c in enumerate(cells, 1):
                 log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
                 # their curves go to the parent run, one set per (fold, seed) when there are several
@@ -212,22 +219,20 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
                     pipeline.shared_stages(widen_for_driver(c, cpus))
             # inline trials only when each one's training set is cached in memory (streaming needs Ray Data's readers
             # beside the trainer, and the trial would hold their CPUs)
-            inline = all(inline_trial(c) and fits_in_cache(c, splits[section_hash(c, "data", seed=False)]) for c in todo)
+            inline = all(inline_trial(c) and fits_in_cache(c, splits[section_hash(c, "data", seed=False)]) for c in configs)
             try:
-                results = _tune(todo, name, base, cpus, gpus, tracker, parent, inline) if todo else {}
+                results = _tune(configs, name, base, cpus, gpus, tracker, parent, inline)
             except KeyboardInterrupt:  # the trials' runs end with the sweep's (theirs cannot see the signal)
                 for rid, status in tracking.children(tracker, parent).values():
                     if status == "RUNNING":
                         tracking.finish(tracker, rid, "KILLED", "stopped with the sweep")
                 raise
-    trials = []
-    for c in configs:
-        if c.name in results:
-            trials.append(results[c.name])
-        else:  # finished before: its metrics as it wrote them
-            metrics = json.loads((c.run_dir / "metrics.json").read_text()) if (c.run_dir / "metrics.json").is_file() else {}
-            trials.append({"name": c.name, "run_dir": str(c.run_dir), "error": None, "earlier": True,
-                           **tracking.flat_metrics(metrics)})  # fmt: skip
+            parent = tracking.resolve(parent)
+    trials = [results[c.name] for c in configs]
+    earlier = sum(bool(t.get("earlier")) for t in trials)
+    if earlier:
+        log.info("sweep: %d of %d trials had finished in an earlier attempt (MLflow run %s): not run again",
+                 earlier, len(trials), parent)  # fmt: skip
     summary = {"name": name, "parent_run_id": parent, "tracking_uri": tracker.uri, "trials": trials}
     (Path(base.out_dir) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -249,9 +254,11 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
     log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs%s", len(configs), at_once, cpus, gpus,
              " (1-worker CPU work inside each trial)" if inline else "")  # fmt: skip
     tuner = tune.Tuner(
-        tune.with_resources(_trial, {"cpu": max(trial_work(c)["CPU"] for c in configs) if inline else TRIAL_CPU}),
+        # the parent's id travels through the object store: it may still be an ObjectRef (the run opening)
+        tune.with_resources(tune.with_parameters(_trial, parent=[parent]),
+                            {"cpu": max(trial_work(c)["CPU"] for c in configs) if inline else TRIAL_CPU}),
         param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs]), "inline": inline,
-                     "tracking": {"uri": tracker.uri, "actor": tracker.actor, "parent": parent}},
+                     "tracking": {"uri": tracker.uri, "actor": tracker.actor}},
         # a trial's process is reused by the next trial (every stage seeds its own randomness from the config):
         # torch, diffusers and the data are imported and loaded once per process, not once per trial
         tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),
@@ -263,6 +270,7 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
         cfg = Config.model_validate(r.config["config"])
         error = str(r.error) if r.error is not None else (None if r.metrics else "the trial did not finish")
         out[cfg.name] = {"name": cfg.name, "run_dir": str(cfg.run_dir), "error": error,
+                         **({"earlier": True} if (r.metrics or {}).get("earlier") else {}),
                          **{k: v for k, v in (r.metrics or {}).items() if "." in k}}  # fmt: skip
     failed = {n: row["error"] for n, row in out.items() if row["error"]}
     for n, (rid, status) in (tracking.children(tracker, parent) if failed else {}).items():
