@@ -53,7 +53,7 @@ def test_cluster_yaml_validates_and_listens_on_loopback():
         validate_config(prepare_config(bad))
 
 
-def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
+def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeypatch):
     from tuning.sweep import run_sweep
 
     from scoremix_ray.errors import ScoreMixError
@@ -111,11 +111,13 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep):
 
     from scoremix_ray.cli import app
 
-    sets = [a for s in [f"out_dir={tmp_path}", *TINY_RUN] for a in ("--set", s)]
+    monkeypatch.chdir(tmp_path.parent)  # --out relative to where the command runs, not to a Tune trial's folder
+    sets = [a for s in [f"out_dir={tmp_path.name}", *TINY_RUN] for a in ("--set", s)]
     r = CliRunner().invoke(app, ["sweep", "--strategies", "random,embedding-distant,condition-close", "--seeds", "0",
                                  "--name", "tiny", *sets])  # fmt: skip
     assert r.exit_code == 1, r.output[-3000:]
     assert "3 trials, 1 failed (scoremix-condition-close-s0), 2 finished in an earlier attempt" in r.output
+    assert "failed: scoremix-condition-close-s0: FileExistsError" in r.output  # its own folder, not a trial's
     # and once the disk is fixed: only the failed trial runs, under the same MLflow runs
     (tmp_path / "scoremix-condition-close-s0").unlink()
     again = run_sweep(base, ["random", "embedding-distant", "condition-close"], [0], name="tiny")

@@ -191,6 +191,9 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     from scoremix_ray.checks import check_with_data
     from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
 
+    # Tune runs each trial in a working folder of its own: a relative out_dir would send the trial's stages
+    # (and its reads of the cached shared ones) there
+    base = base.model_copy(update={"out_dir": Path(base.out_dir).resolve()})
     configs = trial_configs(base, strategies, seeds, methods or [base.generation.method], grid)
     key = sweep_key(name, configs)
     ensure_ray(base.ray)
