@@ -178,7 +178,7 @@ class Tracker:
                 return ray.get(ref) if wait else ref
             except (ValueError, ray.exceptions.RayActorError, ray.exceptions.RaySystemError):
                 pass  # the writer is gone with its job (a run's last word on a kill): write from here
-        return fn(_client(self.uri), *args)
+        return fn(_client(self.uri), *(resolve(a) for a in args))
 
 
 @contextmanager
@@ -299,7 +299,13 @@ def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dic
         error = "".join(traceback.format_exception(e))
         raise
     finally:
-        tracker.do(_finish, rid, status, error)
+        try:
+            rid = resolve(rid)
+        except Exception:  # opened with wait=False, it never opened: the block's error (or this one) says why
+            if status == "FINISHED":
+                raise
+        else:
+            tracker.do(_finish, rid, status, error)
 
 
 class _Curve:

@@ -233,9 +233,8 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
             parent = tracking.resolve(parent)
     trials = [results[c.name] for c in configs]
     earlier = sum(bool(t.get("earlier")) for t in trials)
-    if earlier:
-        log.info("sweep: %d of %d trials had finished in an earlier attempt (MLflow run %s): not run again",
-                 earlier, len(trials), parent)  # fmt: skip
+    log.info("sweep: MLflow parent run %s in %s%s", parent, tracker.uri,
+             f"; {earlier} of {len(trials)} trials had finished in an earlier attempt (not run again)" if earlier else "")
     summary = {"name": name, "parent_run_id": parent, "tracking_uri": tracker.uri, "trials": trials}
     (Path(base.out_dir) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -253,6 +252,9 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
     # Tune's own Ctrl-C handler ends fit() as if the sweep were done; the sweep's driver handles Ctrl-C and
     # SIGTERM itself (its open runs are marked KILLED, the command exits 130)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Tune would run each trial in a folder of its own; kept in the job's working folder (the driver's, on its
+    # node), a relative path a trial reads (data.path, data.verification_bin) means what it means to the driver
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     at_once = concurrency(configs, cpus, gpus, inline)
     log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs%s", len(configs), at_once, cpus, gpus,
              " (1-worker CPU work inside each trial)" if inline else "")  # fmt: skip
