@@ -242,7 +242,7 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
 
 def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, tracker, parent: str,
           inline: bool) -> dict:  # fmt: skip
-    """The trials as one Tune run: {trial name: summary row}."""
+    """The trials as one Tune run: {trial name: summary row} (`base.out_dir` absolute: `run_sweep` made it so)."""
     import os
 
     from ray import tune
@@ -267,7 +267,7 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
         # a trial's process is reused by the next trial (every stage seeds its own randomness from the config):
         # torch, diffusers and the data are imported and loaded once per process, not once per trial
         tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(Path(base.out_dir).resolve() / "ray_tune"),
+        run_config=tune.RunConfig(name=name, storage_path=str(Path(base.out_dir) / "ray_tune"),
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )  # fmt: skip
     out = {}
