@@ -1,6 +1,6 @@
 """Step checkpoints shared by the training loops: `<root>/step_XXXXXXX/state.pt`, written atomically,
 the newest `KEEP` kept; and the training curve beside them (`history.jsonl`), which MLflow shows live and
-a later run that reuses the stage replays (`tracking.replay_history`)."""
+a later run that reuses the stage logs at its end (`tracking.log_results`)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,8 +58,7 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
 
     from scoremix_ray.pipeline import data_stage
 
-    cfg = _cfg(config, set_, out)
-    split, d = data_stage(cfg)
+    split, d = data_stage(_cfg(config, set_, out))
     s = split.summary()
     typer.echo(f"protocol: {s['protocol']}")
     typer.echo(f"train: {s['train_images']} images in {s['train_classes']} classes; images {s['image_shape']} (H, W, C)")
@@ -79,15 +77,11 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
 def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None) -> None:
     """Run the whole experiment for one strategy: data, generator, baseline recognizer (all three cached),
     select, generate, augmented recognizer, evaluate; prints baseline vs augmented and logs to MLflow."""
-    from scoremix_ray import pipeline, tracking
-    from scoremix_ray.distributed.runtime import ensure_ray
+    from scoremix_ray import jobs, tracking
 
     _setup_logging()
     cfg = _cfg(config, set_, out, tracking_uri)
-    start = time.time()
-    ensure_ray(cfg.ray)
-    with tracking.writer(cfg) as tracker:  # the MLflow run is open (and live) from here to the end
-        result, metrics, run_id = pipeline.run_tracked(cfg, tracker)
+    result, metrics, run_id, seconds = jobs.experiment(cfg)
     typer.echo(metrics_table({"baseline": metrics["baseline"], "augmented": metrics["augmented"],
                               "delta": metrics["delta"]}))  # fmt: skip
     typer.echo(delta_noise(metrics["baseline"], metrics["augmented"]))
@@ -96,7 +90,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
                f"{a['cka_linear_null']:.3f}), mutual kNN {a['mutual_knn']:.3f} (null {a['mutual_knn_null']:.3f})")
     typer.echo(f"samples: {result['generate']['grid']}")
     typer.echo(f"mlflow: run {run_id} in {tracking.tracking_uri(cfg)} (mlflow ui --backend-store-uri ...)")
-    typer.echo(f"done in {time.time() - start:.0f} s; run folder: {cfg.run_dir} (metrics.json, pairs.parquet)")
+    typer.echo(f"done in {seconds:.0f} s; run folder: {cfg.run_dir} (metrics.json, pairs.parquet)")
 
 
 def _list(text: str | None) -> list[str]:
@@ -187,13 +181,10 @@ def report(
 @app.command("train-generator")
 def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
     """Train (or resume) the class-conditional EDM generator with Ray Train; prints sample quality."""
-    from scoremix_ray import pipeline
+    from scoremix_ray import jobs
 
     _setup_logging()
-    cfg = _cfg(config, set_, out)
-    _, data_dir = pipeline.data_stage(cfg)
-    d = pipeline.generator_stage(cfg, data_dir)
-    q = json.loads((d / "quality.json").read_text())
+    d, q = jobs.train_generator(_cfg(config, set_, out))
     typer.echo(f"generator: {d / 'final'}")
     typer.echo(f"class accuracy of samples (pixel classifier): {q['class_accuracy']:.3f}; grid: {d / 'samples.png'}")
 
@@ -232,14 +223,11 @@ def metrics_table(columns: dict[str, dict]) -> str:
 @app.command("train-recognizer")
 def train_recognizer_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
     """Train (or resume) the baseline recognizer on the real training split with Ray Train; evaluate it."""
-    from scoremix_ray import pipeline
+    from scoremix_ray import jobs
 
     _setup_logging()
-    cfg = _cfg(config, set_, out)
-    _, data_dir = pipeline.data_stage(cfg)
-    d, metrics = pipeline.recognizer_stage(cfg, data_dir)
-    cols = {"pairs": metrics} | ({"bin": metrics["bin"]} if "bin" in metrics else {})
-    typer.echo(metrics_table(cols))
+    d, metrics = jobs.train_recognizer(_cfg(config, set_, out))
+    typer.echo(metrics_table({"pairs": metrics} | ({"bin": metrics["bin"]} if "bin" in metrics else {})))
     typer.echo(f"recognizer: {d / 'final'}; metrics: {d / 'metrics.json'}")
 
 
@@ -251,32 +239,11 @@ def evaluate(
 ) -> None:  # fmt: skip
     """Evaluate a trained recognizer on the config's verification pairs (and a .bin set); writes metrics.json
     next to the model."""
-    from scoremix_ray import pipeline
-    from scoremix_ray.evaluation.recognizer import evaluate_bin, evaluate_split
-    from scoremix_ray.recognition.train import Recognizer
+    from scoremix_ray import jobs
 
     _setup_logging()
-    cfg = _cfg(config, set_, out)
-    model_dir = recognizer / "final" if (recognizer / "final" / "recognizer.json").is_file() else recognizer
-    from scoremix_ray.devices import local_device
-    from scoremix_ray.distributed.runtime import resolve_devices
-
-    net = Recognizer.load(model_dir, local_device(resolve_devices(cfg).ray.use_gpu))
-    split, _ = pipeline.data_stage(cfg)
-    _, size, _, channels = split.train.images.shape
-    if (net.meta["image_size"], net.meta["channels"]) != (size, channels):
-        raise ScoreMixError(
-            f"recognizer {model_dir} expects {net.meta['image_size']}px x {net.meta['channels']} channel(s), the "
-            f"config's data is {size}px x {channels}; pass the config it was trained with"
-        )
-    flip = cfg.recognizer.hflip
-    cols = {"pairs": evaluate_split(net, split, flip)}
-    if bin_ is not None:
-        cols["bin"] = evaluate_bin(net, bin_, flip)
+    cols, path = jobs.evaluate(_cfg(config, set_, out), recognizer, bin_)
     typer.echo(metrics_table(cols))
-    path = model_dir.parent / "metrics.json" if model_dir.name == "final" else model_dir / "metrics.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    path.write_text(json.dumps({**old, **cols["pairs"], **({"bin": cols["bin"]} if bin_ else {})}, indent=2))
     typer.echo(f"metrics: {path}")
 
 
@@ -288,15 +255,12 @@ def select_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
 ) -> None:  # fmt: skip
     """Rank class tuples with a strategy (stages 1-3 are computed or reused); writes pairs.parquet."""
-    from scoremix_ray import pipeline
+    from scoremix_ray import jobs
 
     _setup_logging()
     sets = list(set_ or []) + ([f"selection.strategy={strategy}"] if strategy else []) + (
         [f"selection.count={count}"] if count else [])  # fmt: skip
-    cfg = _cfg(config, sets, out)
-    split, _, gen_dir, rec_dir = pipeline.shared_stages(cfg)
-    sel, path = pipeline.select_stage(cfg, split, gen_dir, rec_dir)
-    names = split.train.class_names
+    sel, path, names = jobs.select(_cfg(config, sets, out))
     typer.echo(f"{'rank':>4}  {'classes':<16}{'score':>10}{'emb dist':>10}{'cond dist':>10}")
     for r in range(min(top, len(sel.tuples))):
         cls = ",".join(names[c] for c in sel.tuples[r])
@@ -312,22 +276,11 @@ def generate(
     config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
 ) -> None:  # fmt: skip
     """Render the synthetic classes with the Ray Data actor pool into Parquet shards (resumes if interrupted)."""
-    from scoremix_ray import pipeline
-    from scoremix_ray.methods import get_method
-    from scoremix_ray.selection import Selection
+    from scoremix_ray import jobs
 
     _setup_logging()
     cfg = _cfg(config, list(set_ or []) + ([f"generation.per_tuple={per_tuple}"] if per_tuple else []), out)
-    method = get_method(cfg.generation.method)
-    sel = Selection.read(pairs) if pairs is not None else None
-    split, _ = pipeline.data_stage(cfg)
-    if sel is not None and sel.tuples.max() >= split.train.num_classes:  # before any training
-        raise ScoreMixError(f"pairs file {pairs} names class {sel.tuples.max()}; the data has "
-                            f"{split.train.num_classes} training classes")  # fmt: skip
-    split, data_dir, gen_dir, rec_dir = pipeline.shared_stages(cfg)
-    if sel is None and method.new_classes:
-        sel, _ = pipeline.select_stage(cfg, split, gen_dir, rec_dir)
-    d = pipeline.generate_stage(cfg, split, data_dir, gen_dir, sel, rec_dir)
+    d = jobs.generate(cfg, pairs)
     info = json.loads((d / "generation.json").read_text()) if (d / "generation.json").is_file() else {}
     typer.echo(f"synthetic: {d / 'shards'} ({info.get('rows_written', '?')} images, manifest {d / 'manifest.json'})")
     typer.echo(f"grid: {d / 'samples.png'}")
@@ -337,26 +290,15 @@ def generate(
 def align(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
     """Alignment of the generator's condition space with the recognizer's class centres, beside each
     metric's permutation null; written to metrics.json under "alignment"."""
-    from scoremix_ray import pipeline
+    from scoremix_ray import jobs
 
     _setup_logging()
-    cfg = _cfg(config, set_, out)
-    _, _, gen_dir, rec_dir = pipeline.shared_stages(cfg)
-    a = pipeline.alignment_stage(cfg, gen_dir, rec_dir)
+    a, path = jobs.align(_cfg(config, set_, out))
     typer.echo(f"{'metric':<20}{'value':>10}{'null':>10}   ({a['classes']} classes, k={a['topk']}, "
                f"null = mean of {a['permutations']} shuffled class orders)")
     for key in ("cka_linear", "cka_linear_biased", "cka_rbf", "mutual_knn", "cknna", "distance_spearman"):
         typer.echo(f"{key:<20}{a[key]:>10.4f}{a[key + '_null']:>10.4f}")
-    typer.echo(f"metrics: {pipeline.update_metrics(cfg, alignment=a)}")
-
-
-def _class_ids(text: str, names: list[str]) -> list[int]:
-    ids = []
-    for name in (t.strip() for t in text.split(",") if t.strip()):
-        if name not in names:
-            raise ScoreMixError(f"class '{name}' is not a training class (training classes: {', '.join(names)})")
-        ids.append(names.index(name))
-    return ids
+    typer.echo(f"metrics: {path}")
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -375,56 +317,19 @@ def sample(
     per_class: Annotated[int, typer.Option("--per-class", help="Images per row")] = 8,
     sweep_weights: Annotated[bool, typer.Option("--sweep-weights", help="Rows of weights 0, .2, .5, .8, 1 for a pair")] = False,
     png: Annotated[Optional[Path], typer.Option(help="Where to write the grid PNG")] = None,
-) -> None:
+) -> None:  # fmt: skip
     """Write a PNG grid: plain class-conditional rows (--classes) or ScoreMix rows (--mix)."""
-    import torch
-
-    from scoremix_ray import pipeline
+    from scoremix_ray import jobs
     from scoremix_ray.config import convex
-    from scoremix_ray.data.images import save_grid
-    from scoremix_ray.diffusion.sampler import sample_seed, tuple_key
-    from scoremix_ray.distributed.runtime import on_device
 
     cfg = _cfg(config, set_, out)
     given_w = _floats(weights, "--weights") if weights else None
     if given_w is not None and not convex(given_w):  # reject before any work is done
         raise ScoreMixError(f"--weights must be non-negative and sum to 1, got {given_w}")
     _setup_logging()
-    split, data_dir = pipeline.data_stage(cfg)
-    names = split.train.class_names
-    if mix:  # every check on the classes before the generator is trained
-        ids = _class_ids(mix, names)
-        if len(ids) < 2 or len(set(ids)) != len(ids):
-            raise ScoreMixError(f"--mix needs two or more different classes, got '{mix}'")
-        if sweep_weights:
-            if len(ids) != 2:
-                raise ScoreMixError("--sweep-weights needs exactly two classes in --mix")
-            rows_w = [[a, 1 - a] for a in (1.0, 0.8, 0.5, 0.2, 0.0)]
-        else:
-            rows_w = [given_w or [1 / len(ids)] * len(ids)]
-            if len(rows_w[0]) != len(ids):
-                raise ScoreMixError(f"--weights has {len(rows_w[0])} values for {len(ids)} classes in --mix")
-        rows = [(ids, w) for w in rows_w]
-        key = tuple_key(ids)  # one noise stream per tuple, shared by the rows of a weight sweep
-        stem = f"mix_{'_'.join(names[i] for i in ids)}" + ("_sweep" if sweep_weights else "")
-    else:
-        ids = _class_ids(classes, names) if classes else list(range(len(names)))
-        rows = [([i], [1.0]) for i in ids]
-        key = None
-        stem = "classes_" + "_".join(names[i] for i in ids)
-    gen_dir = pipeline.generator_stage(cfg, data_dir)
-    labels, wts, seeds = [], [], []
-    for ids_r, w in rows:
-        k = key if key is not None else ids_r[0]
-        labels += [ids_r] * per_class
-        wts += [w] * per_class
-        seeds += [sample_seed(cfg.seed, k, i) for i in range(per_class)]
-    images = on_device(cfg, pipeline.sample_images, cfg, gen_dir, torch.tensor(labels),
-                       torch.tensor(wts, dtype=torch.float32), seeds)  # fmt: skip
-    path = png or cfg.run_dir / f"{stem}.png"
-    save_grid([images[i * per_class : (i + 1) * per_class] for i in range(len(rows))], path)
-    for ids_r, w in rows:
-        typer.echo("row: " + " + ".join(f"{wi:g}*class {names[i]}" for i, wi in zip(ids_r, w)))
+    rows, path = jobs.sample(cfg, classes, mix, given_w, per_class, sweep_weights, png)
+    for row in rows:
+        typer.echo(f"row: {row}")
     typer.echo(f"grid: {path}")
 
 

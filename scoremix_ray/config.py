@@ -2,8 +2,8 @@
 
 Load order: pydantic defaults < YAML file (`--config`) < `--set a.b=value` overrides. Validation happens
 once, here; every error is a single line naming the key (``ConfigError``). Stage cache keys hash only the
-sections that feed a stage (see ``section_hash``), so a sweep over selection strategies reuses data,
-generator and baseline recognizer.
+sections that feed a stage, less the run-only settings (``section_hash``, ``RUN_ONLY``), so a sweep over
+selection strategies reuses data, generator and baseline recognizer.
 """
 
 from __future__ import annotations
@@ -179,8 +179,18 @@ class RayConfig(_Section):
     stream_block_mb: int = Field(64, ge=1)  # images per Ray Data block when streaming
 
 
-STUDY_STRATEGIES = ("random", "embedding-distant", "embedding-close", "condition-distant", "condition-close")
-STUDY_METHODS = ("scoremix", "plain", "diffusemix", "diffcoremix", "diffii", "mixup", "cutmix")
+def _pair_strategies() -> tuple[str, ...]:
+    """Every registered strategy that ranks pairs (the triplet ones make tuples of 3), in registry order."""
+    from scoremix_ray.selection.strategies import STRATEGIES, tuple_size_of
+
+    return tuple(s for s in STRATEGIES if tuple_size_of(s, 2) == 2)
+
+
+def _all_methods() -> tuple[str, ...]:
+    """ScoreMix, then every other registered method."""
+    from scoremix_ray.methods import registry
+
+    return ("scoremix", *(m for m in registry() if m != "scoremix"))
 
 
 class StudyConfig(_Section):
@@ -189,8 +199,8 @@ class StudyConfig(_Section):
 
     folds: tuple[int, ...] = (0, 1, 2, 3)  # data.split_seed values: different train/unseen class partitions
     seeds: tuple[int, ...] = (0, 1)  # per fold: generator, recognizer and sampling seed (a generator each)
-    strategies: tuple[str, ...] = STUDY_STRATEGIES  # for methods that make new classes (ScoreMix)
-    methods: tuple[str, ...] = STUDY_METHODS
+    strategies: tuple[str, ...] = Field(default_factory=_pair_strategies)  # for methods making new classes
+    methods: tuple[str, ...] = Field(default_factory=_all_methods)
     metrics: tuple[str, ...] = ("verification_accuracy", "roc_auc", "tar_at_far_1e-2", "rank1_accuracy")
     confidence: float = Field(0.95, gt=0.5, lt=1.0)  # of the paired-difference intervals
     interval: Literal["t", "bootstrap"] = "t"  # t: mean +- t_{n-1} s/sqrt(n); bootstrap: percentile, 10k resamples
@@ -230,6 +240,8 @@ class Config(_Section):
     def _consistent(self) -> "Config":
         """What the formulas say of the settings together. What the registries say (strategy and method names,
         weights per tuple, the budget) is `checks.check_config`, run by every entry point right after loading."""
+        if self.ray.use_gpu is False and self.generation.actor_gpus == "auto":  # known without a cluster
+            object.__setattr__(self.generation, "actor_gpus", 0.0)
         for key in ("weights", "weights_end"):
             w = getattr(self.generation, key)
             if w is not None and not convex(w):
@@ -358,17 +370,45 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-# Settings that never change a stage's bytes: data.on_bad_image "error" completes only when no image is bad,
-# which is when "skip" writes the same stores
-NOT_HASHED = {"data": {"on_bad_image"}}
+# Settings that say how a job runs, not what it computes: in no stage's cache key and not in a sweep's resume
+# key, so the same work from another folder, launcher or cluster size is the same work (None: the whole section).
+# data.on_bad_image: "error" completes only when no image is bad, which is when "skip" writes the same stores;
+# sampler.batch_size: generation batches are the plan's fixed work units (generation.unit_size).
+RUN_ONLY: dict[str, tuple[str, ...] | None] = {
+    "out_dir": None,
+    "ray": None,
+    "tracking": None,
+    "data": ("on_bad_image",),
+    "sampler": ("batch_size",),
+    "generation": ("num_actors", "actor_cpus", "actor_gpus", "threads_per_actor"),
+}
 
 
-def section_hash(cfg: Config, *sections: str, seed: bool = True) -> str:
-    """Content address of the settings that feed a stage (and the seed, if it does): the stage's cache key."""
-    payload = {s: getattr(cfg, s).model_dump(mode="json", exclude=NOT_HASHED.get(s)) for s in sections}
+def settings(cfg: Config, *sections: str) -> dict[str, Any]:
+    """What `cfg` computes: the named sections (or top-level keys) without the run-only settings."""
+    tree = cfg.model_dump(mode="json")
+    out = {}
+    for section in sections:
+        skip = RUN_ONLY.get(section, ())
+        if skip is None:
+            continue
+        value = tree[section]
+        out[section] = {k: v for k, v in value.items() if k not in skip} if isinstance(value, dict) else value
+    return out
+
+
+def digest(payload: Any) -> str:
+    """A short content address of a JSON-able payload (a stage's key, a sweep's resume key)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def section_hash(cfg: Config, *sections: str, seed: bool = True, **extra: Any) -> str:
+    """The one cache-key recipe: the content address of the settings that feed a stage (its `sections`, without
+    the run-only settings), the seed if it draws, and `extra` (its upstream stages, a plan's digest)."""
+    payload = settings(cfg, *sections)
     if seed:
         payload["seed"] = cfg.seed
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return digest({**payload, **extra})
 
 
 def flatten(cfg: Config) -> dict[str, Any]:

@@ -1,28 +1,67 @@
 """The experiment as stages, each a folder. Stages 1-3 are content-addressed and shared between runs
-(`<out_dir>/stages/<stage>-<hash>`), so a second run with another strategy reuses them; the run folder
+(`<out_dir>/stages/<stage>-<key>`), so a second run with another strategy reuses them; the run folder
 (`<out_dir>/<name>`) holds the resolved config and what is specific to the run.
 
-No Ray here beyond calling the thin wrappers in `scoremix_ray.distributed`.
+A stage is a function of (context, config, what the stages before it returned); it returns what it computed
+to the next one, and its `Stage` declares the config sections and upstream stages its key hashes and the
+files it writes (the last one marks it complete). No Ray here beyond the executors in `scoremix_ray.distributed`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from scoremix_ray.config import EMBEDDED, Config, section_hash, to_yaml
+from scoremix_ray.context import RunContext
 from scoremix_ray.data import Split
 from scoremix_ray.data.images import save_grid
 
 log = logging.getLogger("scoremix_ray")
 
 
-def stage_dir(cfg: Config, stage: str, key: str) -> Path:
-    return cfg.out_dir / "stages" / f"{stage}-{key}"
+@dataclass(frozen=True)
+class Stage:
+    """A cached stage: `<out_dir>/stages/<name>-<key>`, the key hashing the `sections` of the config it reads
+    (less the run-only settings), the seed if it draws, and the folders of its `upstream` stages."""
+
+    name: str
+    sections: tuple[str, ...]
+    upstream: tuple[str, ...]
+    writes: tuple[str, ...]  # the last one is written last: the stage is complete once it is there
+    seed: bool = True
+
+    def dir(self, cfg: Config, upstream: dict[str, Path | None] | None = None, **extra) -> Path:
+        """The stage's folder for `cfg` below the given upstream folders (None: an upstream it does not use)."""
+        upstream = upstream or {}
+        if set(upstream) != set(self.upstream):
+            raise ValueError(f"stage {self.name} is keyed by {self.upstream}, got {sorted(upstream)}")
+        up = {"upstream": {k: d.name if d else None for k, d in upstream.items()}} if upstream else {}
+        key = section_hash(cfg, *self.sections, seed=self.seed, **up, **extra)
+        return Path(cfg.out_dir) / "stages" / f"{self.name}-{key}"
+
+    def done(self, d: Path) -> bool:
+        """Whether the stage in `d` is complete (says so when it is reused)."""
+        if (d / self.writes[-1]).is_file():
+            log.info("%s: reusing %s", self.name, d)
+            return True
+        return False
+
+
+STORE_FORMAT = "stores-1"  # in the data stage key: a layout change never reads an older stage
+DATA = Stage("data", ("data",), (), ("train/", "test/", "summary.json", "train_grid.png", "split.npz"), seed=False)
+GENERATOR = Stage("generator", ("data", "generator"), (),
+                  ("checkpoints/", "final/", "guide/", "history.jsonl", "train.json", "samples.png", "quality.json"))
+BASELINE = Stage("recognizer", ("data", "recognizer"), (),
+                 ("checkpoints/", "final/", "history.jsonl", "centres.npy", "metrics.json"))
+GENERATE = Stage("generate", ("generation",), ("data", "generator", "recognizer"),
+                 ("plan.parquet", "shards/", "samples.png", "generation.json", "manifest.json"), seed=False)
+AUGMENTED = Stage("augmented", ("data", "recognizer"), ("generate",), BASELINE.writes)
+ALIGNMENT = Stage("alignment", (), ("generator", "recognizer"), ("alignment.json",))
 
 
 GRID_CLASSES = 16  # rows of a class grid: a picture to look at, not a dump of 10,000 identities
@@ -32,9 +71,6 @@ def class_grid(images, labels: np.ndarray, per_class: int, path: Path) -> Path:
     """One row per class (the first GRID_CLASSES classes), `per_class` images each; reads only those rows."""
     rows = [images[np.flatnonzero(labels == c)[:per_class]] for c in np.unique(labels)[:GRID_CLASSES]]
     return save_grid(rows, path)
-
-
-STORE_FORMAT = "stores-1"  # in the data stage key: a layout change never reads an older stage
 
 
 def image_shape(dc, catalog) -> tuple[int, int]:
@@ -56,18 +92,17 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
     from scoremix_ray.data import scan, write_split
     from scoremix_ray.data.images import BadImage
 
-    key = hashlib.sha256(f"{section_hash(cfg, 'data', seed=False)}/{STORE_FORMAT}".encode()).hexdigest()[:12]
-    d = stage_dir(cfg, "data", key)
-    if (d / "split.npz").is_file():
-        log.info("data: reusing %s", d)
+    d = DATA.dir(cfg, format=STORE_FORMAT)
+    if DATA.done(d):
         return Split.load(d / "split.npz"), d
     dc = cfg.data
     catalog = scan(dc.source, dc.path)
     if dc.on_bad_image == "skip":
         catalog, bad = catalog.without_bad()
         if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             log.warning("data: left out %d image(s) that do not decode (data.on_bad_image=skip): %s%s", len(bad),
-                        ", ".join(bad[:5]), f" and {len(bad) - 5} more" if len(bad) > 5 else "")  # fmt: skip
+                        ", ".join(bad[:5]), more)  # fmt: skip
     try:  # nothing is lost on a bad image: split.npz is written last, so the stage is redone next time
         size, channels = image_shape(dc, catalog)
         log.info("data: %d images of %d classes from %s -> %dpx x %d channel(s)", len(catalog),
@@ -82,30 +117,30 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
     return split, d
 
 
-def generator_stage(cfg: Config, data_dir: Path) -> Path:
-    """Stage 2: the class-conditional EDM generator, trained with Ray Train on the training split only.
+def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path, dict]:
+    """Stage 2: the class-conditional EDM generator, trained with Ray Train on the training split only;
+    returns its folder and its quality check.
 
     Cached by data + generator settings + seed; an interrupted training resumes from its last checkpoint, and
     a trained generator whose quality check failed is checked again, not trained again. After training: a
     sample grid (one row per class) and the class accuracy of the samples, under the run's guidance policy.
     """
     from scoremix_ray.diffusion.train import check_guidance
+    from scoremix_ray.distributed import train
     from scoremix_ray.distributed.runtime import on_device
-    from scoremix_ray.distributed.train import fit
 
-    d = stage_dir(cfg, "generator", section_hash(cfg, "data", "generator"))
-    if (d / "quality.json").is_file():
-        log.info("generator: reusing %s", d)
-        return d
+    d = GENERATOR.dir(cfg)
+    if GENERATOR.done(d):
+        return d, json.loads((d / "quality.json").read_text())
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "train.json").is_file():
-        (d / "train.json").write_text(json.dumps(fit("generator", cfg, data_dir / "split.npz", d), indent=2))
+        (d / "train.json").write_text(json.dumps(train.fit(ctx, cfg, "generator", data_dir / "split.npz", d), indent=2))
     check_guidance(cfg.sampler, d)
-    quality = on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d)
+    quality = on_device(ctx, cfg, generator_quality, cfg, data_dir / "split.npz", d)
     quality["train"] = json.loads((d / "train.json").read_text())
     (d / "quality.json").write_text(json.dumps(quality, indent=2))
     log.info("generator: class accuracy of samples %.3f (grid %s)", quality["class_accuracy"], d / "samples.png")
-    return d
+    return d, quality
 
 
 def sample_images(cfg: Config, gen_dir: Path, labels, weights, seeds: list[int], device: str = "cpu"):
@@ -143,8 +178,8 @@ def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str 
     return {**class_accuracy(clf, images, labels.numpy()), "classes_scored": int(len(classes)), "classes": n}
 
 
-def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
-                     synthetic: Path | None = None) -> tuple[Path, dict]:
+def recognizer_stage(ctx: RunContext, cfg: Config, split: Split, data_dir: Path, out: Path | None = None,
+                     synthetic: Path | None = None) -> tuple[Path, dict]:  # fmt: skip
     """Stages 3 and 6: train a recognizer with Ray Train (on real data, plus the `synthetic` image store for
     the augmented one), then evaluate it on the split's pairs, on the run's device. Writes `final/` (the
     model), `centres.npy` (class centres of the training images, for selection) and `metrics.json`.
@@ -152,102 +187,106 @@ def recognizer_stage(cfg: Config, data_dir: Path, out: Path | None = None,
     The baseline (out=None) is cached by data + recognizer settings + seed, shared by every strategy.
     """
     from scoremix_ray.data.store import ImageStore
+    from scoremix_ray.distributed import train
     from scoremix_ray.distributed.runtime import on_device
-    from scoremix_ray.distributed.train import fit
     from scoremix_ray.evaluation.recognizer import evaluate_recognizer
 
-    d = out or stage_dir(cfg, "recognizer", section_hash(cfg, "data", "recognizer"))
-    if (d / "metrics.json").is_file():
-        log.info("recognizer: reusing %s", d)
+    d = out or BASELINE.dir(cfg)
+    if (AUGMENTED if out else BASELINE).done(d):
         return d, json.loads((d / "metrics.json").read_text())
     d.mkdir(parents=True, exist_ok=True)
-    train_metrics = fit("recognizer", cfg, data_dir / "split.npz", d, synthetic)
-    metrics = on_device(cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
+    train_metrics = train.fit(ctx, cfg, "recognizer", data_dir / "split.npz", d, synthetic)
+    metrics = on_device(ctx, cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
     metrics["train"] = train_metrics
-    rows = len(Split.load(data_dir / "split.npz").train.labels) + (len(ImageStore(synthetic)) if synthetic else 0)
+    rows = len(split.train.labels) + (len(ImageStore(synthetic)) if synthetic else 0)
     metrics["optimizer_steps"], metrics["epochs"] = optimizer_steps(cfg, rows), cfg.recognizer.epochs
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("recognizer: verification accuracy %.4f +- %.4f, AUC %.4f (%s)", metrics["verification_accuracy"],
-             metrics["verification_accuracy_std"], metrics["roc_auc"], d)
+             metrics["verification_accuracy_std"], metrics["roc_auc"], d)  # fmt: skip
     return d, metrics
 
 
-def shared_stages(cfg: Config) -> tuple[Split, Path, Path, Path]:
-    """Stages 1-3, computed once per setting and reused: (split, data dir, generator dir, recognizer dir)."""
-    from scoremix_ray.checks import check_with_data
+@dataclass(frozen=True)
+class Shared:
+    """Stages 1-3 as the later stages use them: computed once per (data, generator, recognizer, seed)."""
 
-    split, data_dir = data_stage(cfg)
-    check_with_data(cfg, split)
-    gen_dir = generator_stage(cfg, data_dir)
-    rec_dir, _ = recognizer_stage(cfg, data_dir)
-    return split, data_dir, gen_dir, rec_dir
+    split: Split
+    data_dir: Path
+    gen_dir: Path
+    rec_dir: Path
+    quality: dict  # the generator's quality check
+    baseline: dict  # the baseline recognizer's metrics
 
 
-def class_spaces(gen_dir: Path, rec_dir: Path):
+def shared_stages(ctx: RunContext, cfg: Config, split: Split, data_dir: Path) -> Shared:
+    """Stages 2-3 on stage 1's result (`data_stage`, the config already checked against it:
+    `checks.check_with_data`), computed once per setting and reused."""
+    gen_dir, quality = generator_stage(ctx, cfg, data_dir)
+    rec_dir, baseline = recognizer_stage(ctx, cfg, split, data_dir)
+    return Shared(split, data_dir, gen_dir, rec_dir, quality, baseline)
+
+
+def class_spaces(shared: Shared):
     """The generator's condition vectors and the baseline recognizer's class centres, same class order."""
     from scoremix_ray.diffusion.train import load_generator
     from scoremix_ray.selection.strategies import Spaces
 
-    condition = load_generator(gen_dir).condition_vectors().numpy()
-    return Spaces(embedding=np.load(rec_dir / "centres.npy"), condition=condition)
+    condition = load_generator(shared.gen_dir).condition_vectors().numpy()
+    return Spaces(embedding=np.load(shared.rec_dir / "centres.npy"), condition=condition)
 
 
-def select_stage(cfg: Config, split: Split, gen_dir: Path, rec_dir: Path):
+def select_stage(cfg: Config, shared: Shared):
     """Stage 4: rank class tuples with `selection.strategy`; writes `<run>/pairs.parquet`."""
     from scoremix_ray.selection import select
 
     sc = cfg.selection
-    sel = select(sc.strategy, class_spaces(gen_dir, rec_dir), sc.count, sc.tuple_size, sc.max_uses_per_class, cfg.seed)
-    path = sel.write(cfg.run_dir / "pairs.parquet", split.train.class_names)
+    sel = select(sc.strategy, class_spaces(shared), sc.count, sc.tuple_size, sc.max_uses_per_class, cfg.seed)
+    path = sel.write(cfg.run_dir / "pairs.parquet", shared.split.train.class_names)
     log.info("select: %d tuples by %s -> %s", len(sel.tuples), sc.strategy, path)
     return sel, path
 
 
-def generate_stage(cfg: Config, split: Split, data_dir: Path, gen_dir: Path, selection=None,
-                   rec_dir: Path | None = None) -> Path:  # fmt: skip
+def generate_stage(ctx: RunContext, cfg: Config, shared: Shared, method, selection=None) -> Path:
     """Stage 5: the method's plan rendered by the Ray Data actor pool into Parquet shards.
 
-    Content-addressed by the data, the method and the plan itself (which holds tuples,
-    weights and seeds), and the generator, sampler and recognizer where the method uses them (`Method.needs`):
-    the same tuples give the same folder whichever strategy chose them, and an
-    interrupted generation resumes in place. Actor counts are not in the key: they do not change the bytes.
+    Content-addressed by the generation settings and the plan itself (which holds tuples, weights and seeds),
+    the data, and the generator (with the sampler settings) and the recognizer where the method uses them
+    (`Method.needs`): the same tuples give the same folder whichever strategy chose them, and an interrupted
+    generation resumes in place. Actor counts are not in the key: they do not change the bytes.
     """
+    from scoremix_ray.config import settings
     from scoremix_ray.diffusion.train import check_guidance
     from scoremix_ray.distributed.generate import generate_shards
     from scoremix_ray.generation import plan_digest, preview
-    from scoremix_ray.methods import PlanContext, get_method
+    from scoremix_ray.methods import PlanContext
 
-    method = get_method(cfg.generation.method)
+    split = shared.split
     plan = method.plan(PlanContext(cfg, split.train.num_classes, selection, split))
     uses = method.needs  # the key holds only what feeds the bytes: mixup's images do not depend on the generator
-    rec_dir = rec_dir if "recognizer" in uses else None
-    key = {"data": data_dir.name, "generator": gen_dir.name if "generator" in uses else None,
-           "sampler": cfg.sampler.model_dump(mode="json", exclude={"batch_size"}) if "generator" in uses else None,
-           "method": method.name, "unit_size": cfg.generation.unit_size, "plan": plan_digest(plan),
-           "method_settings": cfg.generation.model_dump(mode="json", exclude={"num_actors", "actor_cpus", "actor_gpus",
-                                                                               "threads_per_actor"}),
-           "recognizer": rec_dir.name if rec_dir else None}  # fmt: skip
-    d = stage_dir(cfg, "generate", hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12])
-    if (d / "manifest.json").is_file() and json.loads((d / "manifest.json").read_text())["complete"]:
-        log.info("generate: reusing %s", d)
+    gen_dir = shared.gen_dir if "generator" in uses else None
+    rec_dir = shared.rec_dir if "recognizer" in uses else None
+    upstream = {"data": shared.data_dir, "generator": gen_dir, "recognizer": rec_dir}
+    sampler = settings(cfg, "sampler")["sampler"] if gen_dir else None
+    d = GENERATE.dir(cfg, upstream, sampler=sampler, plan=plan_digest(plan))
+    if GENERATE.done(d) and json.loads((d / "manifest.json").read_text())["complete"]:
         return d
     if "guide" in uses:
-        check_guidance(cfg.sampler, gen_dir)  # before any actor starts
-    manifest = generate_shards(cfg, method.name, plan, gen_dir, data_dir / "split.npz", d, rec_dir)
+        check_guidance(cfg.sampler, shared.gen_dir)  # before any actor starts
+    manifest = generate_shards(ctx, cfg, method.name, plan, shared.gen_dir, shared.data_dir / "split.npz", d, rec_dir)
     (d / "generation.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}, indent=2))
     preview(d, split.train.images.shape[1], split.train.images.shape[3])
     return d
 
 
-def augmented_stage(cfg: Config, data_dir: Path, synth_dir: Path) -> tuple[Path, dict]:
+def augmented_stage(ctx: RunContext, cfg: Config, shared: Shared, synth_dir: Path) -> tuple[Path, dict]:
     """Stage 6: the same recognizer recipe on real + synthetic images, for the baseline's number of optimizer
     steps (`recognizer.match`); cached by recognizer settings and the synthetic set it saw."""
     from scoremix_ray.data.store import ImageStore
 
-    key = hashlib.sha256(f"{section_hash(cfg, 'data', 'recognizer')}/{synth_dir.name}".encode()).hexdigest()[:12]
-    store = synthetic_store(data_dir, synth_dir)
-    real = len(Split.load(data_dir / "split.npz").train.labels)
-    return recognizer_stage(matched_epochs(cfg, real, len(ImageStore(store))), data_dir, stage_dir(cfg, "augmented", key), store)
+    store = synthetic_store(shared.split, synth_dir)
+    matched = matched_epochs(cfg, len(shared.split.train.labels), len(ImageStore(store)))
+    d = AUGMENTED.dir(cfg, {"generate": synth_dir})
+    return recognizer_stage(ctx, matched, shared.split, shared.data_dir, d, store)
 
 
 def optimizer_steps(cfg: Config, rows: int) -> int:
@@ -270,14 +309,14 @@ def matched_epochs(cfg: Config, real: int, synthetic: int) -> Config:
     return cfg.model_copy(update={"recognizer": rec})
 
 
-def synthetic_store(data_dir: Path, synth_dir: Path) -> Path:
+def synthetic_store(split: Split, synth_dir: Path) -> Path:
     """The generated Parquet shards decoded once into an image store (`<generate stage>/decoded`), a row group
     at a time, so training reads real and synthetic rows alike."""
     from scoremix_ray.data.readers import decode_synthetic
 
     d = synth_dir / "decoded"
     if not (d / "store.json").is_file():
-        _, size, _, channels = Split.load(data_dir / "split.npz").train.images.shape
+        _, size, _, channels = split.train.images.shape
         decode_synthetic(synth_dir / "shards", d, size, channels)
     return d
 
@@ -292,33 +331,33 @@ def deltas(baseline: dict, augmented: dict) -> dict:
             if baseline.get(k) is not None and augmented.get(k) is not None}
 
 
-def alignment_stage(cfg: Config, gen_dir: Path, rec_dir: Path) -> dict:
+def alignment_stage(cfg: Config, shared: Shared) -> dict:
     """Stage 7 (part): how well the generator's condition space matches the recognizer's embedding space.
     It depends on the generator and the baseline alone, so it is computed once per (generator, baseline,
     seed) and cached, not redone in every trial that shares them."""
     from scoremix_ray.evaluation.alignment import alignment
 
-    key = hashlib.sha256(f"{gen_dir.name}/{rec_dir.name}/{cfg.seed}".encode()).hexdigest()[:12]
-    path = stage_dir(cfg, "alignment", key) / "alignment.json"
+    path = ALIGNMENT.dir(cfg, {"generator": shared.gen_dir, "recognizer": shared.rec_dir}) / "alignment.json"
     if path.is_file():
         return json.loads(path.read_text())
-    sp = class_spaces(gen_dir, rec_dir)
+    sp = class_spaces(shared)
     result = alignment(sp.condition, sp.embedding, seed=cfg.seed)
+    return write_json(path, result)  # concurrent trials may race here: each writes the same content, atomically
+
+
+def write_json(path: Path, value: dict) -> dict:
+    """`value` written to `path` atomically (a reader sees the old file or the new one, never half of one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.rename(path)  # concurrent trials may race here: each writes the same content, atomically
-    return result
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.rename(path)
+    return value
 
 
-def update_metrics(cfg: Config, **sections: dict) -> Path:
-    """Merge sections ("baseline", "augmented", "alignment") into `<run>/metrics.json`."""
-    path = cfg.run_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    metrics.update(sections)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2))
-    return path
+def merge_json(path: Path, **sections) -> dict:
+    """`path` (a JSON object, or nothing yet) with `sections` merged in at the top level, written back."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    return write_json(path, {**old, **sections})
 
 
 def write_run_config(cfg: Config) -> Path:
@@ -328,58 +367,52 @@ def write_run_config(cfg: Config) -> Path:
     return path
 
 
-def import_stages() -> None:
-    """Import what stages 4-7 run on (torch, diffusers, scipy: ~2 s in a fresh process) ahead of them, e.g.
-    while a sweep's trial waits for its MLflow parent run."""
-    import scoremix_ray.diffusion.train  # noqa: F401 -- diffusers (with torch._dynamo) and torch
-    import scoremix_ray.evaluation.recognizer  # noqa: F401 -- scipy.stats
-    import scoremix_ray.methods  # noqa: F401
-
-
-def run(cfg: Config) -> dict:
-    """One experiment: stages 1-3 (shared, cached), then select, generate, augmented recognizer, evaluate.
-    Writes `<run>/metrics.json` ({baseline, augmented, delta, alignment}) and `<run>/stages.json`."""
-    from scoremix_ray.checks import check_config
+def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
+    """One experiment (`cfg` checked: `checks.check_config`): stages 1-3 (shared, cached), then select,
+    generate, augmented recognizer, evaluate. Returns (stage summary, metrics), written to `<run>/stages.json`
+    and `<run>/metrics.json` ({baseline, augmented, delta, alignment})."""
+    from scoremix_ray.checks import check_with_data
     from scoremix_ray.methods import get_method
 
-    method = get_method(check_config(cfg).generation.method)  # a bad setting fails before any training
-    split, data_dir, gen_dir, rec_dir = shared_stages(cfg)
-    quality = json.loads((gen_dir / "quality.json").read_text())
-    baseline = {k: v for k, v in json.loads((rec_dir / "metrics.json").read_text()).items() if k != "train"}
+    method = get_method(cfg.generation.method)
+    split, data_dir = data_stage(cfg)
+    check_with_data(cfg, split)  # a selection the data cannot give fails before any training
+    shared = shared_stages(ctx, cfg, split, data_dir)
+    baseline = {k: v for k, v in shared.baseline.items() if k != "train"}
     sel = None
     result = {
         "data": {"dir": str(data_dir), **split.summary()},
-        "generator": {"dir": str(gen_dir), "class_accuracy": quality["class_accuracy"]},
-        "recognizer": {"dir": str(rec_dir)},
+        "generator": {"dir": str(shared.gen_dir), "class_accuracy": shared.quality["class_accuracy"]},
+        "recognizer": {"dir": str(shared.rec_dir)},
     }
     if method.new_classes:
-        sel, pairs_path = select_stage(cfg, split, gen_dir, rec_dir)
+        sel, pairs_path = select_stage(cfg, shared)
         result["select"] = {"pairs": str(pairs_path), "tuples": sel.tuples.tolist()}
     else:  # a label-preserving method selects nothing: no stale table from an earlier run of this name
         (cfg.run_dir / "pairs.parquet").unlink(missing_ok=True)
-    synth_dir = generate_stage(cfg, split, data_dir, gen_dir, sel, rec_dir)
+    synth_dir = generate_stage(ctx, cfg, shared, method, sel)
     result["generate"] = {"dir": str(synth_dir), "grid": str(synth_dir / "samples.png")}
-    aug_dir, augmented = augmented_stage(cfg, data_dir, synth_dir)
+    aug_dir, augmented = augmented_stage(ctx, cfg, shared, synth_dir)
     augmented = {k: v for k, v in augmented.items() if k != "train"}
     result["augmented"] = {"dir": str(aug_dir)}
-    result["metrics"] = str(update_metrics(
-        cfg, baseline=baseline, augmented=augmented, delta=deltas(baseline, augmented),
-        alignment=alignment_stage(cfg, gen_dir, rec_dir),
-    ))  # fmt: skip
-    (cfg.run_dir / "stages.json").write_text(json.dumps(result, indent=2))
-    return result
+    metrics = {"baseline": baseline, "augmented": augmented, "delta": deltas(baseline, augmented),
+               "alignment": alignment_stage(cfg, shared)}  # fmt: skip
+    result["metrics"] = str(cfg.run_dir / "metrics.json")
+    merge_json(cfg.run_dir / "metrics.json", **metrics)
+    write_json(cfg.run_dir / "stages.json", result)
+    return result, metrics
 
 
-def run_tracked(cfg: Config, tracker, parent: str | None = None) -> tuple[dict, dict, str]:
-    """`run` as a live MLflow run (`tracking.live_run`: open from the start, the curves as stages train, the
-    results and the reused stages' curves at the end): (stage result, metrics, run id)."""
+def run_tracked(ctx: RunContext, cfg: Config) -> tuple[dict, dict, str]:
+    """`run` as a live MLflow run under the context's run, if any (`tracking.live_run`: open from the start,
+    the curves as stages train, the results and the reused stages' curves at the end): (stage summary,
+    metrics, run id)."""
     from scoremix_ray import tracking
 
-    with tracking.live_run(cfg, tracker, parent) as rid:
+    with tracking.live_run(cfg, ctx.tracker, parent=ctx.run_id) as rid:
         write_run_config(cfg)
-        result = run(cfg)
-        metrics = json.loads(Path(result["metrics"]).read_text())
+        result, metrics = run(ctx.reporting_to(run_id=rid), cfg)
         stages = {name: Path(result[key]["dir"]) for name, key in
                   (("generator", "generator"), ("baseline", "recognizer"), ("augmented", "augmented"))}  # fmt: skip
-        tracking.log_results(tracker, rid, metrics, tracking.run_artifacts(cfg, result), stages)
+        tracking.log_results(ctx.tracker, rid, metrics, tracking.run_artifacts(cfg, result), stages)
     return result, metrics, rid

@@ -168,17 +168,17 @@ class Tracker:
     actor: str | None = None
 
     def do(self, fn: Callable, *args: Any, wait: bool = True) -> Any:
-        """`fn(client, *args)` by the store's writer; `wait=False` sends it and goes on (training curves, a run
-        being opened) and returns its ObjectRef: passed as an argument of a later call, Ray waits for it."""
+        """`fn(client, *args)` by the store's writer; `wait=False` sends it and goes on (a training curve's
+        points: the writer keeps their order)."""
         if self.actor is not None:
             import ray
 
             try:
                 ref = ray.get_actor(self.actor).do.remote(fn, *args)
-                return ray.get(ref) if wait else ref
+                return ray.get(ref) if wait else None
             except (ValueError, ray.exceptions.RayActorError, ray.exceptions.RaySystemError):
                 pass  # the writer is gone with its job (a run's last word on a kill): write from here
-        return fn(_client(self.uri), *(resolve(a) for a in args))
+        return fn(_client(self.uri), *args)
 
 
 @contextmanager
@@ -212,45 +212,16 @@ def writer(cfg: Config) -> Iterator[Tracker]:
         ray.kill(actor)
 
 
-_ACTIVE: dict | None = None  # this process's open run: where the curves of the stages it trains go
-
-
-def active() -> dict | None:
-    """{"uri", "actor", "run_id", "prefix"} of the run open in this process, for the Train workers."""
-    return None if _ACTIVE is None else {**_ACTIVE, "run_id": resolve(_ACTIVE["run_id"])}
-
-
-def resolve(answer: Any) -> Any:
-    """The writer's answer to a call sent with `wait=False` (an ObjectRef: waits for it), e.g. the id of a
-    run `live_run(..., wait=False)` is opening; anything else as it is."""
-    import ray
-
-    return ray.get(answer) if isinstance(answer, ray.ObjectRef) else answer
-
-
 @contextmanager
-def activate(tracker: Tracker, run_id: str, prefix: str = "") -> Iterator[None]:
-    """Send the curves of stages trained inside the block to `run_id` (metric names after `prefix`)."""
-    global _ACTIVE
-    previous, _ACTIVE = _ACTIVE, {"uri": tracker.uri, "actor": tracker.actor, "run_id": run_id, "prefix": prefix}
-    try:
-        yield
-    finally:
-        _ACTIVE = previous
-
-
-_SIGTERM = threading.Event()  # set when SIGTERM stopped this process (code in between may re-raise Ctrl-C as its own)
-
-
-@contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM (`ray job stop`, a scheduler) raised like Ctrl-C, so every open run is marked KILLED."""
+def _sigterm_stops(stopped: threading.Event) -> Iterator[None]:
+    """SIGTERM (`ray job stop`, a scheduler) raised like Ctrl-C, so every open run is marked KILLED; `stopped`
+    is set when SIGTERM was the cause (code in between may re-raise Ctrl-C as its own)."""
     if threading.current_thread() is not threading.main_thread():  # a Tune trial: its driver handles signals
         yield
         return
 
     def stop(signum, frame):
-        _SIGTERM.set()
+        stopped.set()
         raise KeyboardInterrupt()
 
     previous = signal.signal(signal.SIGTERM, stop)  # replaces the one ray.init set (sys.exit at once)
@@ -273,24 +244,22 @@ def _child(parent: str, name: str) -> str:
 
 @contextmanager
 def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dict | None = None,
-             find: str | None = None, wait: bool = True) -> Iterator[Any]:  # fmt: skip
+             find: str | None = None) -> Iterator[str]:  # fmt: skip
     """An MLflow run open while the block runs (yields its id): RUNNING with the flattened config as params,
-    the curves of the stages trained inside it, then FINISHED; FAILED with the traceback as the
-    `scoremix.error` tag; KILLED on Ctrl-C or SIGTERM. Under `parent`, a child of the same name is reopened
-    (a resumed sweep); `find` (an MLflow filter) reopens another run it matches (a resumed sweep's parent).
-    `wait=False`: the block starts while the writer is still starting; it gets the id as an ObjectRef
-    (`resolve` waits for it; the writes that take it as an argument wait by themselves)."""
+    then FINISHED; FAILED with the traceback as the `scoremix.error` tag; KILLED on Ctrl-C or SIGTERM. Under
+    `parent`, a child of the same name is reopened (a resumed sweep); `find` (an MLflow filter) reopens another
+    run it matches (a resumed sweep's parent). The stages trained inside send their curves to it when the
+    block hands its id on (`RunContext.reporting_to`)."""
     rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), {**_tags(cfg, parent), **(tags or {})},
-                     _child(parent, cfg.name) if parent else find, wait=wait)  # fmt: skip
-    if isinstance(rid, str):
-        log.info("mlflow: run %s (%s) open in %s", rid, cfg.name, tracker.uri)
-    status, error = "FAILED", None
+                     _child(parent, cfg.name) if parent else find)  # fmt: skip
+    log.info("mlflow: run %s (%s) open in %s", rid, cfg.name, tracker.uri)
+    status, error, sigterm = "FAILED", None, threading.Event()
     try:
-        with _sigterm_stops(), activate(tracker, rid):
+        with _sigterm_stops(sigterm):
             yield rid
         status = "FINISHED"
     except KeyboardInterrupt:
-        status, error = "KILLED", "stopped by " + ("SIGTERM" if _SIGTERM.is_set() else "Ctrl-C")
+        status, error = "KILLED", "stopped by " + ("SIGTERM" if sigterm.is_set() else "Ctrl-C")
         raise
     except SystemExit as e:  # Ray's own SIGTERM handler exits the driver
         status, error = ("FINISHED", None) if e.code in (0, None) else ("KILLED", f"exited with {e.code}")
@@ -299,13 +268,7 @@ def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dic
         error = "".join(traceback.format_exception(e))
         raise
     finally:
-        try:
-            rid = resolve(rid)
-        except Exception:  # opened with wait=False, it never opened: the block's error (or this one) says why
-            if status == "FINISHED":
-                raise
-        else:
-            tracker.do(_finish, rid, status, error)
+        tracker.do(_finish, rid, status, error)
 
 
 class _Curve:
@@ -326,7 +289,7 @@ class _Curve:
 
 
 def monitor(track: dict | None, stage: str) -> _Curve | None:
-    """The curve's sender for the run `track` (`active()` where the training was started); None: no run."""
+    """The curve's sender for the run `track` (`RunContext.curve` where the training was started); None: no run."""
     return _Curve(track, stage) if track else None
 
 
@@ -364,9 +327,9 @@ def children(tracker: Tracker, parent: str) -> dict[str, tuple[str, str]]:
     return tracker.do(_children, parent)
 
 
-def child_status(tracker: Tracker, parent: str, name: str, wait: bool = True) -> str | None:
+def child_status(tracker: Tracker, parent: str, name: str) -> str | None:
     """The status of a sweep's trial `name` as an earlier attempt left it (None: never opened)."""
-    return tracker.do(_child_status, parent, name, wait=wait)
+    return tracker.do(_child_status, parent, name)
 
 
 def finish(tracker: Tracker, run_id: str, status: str, error: str | None = None) -> None:

@@ -37,7 +37,7 @@ def test_yaml_then_override(tmp_path):
     (["generation.method=plain", "generation.budget=7", "study.methods=plain,scoremix"], "generation.budget=7"),
 ])
 def test_settings_are_checked_together_at_load(overrides, needle):
-    """What the CLI does right after loading (`_cfg`), as sweeps and `pipeline.run` do."""
+    """What the CLI does right after loading (`_cfg`), as sweeps do for each trial."""
     with pytest.raises(ConfigError) as e:
         check_config(load_config(None, overrides))
     assert needle in str(e.value) and "\n" not in str(e.value)

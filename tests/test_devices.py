@@ -155,7 +155,7 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
     """The quality check samples under the run's guidance (it used to fail right after training with
     autoguidance); a trained generator whose check failed is checked again, not trained again."""
     from scoremix_ray import pipeline
-    from scoremix_ray.config import section_hash
+    from scoremix_ray.context import RunContext
     from scoremix_ray.distributed import train as dtrain
 
     _, _, split, gen_dir = tiny_generator
@@ -164,7 +164,7 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     split.save(data_dir / "split.npz")
-    d = pipeline.stage_dir(cfg, "generator", section_hash(cfg, "data", "generator"))
+    d = pipeline.GENERATOR.dir(cfg)
     shutil.copytree(gen_dir, d)
     (d / "train.json").write_text(json.dumps({"step": 120}))  # trained; its quality check never finished
 
@@ -172,7 +172,7 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
         raise AssertionError("the generator was trained again")
 
     monkeypatch.setattr(dtrain, "fit", no_training)
-    assert pipeline.generator_stage(cfg, data_dir) == d
+    assert pipeline.generator_stage(RunContext(), cfg, data_dir)[0] == d
     quality = json.loads((d / "quality.json").read_text())
     assert 0 <= quality["class_accuracy"] <= 1 and quality["train"] == {"step": 120} and (d / "samples.png").is_file()
     guided = pipeline.sample_images(cfg, d, torch.tensor([[0]] * 3), torch.ones(3, 1), [1, 2, 3])
@@ -182,7 +182,10 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
 
 
 def test_devices_resolve_auto_and_keep_explicit_values():
-    from scoremix_ray.distributed.runtime import resolve_devices
+    from scoremix_ray.context import RunContext
+    from scoremix_ray.distributed.runtime import cluster_gpus
+
+    resolve_devices = RunContext(gpus=cluster_gpus()).devices  # what `context.start` does
 
     cfg = load_config(None, [])
     assert (cfg.ray.use_gpu, cfg.generation.actor_gpus) == ("auto", "auto")  # the default: GPUs when there are

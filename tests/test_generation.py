@@ -64,6 +64,7 @@ def test_scoremix_plan_rows(tmp_path):
 
 
 def test_actor_pool_is_byte_identical_and_resumes(ray_session, tiny_generator, tmp_path):
+    from scoremix_ray.context import start
     from scoremix_ray.distributed.generate import generate_shards
 
     net, _, _, gen_dir = tiny_generator
@@ -74,7 +75,7 @@ def test_actor_pool_is_byte_identical_and_resumes(ray_session, tiny_generator, t
     for actors in (1, 2):
         cfg_n = _cfg(tmp_path, num_actors=actors)
         out = tmp_path / f"actors{actors}"
-        m = generate_shards(cfg_n, "scoremix", plan, gen_dir, tmp_path / "none.npz", out)
+        m = generate_shards(*start(cfg_n), "scoremix", plan, gen_dir, tmp_path / "none.npz", out)
         assert m["complete"] and m["rows_written"] == 30 and len(m["shards"]) == 4
         assert m["devices"] == ["cpu"] and m["steady_images_per_s"] > 0  # actors on the CPU: no GPU here
         assert _images(out) == ref  # byte-identical PNGs whatever the actor count
@@ -82,11 +83,11 @@ def test_actor_pool_is_byte_identical_and_resumes(ray_session, tiny_generator, t
     out = tmp_path / "actors2"
     unit_path(out, 1).unlink()
     unit_path(out, 3).write_bytes(unit_path(out, 3).read_bytes()[:50])
-    m = generate_shards(_cfg(tmp_path, num_actors=2), "scoremix", plan, gen_dir, tmp_path / "none.npz", out)
+    m = generate_shards(*start(_cfg(tmp_path, num_actors=2)), "scoremix", plan, gen_dir, tmp_path / "none.npz", out)
     assert m["rendered"] == 8 + 6 and m["complete"]
     assert _images(out) == ref
     # a complete folder renders nothing
-    assert generate_shards(cfg, "scoremix", plan, gen_dir, tmp_path / "none.npz", out)["rendered"] == 0
+    assert generate_shards(*start(cfg), "scoremix", plan, gen_dir, tmp_path / "none.npz", out)["rendered"] == 0
     schema = pq.read_schema(unit_path(out, 0))
     assert schema.names == ["image", "label", "method", "classes", "weights", "seed", "index"]
 
@@ -95,6 +96,7 @@ KILLED_JOB = """
 import sys, ray
 from pathlib import Path
 from scoremix_ray.config import Config
+from scoremix_ray.context import start
 from scoremix_ray.distributed.generate import generate_shards
 from scoremix_ray.methods import PlanContext, get_method
 from scoremix_ray.selection.strategies import Selection
@@ -104,13 +106,14 @@ cfg = Config.model_validate(
     {"data": {"image_size": 8}, "sampler": {"steps": 40}, "generation": {"per_tuple": 40, "unit_size": 4}})
 sel = Selection("t", np.array([[0, 3], [1, 2], [2, 4]]), np.zeros(3))
 plan = get_method("scoremix").plan(PlanContext(cfg, 5, sel))
-generate_shards(cfg, "scoremix", plan, Path(sys.argv[2]), Path("none.npz"), Path(sys.argv[3]))
+generate_shards(*start(cfg), "scoremix", plan, Path(sys.argv[2]), Path("none.npz"), Path(sys.argv[3]))
 """
 
 
 def test_killed_job_resumes_without_loss_or_duplicates(ray_session, tiny_generator, tmp_path):
     import ray
 
+    from scoremix_ray.context import start
     from scoremix_ray.distributed.generate import generate_shards
 
     gen_dir = tiny_generator[3]
@@ -128,7 +131,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_session, tiny_generat
         {"data": {"image_size": 8}, "sampler": {"steps": 40}, "generation": {"per_tuple": 40, "unit_size": 4}})
     plan = get_method("scoremix").plan(PlanContext(cfg, 5, Selection("t", np.array([[0, 3], [1, 2], [2, 4]]), np.zeros(3))))
     time.sleep(1)  # let Ray reap the dead job's actors
-    m = generate_shards(cfg, "scoremix", plan, gen_dir, tmp_path / "none.npz", out)
+    m = generate_shards(*start(cfg), "scoremix", plan, gen_dir, tmp_path / "none.npz", out)
     assert m["complete"] and m["rendered"] <= 120 - 4 * 2
     imgs = _images(out)
     assert len(imgs) == 120 and set(imgs) == {(5 + r, i) for r in range(3) for i in range(40)}

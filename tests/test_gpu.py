@@ -44,11 +44,12 @@ def test_gpu_and_cpu_images_agree_for_the_same_seeds(tiny_generator, exact_fp32,
 def test_tiny_pipeline_end_to_end_on_one_gpu_with_two_fractional_actors(ray_session, tmp_path):
     from scoremix_ray import pipeline
     from scoremix_ray.config import load_config
+    from scoremix_ray.context import start
 
     cfg = load_config(None, [f"out_dir={tmp_path}", *TINY_RUN, "ray.use_gpu=auto", "generation.num_actors=2",
                              "generation.actor_gpus=0.5", "generation.unit_size=4", "sampler.guidance=autoguidance",
                              "sampler.guidance_scale=1.5", "sampler.precision=bf16"])  # fmt: skip
-    result = pipeline.run(cfg)
+    result, _ = pipeline.run(*start(cfg))
     gen = json.loads((Path(result["generate"]["dir"]) / "generation.json").read_text())
     assert gen["complete"] and gen["rows_written"] == 16 and gen["devices"] == ["cuda:0"]
     metrics = json.loads((cfg.run_dir / "metrics.json").read_text())

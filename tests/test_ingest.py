@@ -103,6 +103,7 @@ def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
     """A recognizer trained by Ray Train from a Ray Data stream (ray.cache_mb=0) ends with the very weights of the
     same run fed from memory, and of the same run inside an inline sweep trial: same rows, same order."""
     from scoremix_ray.config import Config
+    from scoremix_ray.context import RunContext
     from scoremix_ray.distributed.train import fit
     from scoremix_ray.recognition.train import train_recognizer
 
@@ -110,7 +111,7 @@ def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
     synth = write_store(tmp_path / "synth", digits_split.train.images[:40], np.full(40, 5), [])
     cfg = Config.model_validate({"recognizer": TINY_REC.model_dump(),
                                  "ray": {"cache_mb": 0, "cpus_per_worker": 1, "use_gpu": False}})  # fmt: skip
-    fit("recognizer", cfg, tmp_path / "data" / "split.npz", tmp_path / "streamed", synthetic=tmp_path / "synth")
+    fit(RunContext(), cfg, "recognizer", tmp_path / "data" / "split.npz", tmp_path / "streamed", synthetic=tmp_path / "synth")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the worker's thread count: same kernels, same bits
     try:
@@ -118,14 +119,9 @@ def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
         train_recognizer(feed, 6, TINY_REC, cfg.seed, tmp_path / "cached")
     finally:
         torch.set_num_threads(threads)
-    from scoremix_ray.distributed.runtime import run_inline
-
-    run_inline(True)  # as a sweep trial holding its CPUs: no TorchTrainer, the same loop in this process
-    try:
-        fit("recognizer", cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cache_mb": 1024})}),
-            tmp_path / "data" / "split.npz", tmp_path / "inline", synthetic=tmp_path / "synth")  # fmt: skip
-    finally:
-        run_inline(False)
+    # as a sweep trial holding its CPUs: no TorchTrainer, the same loop in this process
+    fit(RunContext(executor="process"), cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cache_mb": 1024})}),
+        "recognizer", tmp_path / "data" / "split.npz", tmp_path / "inline", synthetic=tmp_path / "synth")  # fmt: skip
     assert not (tmp_path / "inline" / "ray_train").exists()
     a = torch.load(tmp_path / "streamed" / "final" / "model.pt")
     for other in ("cached", "inline"):

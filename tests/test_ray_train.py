@@ -3,6 +3,7 @@
 import json
 
 from scoremix_ray.config import load_config
+from scoremix_ray.context import start
 from scoremix_ray.diffusion.edm import EDMDenoiser
 from scoremix_ray.distributed.train import fit
 from scoremix_ray.pipeline import data_stage
@@ -15,8 +16,9 @@ def test_torchtrainer_two_workers(ray_session, tmp_path):
         "generator.checkpoint_every=10", "generator.log_every=10",
         "ray.num_workers=2", "ray.cpus_per_worker=1",
     ])  # fmt: skip
+    ctx, cfg = start(cfg)
     split, data_dir = data_stage(cfg)
-    metrics = fit("generator", cfg, data_dir / "split.npz", tmp_path / "gen")
+    metrics = fit(ctx, cfg, "generator", data_dir / "split.npz", tmp_path / "gen")
     assert metrics["step"] == 20 and metrics["loss"] > 0  # Result.metrics is filled (checkpoint reported)
     net = EDMDenoiser.load(tmp_path / "gen" / "final")
     assert net.num_classes == split.train.num_classes
@@ -24,7 +26,7 @@ def test_torchtrainer_two_workers(ray_session, tmp_path):
     assert ckpts == ["step_0000010", "step_0000020"]
     # a second fit with more steps continues from the last checkpoint instead of starting over
     cfg.generator.steps = 30
-    metrics = fit("generator", cfg, data_dir / "split.npz", tmp_path / "gen")
+    metrics = fit(ctx, cfg, "generator", data_dir / "split.npz", tmp_path / "gen")
     assert metrics["step"] == 30
     state = __import__("torch").load(tmp_path / "gen" / "checkpoints" / "step_0000030" / "state.pt", weights_only=False)
     assert state["step"] == 30 and json.dumps(state["config"])

@@ -160,7 +160,6 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
 
     from conftest import TINY_RUN
     from scoremix_ray.cli import app
-    from scoremix_ray.config import STUDY_METHODS
     from scoremix_ray.generation import read_shards
     from tuning.study import run_study
 
@@ -170,6 +169,7 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
             # every method end to end under the paper's guidance (the guide loaded once per actor)
             "sampler.guidance=autoguidance", "sampler.guidance_scale=1.5"]  # fmt: skip
     summary = run_study(load_config(STUDY, sets))
+    STUDY_METHODS = load_config(STUDY).study.methods  # the study config lists every method
     trials = {t["name"]: t for t in summary["trials"]}
     assert len(trials) == len(STUDY_METHODS) and not [n for n, t in trials.items() if t["error"]]
     assert len(list(out.glob("stages/generator-*"))) == 1  # the sweep's, reused

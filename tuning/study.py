@@ -59,17 +59,13 @@ def machine() -> str:
 def run_study(base: Config) -> dict:
     """Run (or finish: every stage is cached) the study; log it to MLflow; write the report."""
     from scoremix_ray import tracking
-    from scoremix_ray.checks import check_config
-    from scoremix_ray.distributed.runtime import ensure_ray
     from scoremix_ray.report import write_study_report
     from tuning.sweep import run_sweep
 
     st = base.study
     if st is None:
         raise ConfigError("this config has no 'study' section (see configs/study-digits.yaml)")
-    check_config(base)  # its methods and strategies, before any stage
     start = time.time()
-    ensure_ray(base.ray)
     partitions = check_folds(base)
     for fold, classes in partitions.items():
         log.info("study: fold %d trains on classes %s", fold, ",".join(classes))

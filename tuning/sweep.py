@@ -20,7 +20,8 @@ import logging
 import math
 from pathlib import Path
 
-from scoremix_ray.config import Config, ConfigError, section_hash, with_overrides
+from scoremix_ray.config import Config, ConfigError, section_hash, settings, with_overrides
+from scoremix_ray.context import RunContext
 
 log = logging.getLogger("scoremix_ray")
 
@@ -64,10 +65,7 @@ def trial_configs(base: Config, strategies: list[str], seeds: list[int], methods
 
 def trial_work(cfg: Config) -> dict[str, float]:
     """CPUs and GPUs a trial's inner work holds at its busiest (its phases run one after the other): its Train
-    run, its generation actors, or its evaluation task (1 GPU when the run uses GPUs)."""
-    from scoremix_ray.distributed.runtime import resolve_devices
-
-    cfg = resolve_devices(cfg)
+    run, its generation actors, or its evaluation task (1 GPU when the run uses GPUs). `cfg`: devices resolved."""
     train_gpus = cfg.ray.num_workers if cfg.ray.use_gpu else 0
     return {"CPU": max(cfg.ray.num_workers * cfg.ray.cpus_per_worker, cfg.generation.num_actors * cfg.generation.actor_cpus),
             "GPU": max(train_gpus, cfg.generation.num_actors * cfg.generation.actor_gpus, 1 if cfg.ray.use_gpu else 0)}  # fmt: skip
@@ -117,25 +115,19 @@ def concurrency(configs: list[Config], cpus: float, gpus: float = 0.0, inline: b
     return n
 
 
-def _trial(config: dict, parent: list) -> dict:
-    """One Tune trial: the run's stages 4-7 (stages 1-3 are already cached) as a live MLflow child run of
-    `parent[0]` (its id, or the ObjectRef of its opening); a trial an earlier attempt of the same sweep
-    finished returns the metrics it wrote, without running again."""
+def _trial(config: dict, ctx: RunContext) -> dict:
+    """One Tune trial: the run's stages 4-7 (stages 1-3 are already cached) as a live MLflow child run of the
+    context's run (the sweep's parent); a trial an earlier attempt of the same sweep finished returns the
+    metrics it wrote, without running again."""
     from scoremix_ray import pipeline, tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from scoremix_ray.distributed.runtime import run_inline
-
     cfg = Config.model_validate(config["config"])
-    tracker = tracking.Tracker(**config["tracking"])
-    status = tracking.child_status(tracker, parent[0], cfg.name, wait=False)  # answered once the parent is open
-    pipeline.import_stages()  # meanwhile (a fresh process: ~2 s)
-    if tracking.resolve(status) == "FINISHED":
+    if tracking.child_status(ctx.tracker, ctx.run_id, cfg.name) == "FINISHED":
         path = cfg.run_dir / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         return {"run_dir": str(cfg.run_dir), "earlier": True, **tracking.flat_metrics(metrics)}
-    run_inline(config["inline"])  # this trial holds its work's CPUs: 1-worker work runs here
-    _, metrics, _ = pipeline.run_tracked(cfg, tracker, parent=tracking.resolve(parent[0]))
+    _, metrics, _ = pipeline.run_tracked(ctx, cfg)
     return {"run_dir": str(cfg.run_dir), **tracking.flat_metrics(metrics)}
 
 
@@ -159,25 +151,12 @@ def widen_for_driver(cfg: Config, cpus: float) -> Config:
     return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cpus_per_worker": max(per, cfg.ray.cpus_per_worker)})})
 
 
-NOT_RESULTS = {"out_dir": None, "ray": None, "tracking": None,
-               "generation": ("num_actors", "actor_cpus", "actor_gpus", "threads_per_actor")}  # where and how, not what
-
-
 def sweep_key(name: str, configs: list[Config]) -> str:
-    """What makes two sweeps the same sweep: its name and what its trials compute (not where or on how many
-    workers: the same command from another launcher, path or cluster is the same sweep). Rerunning it finds
-    its parent run by this key and runs only the trials not yet FINISHED under it."""
-    trials = []
-    for c in configs:
-        tree = c.model_dump(mode="json")
-        for section, keys in NOT_RESULTS.items():
-            if keys is None:
-                tree.pop(section)
-            else:
-                for k in keys:
-                    tree[section].pop(k)
-        trials.append(json.dumps(tree, sort_keys=True))
-    return hashlib.sha256((name + "".join(sorted(trials))).encode()).hexdigest()[:16]
+    """What makes two sweeps the same sweep: its name and what its trials compute (`config.settings`: not where
+    or on how many workers, so the same command from another launcher, path or cluster is the same sweep).
+    Rerunning it finds its parent run by this key and runs only the trials not yet FINISHED under it."""
+    trials = sorted(json.dumps(settings(c, *Config.model_fields), sort_keys=True) for c in configs)
+    return hashlib.sha256((name + "".join(trials)).encode()).hexdigest()[:16]
 
 
 def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: list[str] | None = None,
@@ -189,48 +168,46 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
 
     from scoremix_ray import pipeline, tracking
     from scoremix_ray.checks import check_with_data
-    from scoremix_ray.distributed.runtime import ensure_ray, resolve_devices
+    from scoremix_ray.context import start
 
     # Tune runs each trial in a working folder of its own: a relative out_dir would send the trial's stages
     # (and its reads of the cached shared ones) there
     base = base.model_copy(update={"out_dir": Path(base.out_dir).resolve()})
     configs = trial_configs(base, strategies, seeds, methods or [base.generation.method], grid)
     key = sweep_key(name, configs)
-    ensure_ray(base.ray)
-    with tracking.writer(base) as tracker:  # its process starts while the data is checked and Tune starts
+    ctx, base = start(base, ray=True)
+    with tracking.writer(base) as tracker:  # its process starts while the data is checked
         import ray.tune  # noqa: F401 -- ~1 s of imports, here in parallel with the writer's start, not after it
 
         cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
-        configs = [fit_to_cluster(resolve_devices(c), cpus) for c in configs]
-        splits: dict[str, object] = {}  # every trial's checks on the data, in seconds, before any training
+        configs = [fit_to_cluster(ctx.devices(c), cpus) for c in configs]
+        data: dict[str, tuple] = {}  # every trial's checks on the data, in seconds, before any training
         for c in configs:
             data_key = section_hash(c, "data", seed=False)
-            splits[data_key] = splits[data_key] if data_key in splits else pipeline.data_stage(c)[0]
-            check_with_data(c, splits[data_key])
+            data[data_key] = data[data_key] if data_key in data else pipeline.data_stage(c)
+            check_with_data(c, data[data_key][0])
         parent_cfg = base.model_copy(update={"name": name})
         tags = {"scoremix.kind": "sweep", **(tags or {}), "scoremix.trials": str(len(configs)), "scoremix.sweep_key": key}
-        # the parent run (an earlier attempt's, found by the key) opens once the writer is up; nothing here
-        # waits for it but a shared stage that trains (its curves go there) and the trials
-        with tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'",
-                               wait=False) as parent:  # fmt: skip
+        # an earlier attempt's parent run is found by the key and reopened
+        with tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'") as parent:
             cells = shared_settings(configs)
             for i, c in enumerate(cells, 1):
                 log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
                 # their curves go to the parent run, one set per (fold, seed) when there are several
                 prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
-                with tracking.activate(tracker, parent, prefix):
-                    pipeline.shared_stages(widen_for_driver(c, cpus))
-            # inline trials only when each one's training set is cached in memory (streaming needs Ray Data's readers
-            # beside the trainer, and the trial would hold their CPUs)
-            inline = all(inline_trial(c) and fits_in_cache(c, splits[section_hash(c, "data", seed=False)]) for c in configs)
+                split, data_dir = data[section_hash(c, "data", seed=False)]
+                pipeline.shared_stages(ctx.reporting_to(tracker, parent, prefix), widen_for_driver(c, cpus), split, data_dir)
+            # trials do their own 1-worker CPU work only when each one's training set is cached in memory
+            # (streaming needs Ray Data's readers beside the trainer, and the trial would hold their CPUs)
+            inline = all(inline_trial(c) and fits_in_cache(c, data[section_hash(c, "data", seed=False)][0]) for c in configs)
+            trials = RunContext(ctx.gpus, ctx.address, "process" if inline else "ray", tracker, parent)
             try:
-                results = _tune(configs, name, base, cpus, gpus, tracker, parent, inline)
+                results = _tune(configs, name, base, cpus, gpus, trials)
             except KeyboardInterrupt:  # the trials' runs end with the sweep's (theirs cannot see the signal)
                 for rid, status in tracking.children(tracker, parent).values():
                     if status == "RUNNING":
                         tracking.finish(tracker, rid, "KILLED", "stopped with the sweep")
                 raise
-            parent = tracking.resolve(parent)
     trials = [results[c.name] for c in configs]
     earlier = sum(bool(t.get("earlier")) for t in trials)
     log.info("sweep: MLflow parent run %s in %s%s", parent, tracker.uri,
@@ -240,9 +217,9 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
     return summary
 
 
-def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, tracker, parent: str,
-          inline: bool) -> dict:  # fmt: skip
-    """The trials as one Tune run: {trial name: summary row} (`base.out_dir` absolute: `run_sweep` made it so)."""
+def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, ctx: RunContext) -> dict:
+    """The trials as one Tune run, each handed the trials' context (`ctx`: their executor, the MLflow writer and
+    the parent run): {trial name: summary row} (`base.out_dir` absolute: `run_sweep` made it so)."""
     import os
 
     from ray import tune
@@ -255,15 +232,14 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
     # Tune would run each trial in a folder of its own; kept in the job's working folder (the driver's, on its
     # node), a relative path a trial reads (data.path, data.verification_bin) means what it means to the driver
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    inline = ctx.executor == "process"
     at_once = concurrency(configs, cpus, gpus, inline)
     log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs%s", len(configs), at_once, cpus, gpus,
              " (1-worker CPU work inside each trial)" if inline else "")  # fmt: skip
     tuner = tune.Tuner(
-        # the parent's id travels through the object store: it may still be an ObjectRef (the run opening)
-        tune.with_resources(tune.with_parameters(_trial, parent=[parent]),
+        tune.with_resources(tune.with_parameters(_trial, ctx=ctx),
                             {"cpu": max(trial_work(c)["CPU"] for c in configs) if inline else TRIAL_CPU}),
-        param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs]), "inline": inline,
-                     "tracking": {"uri": tracker.uri, "actor": tracker.actor}},
+        param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs])},
         # a trial's process is reused by the next trial (every stage seeds its own randomness from the config):
         # torch, diffusers and the data are imported and loaded once per process, not once per trial
         tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),
@@ -278,9 +254,9 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
                          **({"earlier": True} if (r.metrics or {}).get("earlier") else {}),
                          **{k: v for k, v in (r.metrics or {}).items() if "." in k}}  # fmt: skip
     failed = {n: row["error"] for n, row in out.items() if row["error"]}
-    for n, (rid, status) in (tracking.children(tracker, parent) if failed else {}).items():
+    for n, (rid, status) in (tracking.children(ctx.tracker, ctx.run_id) if failed else {}).items():
         if n in failed and status == "RUNNING":  # its process died (out of memory, a lost node) before it could
-            tracking.finish(tracker, rid, "FAILED", failed[n])
+            tracking.finish(ctx.tracker, rid, "FAILED", failed[n])
     for n, error in failed.items():
         log.error("sweep: trial %s failed: %s", n, error.strip().splitlines()[-1] if error.strip() else "?")
     return out

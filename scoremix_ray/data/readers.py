@@ -287,7 +287,7 @@ def read_parquet(path: str | Path, size: int, channels: int) -> LabelledImages:
 
 
 def decode_synthetic(path: str | Path, folder: str | Path, size: int, channels: int):
-    """Synthetic Parquet shards (DESIGN.md schema) decoded into an image store in `folder`, one row group at a
+    """Synthetic Parquet shards (`generation.SCHEMA`) decoded into an image store in `folder`, one row group at a
     time. Labels as written (new classes keep their ids `num_real_classes + rank`; label-preserving methods keep
     the real ids)."""
     from scoremix_ray.data.store import StoreWriter

@@ -97,14 +97,6 @@ def record_at(f, offset: int, rec_path: Path, key: int) -> bytes:
     return payload
 
 
-def read_indexed(rec_path: str | Path) -> dict[int, bytes]:
-    """All records of a .rec/.idx pair as {key: payload} (small files; the data stage streams instead)."""
-    rec_path = Path(rec_path)
-    offsets = read_index(rec_path)
-    with open(rec_path, "rb") as f:
-        return {key: record_at(f, off, rec_path, key) for key, off in offsets.items()}
-
-
 def write_bin(path: str | Path, images: list[bytes], issame: list[bool]) -> None:
     if len(images) != 2 * len(issame):
         raise ValueError("a .bin set needs two images per issame entry")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from scoremix_ray.config import Config
+from scoremix_ray.context import RunContext
 
 log = logging.getLogger("scoremix_ray")
 
@@ -60,17 +61,17 @@ class UnitRenderer:
         return out
 
 
-def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_path: Path, out_dir: Path,
-                    recognizer_dir: Path | None = None) -> dict:  # fmt: skip
-    """Render every missing unit of `plan` into `out_dir/shards` with a Ray Data actor pool; returns the
-    manifest (plus images/s of this call)."""
+def generate_shards(ctx: RunContext, cfg: Config, method: str, plan, generator_dir: Path, split_path: Path,
+                    out_dir: Path, recognizer_dir: Path | None = None) -> dict:  # fmt: skip
+    """Render every missing unit of `plan` into `out_dir/shards` with a Ray Data actor pool, or in this process
+    where the context's executor says so; returns the manifest (plus images/s of this call)."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    from scoremix_ray.distributed.runtime import ensure_ray, inline_generation, resolve_devices
+    from scoremix_ray.distributed.runtime import resolved
     from scoremix_ray.generation import missing_units, write_manifest, write_plan
 
-    g = cfg.generation
+    g = resolved(cfg).generation
     out_dir = Path(out_dir).resolve()
     write_plan(out_dir, plan)
     todo = missing_units(out_dir, len(plan), g.unit_size)
@@ -80,19 +81,16 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
                  len(plan) - done_before)
     t0, rendered, used, first = time.time(), 0, set(), (0.0, 0)
     if todo:
-        ensure_ray(cfg.ray)
-        cfg = resolve_devices(cfg)
-        g = cfg.generation
         conf = {"config": cfg.model_dump(mode="json"), "method": method, "generator_dir": str(Path(generator_dir).resolve()),
                 "split_path": str(Path(split_path).resolve()), "out_dir": str(out_dir),
                 "recognizer_dir": str(Path(recognizer_dir).resolve()) if recognizer_dir else None}  # fmt: skip
-    if todo and inline_generation(cfg):  # an inline sweep trial: its one actor's work in its own process
+    if todo and ctx.in_process(g.num_actors, g.actor_gpus):  # its one actor's work, here
         import torch
 
         threads = torch.get_num_threads()
         try:
             renderer = UnitRenderer(conf)  # the actor's set-up: the same threads, so the same bytes
-            log.info("generate: %d unit(s) in this trial's process", len(todo))
+            log.info("generate: %d unit(s) in this process", len(todo))
             for u, lo, hi in todo:
                 row = renderer({"unit": [u], "start": [lo], "stop": [hi]})
                 if not rendered:
@@ -102,6 +100,7 @@ def generate_shards(cfg: Config, method: str, plan, generator_dir: Path, split_p
         finally:
             torch.set_num_threads(threads)
     elif todo:
+        ctx.ray()
         ds = ray.data.from_items([{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo],
                                  override_num_blocks=len(todo))  # fmt: skip
         ds = ds.map_batches(

@@ -19,6 +19,7 @@ import numpy as np
 
 from scoremix_ray import tracking
 from scoremix_ray.config import Config
+from scoremix_ray.context import RunContext
 
 log = logging.getLogger("scoremix_ray")
 
@@ -141,7 +142,7 @@ def _train(conf: dict, cfg: Config, feed, n: int, rank: int, world: int, prepare
 
 
 def _train_here(conf: dict, cfg: Config) -> dict:
-    """A 1-worker CPU training in this process (an inline sweep trial, which holds the CPUs): the worker's
+    """A 1-worker CPU training in this process (the "process" executor: a sweep trial holding the CPUs): the worker's
     feed, loop and thread count, so the same bytes as under Ray Train; its checkpoints let it resume."""
     import torch
 
@@ -156,21 +157,23 @@ def _train_here(conf: dict, cfg: Config) -> dict:
         torch.set_num_threads(threads)
 
 
-def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path | None = None) -> dict:
-    """Train (or resume) `kind` ("generator" or "recognizer") with `TorchTrainer`; returns the last
-    reported metrics. `synthetic`: the decoded synthetic image store added to the recognizer's training set."""
+def fit(ctx: RunContext, cfg: Config, kind: str, split_path: Path, out_dir: Path, synthetic: Path | None = None) -> dict:
+    """Train (or resume) `kind` ("generator" or "recognizer") with `TorchTrainer`, or in this process where the
+    context's executor says so; returns the last reported metrics. `synthetic`: the decoded synthetic image
+    store added to the recognizer's training set. The curve goes to the context's run."""
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from scoremix_ray.distributed.runtime import ensure_ray, inline_training, resolve_devices
+    from scoremix_ray.distributed.runtime import resolved
 
-    ensure_ray(cfg.ray)
-    cfg = resolve_devices(cfg)
+    cfg = resolved(cfg)
     out_dir = Path(out_dir).resolve()
     split_path = Path(split_path).resolve()
     synthetic = Path(synthetic).resolve() if synthetic else None
     images, labels, _ = training_set(split_path, synthetic)
     stream = not cached(cfg, images.nbytes)
+    if stream or not ctx.in_process(cfg.ray.num_workers, cfg.ray.use_gpu):
+        ctx.ray()
     if stream:
         import ray
 
@@ -183,9 +186,9 @@ def fit(kind: str, cfg: Config, split_path: Path, out_dir: Path, synthetic: Path
     stage = kind if kind == "generator" else ("augmented" if synthetic else "baseline")
     conf = {"kind": kind, "config": cfg.model_dump(mode="json"), "split_path": str(split_path),
             "out_dir": str(out_dir), "synthetic": str(synthetic) if synthetic else None, "stream": stream,
-            "stage": stage, "track": tracking.active()}  # fmt: skip
-    if not stream and inline_training(cfg):
-        log.info("%s: training in this trial's process (1 worker, CPU)", kind)
+            "stage": stage, "track": ctx.curve}  # fmt: skip
+    if not stream and ctx.in_process(cfg.ray.num_workers, cfg.ray.use_gpu):
+        log.info("%s: training in this process (1 worker, CPU)", kind)
         return _train_here(conf, cfg)
     trainer = TorchTrainer(
         _worker,

@@ -1,8 +1,8 @@
 """Verification and identification metrics on cosine similarity scores.
 
 All take scores (higher = more alike) and a boolean `issame` per pair, so the same code scores the split's
-pairs, an InsightFace `.bin` set, or any hand-built case in the tests. Keys follow DESIGN.md's
-`metrics.json` contract.
+pairs, an InsightFace `.bin` set, or any hand-built case in the tests. Keys follow the `metrics.json`
+contract in the README.
 """
 
 from __future__ import annotations

@@ -1,0 +1,86 @@
+"""The run context: what a command decides once, where it starts, and hands to every stage.
+
+    ctx, cfg = context.start(cfg, ray=True)        # Ray joined or started, GPUs counted, devices resolved
+    with tracking.writer(cfg) as tracker:
+        pipeline.run_tracked(ctx.reporting_to(tracker), cfg)
+
+It holds the answers that used to hide in module globals: the Ray session (its address; started once, by
+`start` or by the first stage that needs Ray), the devices ('auto' resolved against the cluster's GPUs when the
+command started), the executor (whether 1-worker CPU work runs in this process or on Ray Train / Ray Data /
+a GPU task) and the MLflow run that the curves of the stages trained under it go to, as a plain id. It is a
+frozen, picklable value: a sweep hands it to its trials, a trial derives its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from scoremix_ray.config import Config
+from scoremix_ray.tracking import Tracker
+
+log = logging.getLogger("scoremix_ray")
+
+# "ray": training on TorchTrainer workers, generation on a Ray Data actor pool, evaluation on a 1-GPU task when
+# the run uses GPUs. "process": 1-worker CPU training and 1-actor CPU generation in this process, without a
+# TorchTrainer or an actor pool of their own (a sweep trial that holds their CPUs: their start-up was most of a
+# small trial's cost); bigger or GPU work still goes to Ray.
+Executor = Literal["ray", "process"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    gpus: float = 0.0  # the cluster's GPUs when the command started: what `ray.use_gpu: auto` resolves to
+    address: str | None = None  # the Ray cluster to join (`ray.address`); None: a local Ray, started when needed
+    executor: Executor = "ray"
+    tracker: Tracker | None = None  # where MLflow writes go; None: nothing is tracked
+    run_id: str | None = None  # the open MLflow run the stages' curves go to (a new run is opened under it)
+    prefix: str = ""  # before the curves' metric names (a sweep's shared stages: one set per fold and seed)
+
+    def devices(self, cfg: Config) -> Config:
+        """`ray.use_gpu: auto` -> whether the cluster has GPUs; `generation.actor_gpus: auto` -> 1 GPU per actor
+        when the run uses GPUs, else 0. Explicit values are kept. Devices are in no stage's cache key."""
+        use_gpu = self.gpus > 0 if cfg.ray.use_gpu == "auto" else cfg.ray.use_gpu
+        actor_gpus = cfg.generation.actor_gpus
+        if actor_gpus == "auto":
+            actor_gpus = 1.0 if use_gpu else 0.0
+        if (use_gpu, actor_gpus) == (cfg.ray.use_gpu, cfg.generation.actor_gpus):
+            return cfg
+        ray = cfg.ray.model_copy(update={"use_gpu": use_gpu})
+        return cfg.model_copy(update={"ray": ray, "generation": cfg.generation.model_copy(update={"actor_gpus": actor_gpus})})
+
+    def reporting_to(self, tracker: Tracker | None = None, run_id: str | None = None, prefix: str = "") -> RunContext:
+        """The same context, its stages' curves sent to `run_id` through `tracker` (kept when not given)."""
+        return replace(self, tracker=tracker or self.tracker, run_id=run_id, prefix=prefix)
+
+    def ray(self) -> None:
+        """Join or start the context's Ray (a no-op once it is up): the executors call it before Ray work."""
+        from scoremix_ray.distributed.runtime import ensure_ray
+
+        ensure_ray(self.address)
+
+    def in_process(self, workers: int, gpus: float) -> bool:
+        """Whether work for `workers` Train workers or generation actors (`gpus`: the GPUs they use) runs in
+        this process: under the "process" executor, 1 of them on the CPU."""
+        return self.executor == "process" and workers == 1 and not gpus
+
+    @property
+    def curve(self) -> dict | None:
+        """Where a Train worker sends its stage's curve: {"uri", "actor", "run_id", "prefix"}; None: nowhere."""
+        if self.tracker is None or self.run_id is None:
+            return None
+        return {"uri": self.tracker.uri, "actor": self.tracker.actor, "run_id": self.run_id, "prefix": self.prefix}
+
+
+def start(cfg: Config, ray: bool = False, executor: Executor = "ray") -> tuple[RunContext, Config]:
+    """A command's context and its config with the devices resolved. Ray is joined now when `ray.address` names
+    a cluster (its GPUs decide 'auto') or when `ray` says the command needs it at once (a tracked job's MLflow
+    writer, a sweep); otherwise a local Ray starts with the first work that needs it (a cached stage needs
+    none), and 'auto' counts this machine's GPUs, the ones that Ray would find."""
+    from scoremix_ray.distributed.runtime import cluster_gpus, ensure_ray
+
+    if ray or cfg.ray.address:
+        ensure_ray(cfg.ray.address)
+    ctx = RunContext(gpus=cluster_gpus(), address=cfg.ray.address, executor=executor)
+    return ctx, ctx.devices(cfg)

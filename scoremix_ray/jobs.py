@@ -1,0 +1,180 @@
+"""What each command does, as one call: `cli.py` parses, calls one of these, prints what it returns.
+
+Each builds the run context where it starts (`context.start`) and hands it to the stages; the config comes in
+checked (`checks.check_config`, run once as the command loads it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from scoremix_ray import pipeline
+from scoremix_ray.config import Config
+from scoremix_ray.context import RunContext, start
+from scoremix_ray.errors import ScoreMixError
+
+log = logging.getLogger("scoremix_ray")
+
+
+def shared(ctx: RunContext, cfg: Config) -> pipeline.Shared:
+    """Stages 1-3, the config checked against the data before any training."""
+    from scoremix_ray.checks import check_with_data
+
+    split, data_dir = pipeline.data_stage(cfg)
+    check_with_data(cfg, split)
+    return pipeline.shared_stages(ctx, cfg, split, data_dir)
+
+
+def experiment(cfg: Config) -> tuple[dict, dict, str, float]:
+    """`run`: the whole experiment as a live MLflow run: (stage summary, metrics, run id, seconds)."""
+    from scoremix_ray import tracking
+
+    t0 = time.time()
+    ctx, cfg = start(cfg, ray=True)  # the MLflow writer is a Ray actor
+    with tracking.writer(cfg) as tracker:  # the MLflow run is open (and live) from here to the end
+        result, metrics, run_id = pipeline.run_tracked(ctx.reporting_to(tracker), cfg)
+    return result, metrics, run_id, time.time() - t0
+
+
+def train_generator(cfg: Config) -> tuple[Path, dict]:
+    """Stage 2 (and 1): (generator folder, quality check)."""
+    ctx, cfg = start(cfg)
+    _, data_dir = pipeline.data_stage(cfg)
+    return pipeline.generator_stage(ctx, cfg, data_dir)
+
+
+def train_recognizer(cfg: Config) -> tuple[Path, dict]:
+    """Stage 3 (and 1): (baseline recognizer folder, its metrics)."""
+    ctx, cfg = start(cfg)
+    split, data_dir = pipeline.data_stage(cfg)
+    return pipeline.recognizer_stage(ctx, cfg, split, data_dir)
+
+
+def evaluate(cfg: Config, recognizer: Path, bin_path: Path | None) -> tuple[dict, Path]:
+    """A trained recognizer on the config's verification pairs (and a .bin set), in this process; the metrics
+    merged into the `metrics.json` beside the model: ({"pairs": ..., "bin": ...}, that file)."""
+    from scoremix_ray.devices import local_device
+    from scoremix_ray.evaluation.recognizer import evaluate_bin, evaluate_split
+    from scoremix_ray.recognition.train import Recognizer
+
+    _, cfg = start(cfg)
+    model_dir = recognizer / "final" if (recognizer / "final" / "recognizer.json").is_file() else recognizer
+    net = Recognizer.load(model_dir, local_device(cfg.ray.use_gpu))
+    split, _ = pipeline.data_stage(cfg)
+    _, size, _, channels = split.train.images.shape
+    if (net.meta["image_size"], net.meta["channels"]) != (size, channels):
+        raise ScoreMixError(
+            f"recognizer {model_dir} expects {net.meta['image_size']}px x {net.meta['channels']} channel(s), the "
+            f"config's data is {size}px x {channels}; pass the config it was trained with"
+        )
+    cols = {"pairs": evaluate_split(net, split, cfg.recognizer.hflip)}
+    if bin_path is not None:
+        cols["bin"] = evaluate_bin(net, bin_path, cfg.recognizer.hflip)
+    path = (model_dir.parent if model_dir.name == "final" else model_dir) / "metrics.json"
+    pipeline.merge_json(path, **cols["pairs"], **({"bin": cols["bin"]} if bin_path else {}))
+    return cols, path
+
+
+def select(cfg: Config):
+    """Stage 4 on stages 1-3: (selection, pairs file, training class names)."""
+    ctx, cfg = start(cfg)
+    sh = shared(ctx, cfg)
+    sel, path = pipeline.select_stage(cfg, sh)
+    return sel, path, sh.split.train.class_names
+
+
+def generate(cfg: Config, pairs: Path | None) -> Path:
+    """Stage 5 for the tuples of a pairs file (checked against the data before any training), or for those the
+    config's strategy selects now: the generate stage's folder."""
+    from scoremix_ray.methods import get_method
+    from scoremix_ray.selection import Selection
+
+    method = get_method(cfg.generation.method)
+    sel = Selection.read(pairs) if pairs is not None else None
+    ctx, cfg = start(cfg)
+    split, data_dir = pipeline.data_stage(cfg)
+    if sel is not None and sel.tuples.max() >= split.train.num_classes:
+        raise ScoreMixError(f"pairs file {pairs} names class {sel.tuples.max()}; the data has "
+                            f"{split.train.num_classes} training classes")  # fmt: skip
+    if sel is None and method.new_classes:
+        from scoremix_ray.checks import check_with_data
+
+        check_with_data(cfg, split)
+    sh = pipeline.shared_stages(ctx, cfg, split, data_dir)
+    if sel is None and method.new_classes:
+        sel, _ = pipeline.select_stage(cfg, sh)
+    return pipeline.generate_stage(ctx, cfg, sh, method, sel)
+
+
+def align(cfg: Config) -> tuple[dict, Path]:
+    """The alignment of the generator's condition space with the baseline's class centres, merged into the run's
+    metrics.json: (alignment, that file)."""
+    ctx, cfg = start(cfg)
+    a = pipeline.alignment_stage(cfg, shared(ctx, cfg))
+    path = cfg.run_dir / "metrics.json"
+    pipeline.merge_json(path, alignment=a)
+    return a, path
+
+
+def sample(cfg: Config, classes: str | None, mix: str | None, weights: list[float] | None, per_class: int,
+           sweep_weights: bool, png: Path | None) -> tuple[list[str], Path]:  # fmt: skip
+    """A PNG grid of plain class-conditional rows (`classes`, by name; every class if None) or of ScoreMix rows
+    (`mix`: two or more class names, under `weights` or, with `sweep_weights`, 1, .8, .5, .2, 0 for a pair):
+    (one line per row, the PNG). Every check on the classes runs before the generator is trained."""
+    import torch
+
+    from scoremix_ray.data.images import save_grid
+    from scoremix_ray.diffusion.sampler import sample_seed
+    from scoremix_ray.distributed.runtime import on_device
+
+    ctx, cfg = start(cfg)
+    split, data_dir = pipeline.data_stage(cfg)
+    names = split.train.class_names
+    rows, stem, key = sample_rows(names, classes, mix, weights, sweep_weights)
+    gen_dir, _ = pipeline.generator_stage(ctx, cfg, data_dir)
+    labels, wts, seeds = [], [], []
+    for ids, w in rows:
+        labels += [ids] * per_class
+        wts += [w] * per_class
+        seeds += [sample_seed(cfg.seed, ids[0] if key is None else key, i) for i in range(per_class)]
+    images = on_device(ctx, cfg, pipeline.sample_images, cfg, gen_dir, torch.tensor(labels),
+                       torch.tensor(wts, dtype=torch.float32), seeds)  # fmt: skip
+    path = png or cfg.run_dir / f"{stem}.png"
+    save_grid([images[i * per_class : (i + 1) * per_class] for i in range(len(rows))], path)
+    return [" + ".join(f"{wi:g}*class {names[i]}" for i, wi in zip(ids, w)) for ids, w in rows], path
+
+
+def sample_rows(names: list[str], classes: str | None, mix: str | None, weights: list[float] | None,
+                sweep_weights: bool) -> tuple[list[tuple[list[int], list[float]]], str, int | None]:  # fmt: skip
+    """The grid's rows as (class ids, convex weights), its file stem, and the noise key the rows share (a mix:
+    one noise stream per tuple, shared by the rows of a weight sweep; None: each class its own)."""
+    from scoremix_ray.diffusion.sampler import tuple_key
+
+    if not mix:
+        ids = class_ids(classes, names) if classes else list(range(len(names)))
+        return [([i], [1.0]) for i in ids], "classes_" + "_".join(names[i] for i in ids), None
+    ids = class_ids(mix, names)
+    if len(ids) < 2 or len(set(ids)) != len(ids):
+        raise ScoreMixError(f"--mix needs two or more different classes, got '{mix}'")
+    if sweep_weights:
+        if len(ids) != 2:
+            raise ScoreMixError("--sweep-weights needs exactly two classes in --mix")
+        rows_w = [[a, 1 - a] for a in (1.0, 0.8, 0.5, 0.2, 0.0)]
+    else:
+        rows_w = [weights or [1 / len(ids)] * len(ids)]
+        if len(rows_w[0]) != len(ids):
+            raise ScoreMixError(f"--weights has {len(rows_w[0])} values for {len(ids)} classes in --mix")
+    stem = f"mix_{'_'.join(names[i] for i in ids)}" + ("_sweep" if sweep_weights else "")
+    return [(ids, w) for w in rows_w], stem, tuple_key(ids)
+
+
+def class_ids(text: str, names: list[str]) -> list[int]:
+    """Training classes by name ("0,1,5") -> their ids; a name that is not one is an error naming it."""
+    ids = []
+    for name in (t.strip() for t in text.split(",") if t.strip()):
+        if name not in names:
+            raise ScoreMixError(f"class '{name}' is not a training class (training classes: {', '.join(names)})")
+        ids.append(names.index(name))
+    return ids
