@@ -26,6 +26,7 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np, ray
 from scoremix_ray.config import Config
+from scoremix_ray.context import start
 from scoremix_ray.distributed.generate import generate_shards
 from scoremix_ray.methods import PlanContext, get_method
 from scoremix_ray.selection.strategies import Selection
@@ -37,16 +38,20 @@ rng = np.random.default_rng(0)
 sel = Selection("bench", np.sort(np.stack([rng.choice(5, 2, replace=False) for _ in range(int(tuples))]), 1),
                 np.zeros(int(tuples)))
 plan = get_method("scoremix").plan(PlanContext(cfg, 5, sel))
-m = generate_shards(cfg, "scoremix", plan, Path(gen_dir), Path("none.npz"), Path(out))
-print(json.dumps({"images_per_s": m["images_per_s"], "steady_images_per_s": m["steady_images_per_s"], "seconds": m["seconds"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+m = generate_shards(*start(cfg), "scoremix", plan, Path(gen_dir), Path("none.npz"), Path(out))
+print(json.dumps({"images_per_s": m["images_per_s"], "steady_images_per_s": m["steady_images_per_s"],
+                  "seconds": m["seconds"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
 def ray_run(tuples: int, per_tuple: int, steps: int, actors: int, gen_dir: Path, tmp: Path) -> dict:
     out = tmp / f"gen-{tuples}-{actors}-{time.time_ns()}"
-    r = subprocess.run([sys.executable, "-c", CHILD, str(tuples), str(per_tuple), str(steps), str(actors),
-                        str(gen_dir), str(out)], capture_output=True, text=True, check=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tuples), str(per_tuple), str(steps), str(actors), str(gen_dir), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -74,8 +79,9 @@ def main() -> None:
     torch.set_num_threads(2)
     cfg = Config.model_validate({"sampler": {"steps": a.steps}, "generation": {"per_tuple": a.per_tuple}})
     rng = np.random.default_rng(0)
-    sel = Selection("bench", np.sort(np.stack([rng.choice(5, 2, replace=False) for _ in range(a.tuples)]), 1),
-                    np.zeros(a.tuples))  # fmt: skip
+    sel = Selection(
+        "bench", np.sort(np.stack([rng.choice(5, 2, replace=False) for _ in range(a.tuples)]), 1), np.zeros(a.tuples)
+    )
     method = get_method("scoremix")
     plan = method.plan(PlanContext(cfg, 5, sel))
     write_plan(tmp / "plain", plan)
@@ -92,20 +98,40 @@ def main() -> None:
     n = len(plan)
     print(f"16x16, {a.tuples} tuples x {a.per_tuple} images = {n} images, {a.steps} Heun steps, K=2")
     print(f"plain loop (one process, 2 threads): {plain:8.1f} images/s")
-    print(f"Ray Data, 1 actor:                   {one['images_per_s']:8.1f} images/s   ratio {one['images_per_s'] / plain:.2f} (target >= 0.9)")
-    print(f"Ray Data, 2 actors:                  {two['images_per_s']:8.1f} images/s   scaling 1->2 {two['images_per_s'] / one['images_per_s']:.2f}")
-    print(f"Ray Data, 1 actor, {10 * a.tuples} tuples: {big['images_per_s']:8.1f} images/s   ratio {big['images_per_s'] / plain:.2f} "
-          f"(start-up amortised)")
-    print(f"driver peak RSS: {one['peak_rss_mb']:.0f} MB at {a.tuples} tuples, {big['peak_rss_mb']:.0f} MB at "
-          f"{10 * a.tuples} tuples   ratio {big['peak_rss_mb'] / one['peak_rss_mb']:.2f} (target: flat, ~1.0)")
-    print(f"Ray Data, 1 actor, once warm:        {big['steady_images_per_s']:8.1f} images/s   ratio "
-          f"{big['steady_images_per_s'] / plain:.2f} (target >= 0.9; units after the first, {10 * a.tuples} tuples)")
+    print(
+        f"Ray Data, 1 actor:                   {one['images_per_s']:8.1f} images/s   "
+        f"ratio {one['images_per_s'] / plain:.2f} (target >= 0.9)"
+    )
+    print(
+        f"Ray Data, 2 actors:                  {two['images_per_s']:8.1f} images/s   "
+        f"scaling 1->2 {two['images_per_s'] / one['images_per_s']:.2f}"
+    )
+    print(
+        f"Ray Data, 1 actor, {10 * a.tuples} tuples: {big['images_per_s']:8.1f} images/s   "
+        f"ratio {big['images_per_s'] / plain:.2f} "
+        f"(start-up amortised)"
+    )
+    print(
+        f"driver peak RSS: {one['peak_rss_mb']:.0f} MB at {a.tuples} tuples, {big['peak_rss_mb']:.0f} MB at "
+        f"{10 * a.tuples} tuples   ratio {big['peak_rss_mb'] / one['peak_rss_mb']:.2f} (target: flat, ~1.0)"
+    )
+    print(
+        f"Ray Data, 1 actor, once warm:        {big['steady_images_per_s']:8.1f} images/s   ratio "
+        f"{big['steady_images_per_s'] / plain:.2f} (target >= 0.9; units after the first, {10 * a.tuples} tuples)"
+    )
     print("(Ray Data's rate includes actor start-up and the generator load inside the timed call)")
-    print(json.dumps({"plain_images_per_s": round(plain, 2), "ratio_1actor": round(one["images_per_s"] / plain, 3),
-                      "ratio_steady_1actor": round(big["steady_images_per_s"] / plain, 3),
-                      "ratio_1actor_10x": round(big["images_per_s"] / plain, 3),
-                      "scaling_1_to_2": round(two["images_per_s"] / one["images_per_s"], 3),
-                      "driver_rss_ratio_10x": round(big["peak_rss_mb"] / one["peak_rss_mb"], 3)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "plain_images_per_s": round(plain, 2),
+                "ratio_1actor": round(one["images_per_s"] / plain, 3),
+                "ratio_steady_1actor": round(big["steady_images_per_s"] / plain, 3),
+                "ratio_1actor_10x": round(big["images_per_s"] / plain, 3),
+                "scaling_1_to_2": round(two["images_per_s"] / one["images_per_s"], 3),
+                "driver_rss_ratio_10x": round(big["peak_rss_mb"] / one["peak_rss_mb"], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

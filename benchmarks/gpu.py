@@ -30,11 +30,19 @@ import torch
 
 SIZES = {  # name: (image size, channels, generator overrides, recognizer overrides)
     "default": (16, 1, {}, {}),
-    "webface-64": (64, 3, {"block_out_channels": (128, 256, 256, 256), "layers_per_block": 2, "attention": True},
-                   {"widths": (64, 128, 256, 512), "blocks": (3, 4, 14, 3), "embedding_dim": 512}),
-    "webface-112": (112, 3, {"block_out_channels": (128, 256, 256, 256), "layers_per_block": 2, "attention": True},
-                    {"widths": (64, 128, 256, 512), "blocks": (3, 4, 14, 3), "embedding_dim": 512}),
-}  # fmt: skip
+    "webface-64": (
+        64,
+        3,
+        {"block_out_channels": (128, 256, 256, 256), "layers_per_block": 2, "attention": True},
+        {"widths": (64, 128, 256, 512), "blocks": (3, 4, 14, 3), "embedding_dim": 512},
+    ),
+    "webface-112": (
+        112,
+        3,
+        {"block_out_channels": (128, 256, 256, 256), "layers_per_block": 2, "attention": True},
+        {"widths": (64, 128, 256, 512), "blocks": (3, 4, 14, 3), "embedding_dim": 512},
+    ),
+}
 SMOKE = {"default": (8, 1, {"block_out_channels": (16, 32)}, {"widths": (8, 16), "blocks": (1, 1)})}
 
 
@@ -70,10 +78,12 @@ def sampler_figures(size, channels, gen_over, batch, steps, device, repeats) -> 
     out = {}
     with torch.inference_mode():
         for precision in ("fp32", "bf16"):
-            plain = best_rate(lambda: heun_sample(mixed_denoiser(net, *one, precision=precision), noise, sig),
-                              batch, device, repeats)  # fmt: skip
-            mixed = best_rate(lambda: heun_sample(mixed_denoiser(net, *two, precision=precision), noise, sig),
-                              batch, device, repeats)  # fmt: skip
+            plain = best_rate(
+                lambda: heun_sample(mixed_denoiser(net, *one, precision=precision), noise, sig), batch, device, repeats
+            )
+            mixed = best_rate(
+                lambda: heun_sample(mixed_denoiser(net, *two, precision=precision), noise, sig), batch, device, repeats
+            )
             out[precision] = {"plain_images_per_s": plain, "mixed_images_per_s": mixed, "mix_cost_ratio": plain / mixed}
     return out
 
@@ -92,14 +102,29 @@ def training_figures(size, channels, gen_over, rec_over, batch, steps, device, t
     out = {}
     for precision in ("fp32", "bf16"):
         rates: list[float] = []
-        gcfg = GeneratorConfig(**gen_over, batch_size=batch, steps=2 * steps, log_every=steps, checkpoint_every=10**9,
-                               precision=precision)  # fmt: skip
-        train_generator(InMemory(images, labels), 100, gcfg, 0, tmp / f"gen-{size}-{precision}", device=str(device),
-                        report=lambda m, c: rates.append(m["images_per_s"]))  # fmt: skip
+        gcfg = GeneratorConfig(
+            **gen_over, batch_size=batch, steps=2 * steps, log_every=steps, checkpoint_every=10**9, precision=precision
+        )
+        train_generator(
+            InMemory(images, labels),
+            100,
+            gcfg,
+            0,
+            tmp / f"gen-{size}-{precision}",
+            device=str(device),
+            report=lambda m, c: rates.append(m["images_per_s"]),
+        )
         rcfg = RecognizerConfig(**rec_over, batch_size=batch, epochs=2, checkpoint_every=1, precision=precision)
         rec_rates: list[float] = []
-        train_recognizer(InMemory(images, labels), 100, rcfg, 0, tmp / f"rec-{size}-{precision}", device=str(device),
-                         report=lambda m, c: rec_rates.append(m["images_per_s"]))  # fmt: skip
+        train_recognizer(
+            InMemory(images, labels),
+            100,
+            rcfg,
+            0,
+            tmp / f"rec-{size}-{precision}",
+            device=str(device),
+            report=lambda m, c: rec_rates.append(m["images_per_s"]),
+        )
         out[precision] = {"generator_train_images_per_s": rates[-1], "recognizer_train_images_per_s": rec_rates[-1]}
     return out
 
@@ -109,6 +134,7 @@ def ray_data_figures(size, channels, gen_over, batch, steps, device, units: int,
     import ray
 
     from scoremix_ray.config import Config, GeneratorConfig
+    from scoremix_ray.context import RunContext
     from scoremix_ray.diffusion.edm import build_denoiser
     from scoremix_ray.distributed.generate import generate_shards
     from scoremix_ray.generation import render_unit, write_plan
@@ -120,12 +146,20 @@ def ray_data_figures(size, channels, gen_over, batch, steps, device, units: int,
     net = build_denoiser(GeneratorConfig(**gen_over), 100, size, channels).eval()
     net.save(tmp / "gen" / "final")
     gpu = device.type == "cuda"
-    cfg = Config.model_validate({
-        "data": {"image_size": size, "channels": channels}, "sampler": {"steps": steps},
-        "generation": {"per_tuple": batch, "unit_size": batch, "num_actors": 1, "actor_cpus": 1,
-                       "actor_gpus": 1 if gpu else 0},
-        "ray": {"use_gpu": gpu},
-    })  # fmt: skip
+    cfg = Config.model_validate(
+        {
+            "data": {"image_size": size, "channels": channels},
+            "sampler": {"steps": steps},
+            "generation": {
+                "per_tuple": batch,
+                "unit_size": batch,
+                "num_actors": 1,
+                "actor_cpus": 1,
+                "actor_gpus": 1 if gpu else 0,
+            },
+            "ray": {"use_gpu": gpu},
+        }
+    )
     sel = Selection("bench", np.array([[i % 100, (i + 1) % 100] for i in range(units)]), np.zeros(units))
     method = get_method("scoremix")
     plan = method.plan(PlanContext(cfg, 100, sel))
@@ -141,23 +175,29 @@ def ray_data_figures(size, channels, gen_over, batch, steps, device, units: int,
     plain = len(plan) / (time.perf_counter() - t)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
-    m = generate_shards(cfg, "scoremix", plan, tmp / "gen", tmp / "none.npz", tmp / "ray")
-    return {"plain_loop_images_per_s": plain, "ray_data_images_per_s": m["images_per_s"],
-            "ray_data_steady_images_per_s": m["steady_images_per_s"], "ratio_1actor": m["images_per_s"] / plain,
-            "ratio_steady_1actor": m["steady_images_per_s"] / plain, "images": len(plan),
-            "actor_devices": m["devices"]}  # fmt: skip
+    m = generate_shards(RunContext(), cfg, "scoremix", plan, tmp / "gen", tmp / "none.npz", tmp / "ray")
+    return {
+        "plain_loop_images_per_s": plain,
+        "ray_data_images_per_s": m["images_per_s"],
+        "ray_data_steady_images_per_s": m["steady_images_per_s"],
+        "ratio_1actor": m["images_per_s"] / plain,
+        "ratio_steady_1actor": m["steady_images_per_s"] / plain,
+        "images": len(plan),
+        "actor_devices": m["devices"],
+    }
 
 
 def quality_figures(gen_dir: Path, config: Path | None, device: torch.device, per_class: int) -> dict:
     """Class accuracy of the generator's samples, fp32 vs bf16 sampling, same seeds, the config's sampler."""
-    from scoremix_ray.config import load_config, section_hash
+    from scoremix_ray.config import load_config
     from scoremix_ray.data import Split
     from scoremix_ray.diffusion.sampler import generate, sample_seed
     from scoremix_ray.diffusion.train import load_generator
     from scoremix_ray.evaluation.quality import class_accuracy, pixel_classifier
+    from scoremix_ray.pipeline import DATA
 
     cfg = load_config(config)
-    data = gen_dir.parent / f"data-{section_hash(cfg, 'data', seed=False)}" / "split.npz"  # the config's data stage
+    data = gen_dir.parent / DATA.dir(cfg).name / "split.npz"  # the config's data stage, beside the generator
     if not data.is_file():
         raise SystemExit(f"no data stage of this config beside {gen_dir} (expected {data}); pass its --config")
     split = Split.load(data)
@@ -173,8 +213,13 @@ def quality_figures(gen_dir: Path, config: Path | None, device: torch.device, pe
         out[precision] = class_accuracy(clf, images, labels.numpy())["class_accuracy"]
         out[f"{precision}_images"] = images
     diff = np.abs(out.pop("fp32_images").astype(int) - out.pop("bf16_images").astype(int))
-    return {"class_accuracy_fp32": out["fp32"], "class_accuracy_bf16": out["bf16"], "samples": int(len(labels)),
-            "mean_abs_pixel_diff": float(diff.mean()), "sampler_steps": cfg.sampler.steps}  # fmt: skip
+    return {
+        "class_accuracy_fp32": out["fp32"],
+        "class_accuracy_bf16": out["bf16"],
+        "samples": int(len(labels)),
+        "mean_abs_pixel_diff": float(diff.mean()),
+        "sampler_steps": cfg.sampler.steps,
+    }
 
 
 def main() -> None:
@@ -199,32 +244,44 @@ def main() -> None:
     sections = set(a.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="scoremix-gpu-bench-"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; batch {batch}; {steps} Heun steps per sampler call" + ("; SMOKE (not figures)" if a.smoke else ""))
+    print(
+        f"device: {name}; batch {batch}; {steps} Heun steps per sampler call"
+        + ("; SMOKE (not figures)" if a.smoke else "")
+    )
     figures: dict = {"device": name, "batch": batch, "smoke": a.smoke, "sizes": {}}
     for key, (size, channels, gen_over, rec_over) in sizes.items():
         fig = figures["sizes"][key] = {"image": [size, size, channels]}
         if "sampler" in sections:
             fig["sampler"] = sampler_figures(size, channels, gen_over, batch, steps, device, a.repeats)
             for p, s in fig["sampler"].items():
-                print(f"{key:>12} {p}: sampler plain {s['plain_images_per_s']:9.1f} img/s, K=2 mixed "
-                      f"{s['mixed_images_per_s']:9.1f} img/s, mixing cost ratio {s['mix_cost_ratio']:.2f} (floor 2.0, target <= 2.1)")
+                print(
+                    f"{key:>12} {p}: sampler plain {s['plain_images_per_s']:9.1f} img/s, K=2 mixed "
+                    f"{s['mixed_images_per_s']:9.1f} img/s, mixing cost ratio {s['mix_cost_ratio']:.2f} "
+                    "(floor 2.0, target <= 2.1)"
+                )
         if "train" in sections:
             fig["train"] = training_figures(size, channels, gen_over, rec_over, batch, train_steps, device, tmp)
             for p, s in fig["train"].items():
-                print(f"{key:>12} {p}: generator training {s['generator_train_images_per_s']:9.1f} img/s, "
-                      f"recognizer training {s['recognizer_train_images_per_s']:9.1f} img/s")
+                print(
+                    f"{key:>12} {p}: generator training {s['generator_train_images_per_s']:9.1f} img/s, "
+                    f"recognizer training {s['recognizer_train_images_per_s']:9.1f} img/s"
+                )
         if "raydata" in sections and key == "default":
             fig["raydata"] = ray_data_figures(size, channels, gen_over, batch, steps, device, 4 if a.smoke else 32, tmp)
             r = fig["raydata"]
-            print(f"{key:>12} Ray Data 1 actor, once warm {r['ray_data_steady_images_per_s']:.1f} img/s vs plain loop "
-                  f"{r['plain_loop_images_per_s']:.1f} img/s: ratio {r['ratio_steady_1actor']:.2f} (target >= 0.9); "
-                  f"whole call with actor start {r['ray_data_images_per_s']:.1f} img/s (ratio {r['ratio_1actor']:.2f})")
+            print(
+                f"{key:>12} Ray Data 1 actor, once warm {r['ray_data_steady_images_per_s']:.1f} img/s vs plain loop "
+                f"{r['plain_loop_images_per_s']:.1f} img/s: ratio {r['ratio_steady_1actor']:.2f} (target >= 0.9); "
+                f"whole call with actor start {r['ray_data_images_per_s']:.1f} img/s (ratio {r['ratio_1actor']:.2f})"
+            )
     if "quality" in sections:
         if a.generator is None:
             raise SystemExit("--only quality needs --generator DIR (a trained generator stage)")
         q = figures["quality"] = quality_figures(a.generator, a.config, device, a.per_class)
-        print(f"class accuracy of {q['samples']} samples: fp32 {q['class_accuracy_fp32']:.3f}, bf16 "
-              f"{q['class_accuracy_bf16']:.3f} (mean |pixel diff| {q['mean_abs_pixel_diff']:.2f} of 255)")
+        print(
+            f"class accuracy of {q['samples']} samples: fp32 {q['class_accuracy_fp32']:.3f}, bf16 "
+            f"{q['class_accuracy_bf16']:.3f} (mean |pixel diff| {q['mean_abs_pixel_diff']:.2f} of 255)"
+        )
     print(json.dumps(figures))
 
 

@@ -23,13 +23,27 @@ import tempfile
 import time
 from pathlib import Path
 
-TRIAL = ["data.image_size=8", "data.per_class=30", "data.num_pairs=200", "generator.block_out_channels=16,32",
-         "generator.steps=30", "generator.batch_size=16", "sampler.steps=4", "recognizer.widths=8,16",
-         "recognizer.blocks=1,1", "recognizer.epochs=2", "recognizer.batch_size=32", "recognizer.checkpoint_every=2",
-         "selection.count=2", "generation.per_tuple=8", "generation.unit_size=8", "ray.cpus_per_worker=1"]  # fmt: skip
+TRIAL = [
+    "data.image_size=8",
+    "data.per_class=30",
+    "data.num_pairs=200",
+    "generator.block_out_channels=16,32",
+    "generator.steps=30",
+    "generator.batch_size=16",
+    "sampler.steps=4",
+    "recognizer.widths=8,16",
+    "recognizer.blocks=1,1",
+    "recognizer.epochs=2",
+    "recognizer.batch_size=32",
+    "recognizer.checkpoint_every=2",
+    "selection.count=2",
+    "generation.per_tuple=8",
+    "generation.unit_size=8",
+    "ray.cpus_per_worker=1",
+]
 
 
-def in_process(cfg, split, data_dir: Path, gen_dir: Path, rec_dir: Path, out: Path) -> float:
+def in_process(cfg, shared, out: Path) -> float:
     """Select, generate, train and evaluate with plain calls; seconds."""
     import numpy as np
     import torch
@@ -46,7 +60,8 @@ def in_process(cfg, split, data_dir: Path, gen_dir: Path, rec_dir: Path, out: Pa
 
     torch.set_num_threads(round(cfg.ray.cpus_per_worker))  # what the Train worker and the actor use
     t0 = time.perf_counter()
-    sel, _ = pipeline.select_stage(cfg, split, gen_dir, rec_dir)
+    split, gen_dir = shared.split, shared.gen_dir
+    sel, _ = pipeline.select_stage(cfg, shared)
     method = get_method("scoremix")
     plan = method.plan(PlanContext(cfg, split.train.num_classes, sel, split))
     net, guide = load_for_sampling(gen_dir, cfg.sampler)
@@ -60,32 +75,36 @@ def in_process(cfg, split, data_dir: Path, gen_dir: Path, rec_dir: Path, out: Pa
     labels = np.concatenate([split.train.labels, synth.labels])
     n = int(labels.max()) + 1
     train_recognizer(InMemory(images, labels), n, cfg.recognizer, cfg.seed, out / "rec")
-    evaluate_recognizer(cfg, data_dir / "split.npz", out / "rec")
+    evaluate_recognizer(cfg, shared.data_dir / "split.npz", out / "rec")
     return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--log", default="WARNING", help="scoremix_ray log level (INFO: the sweep path's phases with times)")
+    ap.add_argument(
+        "--log", default="WARNING", help="scoremix_ray log level (INFO: the sweep path's phases with times)"
+    )
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("scoremix_ray").setLevel(a.log)
 
     import ray
 
-    from scoremix_ray import pipeline, tracking
+    from scoremix_ray import jobs, pipeline, tracking
     from scoremix_ray.config import load_config
+    from scoremix_ray.context import start
     from tuning.sweep import run_sweep
 
     out = a.out or Path(tempfile.mkdtemp(prefix="loop-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     base = load_config(None, [f"out_dir={out}", *TRIAL])
     # cached for both, not timed; as the earlier command that cached them, it leaves an MLflow store behind
-    with tracking.writer(base) as tracker, tracking.live_run(base.model_copy(update={"name": "setup"}), tracker):
-        split, data_dir, gen_dir, rec_dir = pipeline.shared_stages(base)
-    pipeline.alignment_stage(base, gen_dir, rec_dir)
-    inproc = in_process(base, split, data_dir, gen_dir, rec_dir, out / "plain")
+    ctx, cfg = start(base)
+    with tracking.writer(cfg) as tracker, tracking.live_run(cfg.model_copy(update={"name": "setup"}), tracker):
+        shared = jobs.shared(ctx, cfg)
+    pipeline.alignment_stage(cfg, shared)
+    inproc = in_process(cfg, shared, out / "plain")
     t0 = time.perf_counter()
     summary = run_sweep(base, [base.selection.strategy], [base.seed], name=f"loop-{time.time_ns()}")
     trial = time.perf_counter() - t0
@@ -100,12 +119,24 @@ def main() -> None:
     sweep4 = time.perf_counter() - t0
     assert not any(t["error"] for t in summary["trials"]), summary["trials"]
     extra = (sweep4 - trial) / (len(four) - 1)
-    print(f"in process: {inproc:.1f} s; as a sweep trial: {trial:.1f} s ({trial / inproc:.2f}x); "
-          f"Ray Data generation inside it: {gen['seconds']:.1f} s for {gen['rendered']} images; a sweep of "
-          f"{len(four)} such trials: {sweep4:.1f} s, {extra:.1f} s per trial after the first")
-    print(json.dumps({"inprocess_s": round(inproc, 2), "trial_s": round(trial, 2), "overhead_s": round(trial - inproc, 2),
-                      "ratio": round(trial / inproc, 2), "generation_s": round(gen["seconds"], 2),
-                      "sweep4_s": round(sweep4, 2), "per_extra_trial_s": round(extra, 2)}))  # fmt: skip
+    print(
+        f"in process: {inproc:.1f} s; as a sweep trial: {trial:.1f} s ({trial / inproc:.2f}x); "
+        f"Ray Data generation inside it: {gen['seconds']:.1f} s for {gen['rendered']} images; a sweep of "
+        f"{len(four)} such trials: {sweep4:.1f} s, {extra:.1f} s per trial after the first"
+    )
+    print(
+        json.dumps(
+            {
+                "inprocess_s": round(inproc, 2),
+                "trial_s": round(trial, 2),
+                "overhead_s": round(trial - inproc, 2),
+                "ratio": round(trial / inproc, 2),
+                "generation_s": round(gen["seconds"], 2),
+                "sweep4_s": round(sweep4, 2),
+                "per_extra_trial_s": round(extra, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ from scoremix_ray.diffusion.sampler import heun_sample, karras_sigmas, mixed_den
 
 def naive_mix(net, labels, weights):
     """Two network calls per evaluation: what a straightforward implementation does."""
+
     def denoise(x, sigma):
         s = torch.full((1,), float(sigma))
         return sum(weights[:, k, None, None, None] * net(x, s, labels[:, k]) for k in range(labels.shape[1]))
+
     return denoise
 
 
@@ -59,8 +61,10 @@ def main() -> None:
         t_naive = best_time(lambda: heun_sample(naive_mix(net, *two), noise, sig), a.repeats)
     print(f"{a.size}x{a.size}, batch {b}, {a.steps} Heun steps, {a.threads} threads")
     print(f"plain sampler       {b / t_plain:8.1f} images/s")
-    print(f"ScoreMix K=2 (ours) {b / t_mix:8.1f} images/s   cost ratio vs plain {t_mix / t_plain:.2f} "
-          f"(floor 2.00; {100 * (t_mix / t_plain / 2 - 1):+.0f}% from it; target within +10%)")
+    print(
+        f"ScoreMix K=2 (ours) {b / t_mix:8.1f} images/s   cost ratio vs plain {t_mix / t_plain:.2f} "
+        f"(floor 2.00; {100 * (t_mix / t_plain / 2 - 1):+.0f}% from it; target within +10%)"
+    )
     print(f"ScoreMix K=2 naive  {b / t_naive:8.1f} images/s   cost ratio vs plain {t_naive / t_plain:.2f}")
     print(f"ours vs naive: {t_naive / t_mix:.2f}x faster")
 

@@ -9,8 +9,8 @@ classes x M images at S px; default 10,000 x 16 x 112):
   - evaluation of the recognizer on the split (embeddings streamed)
 Peak RSS of any process is sampled every 0.2 s with psutil (the Ray workers are not this process's children).
 
-Class-level stages: synthetic class spaces (C recognizer centres and C generator condition vectors, d dims each, seeded) and
-synthetic labels stand in for a trained generator and baseline: these stages cost the same whatever the
+Class-level stages: synthetic class spaces (C recognizer centres and C generator condition vectors, d dims each,
+seeded) and synthetic labels stand in for a trained generator and baseline: these stages cost the same whatever the
 weights. Measured, one stage after another in this process:
   - selection: every registered strategy (pairs by row blocks, triplets by the certified threshold search)
   - alignment: every metric with its permutation null (<= 2000 classes used, O(n^2) per permutation)
@@ -92,8 +92,10 @@ def timed(stages: dict, name: str, fn):
         peak, who, private = PEAKS.take()
         stages[name].update(any_process_mb=round(peak), process=who, any_process_private_mb=round(private))
         extra = f"   any process {peak:6.0f} MB ({who}; {private:.0f} MB not shared)"
-    print(f"{name:<28} {stages[name]['seconds']:8.2f} s   driver peak {stages[name]['peak_rss_mb']:6.0f} MB{extra}",
-          flush=True)  # fmt: skip
+    print(
+        f"{name:<28} {stages[name]['seconds']:8.2f} s   driver peak {stages[name]['peak_rss_mb']:6.0f} MB{extra}",
+        flush=True,
+    )
     return out
 
 
@@ -126,34 +128,47 @@ def blob_folder(root: Path, classes: int, per_class: int, size: int) -> Path:
 def data_level(a, stages: dict, work: Path) -> int:
     """The data, training, generation and evaluation stages on a synthetic identity folder; returns images."""
     from scoremix_ray.config import Config
-    from scoremix_ray.distributed.runtime import ensure_ray
+    from scoremix_ray.context import start
     from scoremix_ray.distributed.train import fit
     from scoremix_ray.evaluation.recognizer import evaluate_recognizer
-    from scoremix_ray.pipeline import data_stage, generate_stage, select_stage
+    from scoremix_ray.methods import get_method
+    from scoremix_ray.pipeline import Shared, data_stage, generate_stage, select_stage
 
     root = work / "faces"
     if not (root / f"id{a.classes - 1:05d}").is_dir():
         timed(stages, "build identity folder", lambda: blob_folder(root, a.classes, a.per_class, a.size))
-    cfg = Config.model_validate({
-        "out_dir": str(work / "out"), "seed": 0,
-        "data": {"source": "folder", "path": str(root), "num_pairs": 3000},
-        "generator": {"block_out_channels": [8, 16], "steps": 4, "batch_size": 16, "warmup_steps": 1,
-                      "checkpoint_every": 4, "log_every": 2},
-        "recognizer": {"widths": [8, 16], "blocks": [1, 1], "embedding_dim": 64, "epochs": 1, "batch_size": 32},
-        "sampler": {"steps": 4, "batch_size": 16},
-        "selection": {"count": a.gen_classes}, "generation": {"per_tuple": a.gen_per_class, "unit_size": 16},
-        "ray": {"cpus_per_worker": 1, "cache_mb": a.cache_mb},
-    })  # fmt: skip
+    cfg = Config.model_validate(
+        {
+            "out_dir": str(work / "out"),
+            "seed": 0,
+            "data": {"source": "folder", "path": str(root), "num_pairs": 3000},
+            "generator": {
+                "block_out_channels": [8, 16],
+                "steps": 4,
+                "batch_size": 16,
+                "warmup_steps": 1,
+                "checkpoint_every": 4,
+                "log_every": 2,
+            },
+            "recognizer": {"widths": [8, 16], "blocks": [1, 1], "embedding_dim": 64, "epochs": 1, "batch_size": 32},
+            "sampler": {"steps": 4, "batch_size": 16},
+            "selection": {"count": a.gen_classes},
+            "generation": {"per_tuple": a.gen_per_class, "unit_size": 16},
+            "ray": {"cpus_per_worker": 1, "cache_mb": a.cache_mb},
+        }
+    )
     split, data_dir = timed(stages, "data stage", lambda: data_stage(cfg))
     print(f"{'':<28} {split.summary()}")
-    ensure_ray(cfg.ray)
+    ctx, cfg = start(cfg, ray=True)
     rec_dir, gen_dir = work / "out" / "rec", work / "out" / "gen"
-    timed(stages, "recognizer 1 epoch (Train)", lambda: fit("recognizer", cfg, data_dir / "split.npz", rec_dir))
+    timed(stages, "recognizer 1 epoch (Train)", lambda: fit(ctx, cfg, "recognizer", data_dir / "split.npz", rec_dir))
     timed(stages, "evaluation", lambda: evaluate_recognizer(cfg, data_dir / "split.npz", rec_dir))
-    timed(stages, "generator 4 steps (Train)", lambda: fit("generator", cfg, data_dir / "split.npz", gen_dir))
-    sel, _ = timed(stages, "pairs of the trained models", lambda: select_stage(cfg, split, gen_dir, rec_dir))
+    timed(stages, "generator 4 steps (Train)", lambda: fit(ctx, cfg, "generator", data_dir / "split.npz", gen_dir))
+    shared = Shared(split, data_dir, gen_dir, rec_dir, {}, {})
+    sel, _ = timed(stages, "pairs of the trained models", lambda: select_stage(cfg, shared))
     n_gen = a.gen_classes * a.gen_per_class
-    timed(stages, f"generate {n_gen} images", lambda: generate_stage(cfg, split, data_dir, gen_dir, sel, rec_dir))
+    method = get_method(cfg.generation.method)
+    timed(stages, f"generate {n_gen} images", lambda: generate_stage(ctx, cfg, shared, method, sel))
     return len(split.train.labels) + len(split.test.labels)
 
 
@@ -199,13 +214,17 @@ def main() -> None:
     c, d = a.classes, a.dim
     # the condition space partly follows the embedding (as a generator's class embeddings might)
     emb = rng.normal(size=(c, d)).astype(np.float32)
-    cond = (0.3 * emb @ rng.normal(size=(d, d)).astype(np.float32) / np.sqrt(d) + rng.normal(size=(c, d))).astype(np.float32)
+    cond = (0.3 * emb @ rng.normal(size=(d, d)).astype(np.float32) / np.sqrt(d) + rng.normal(size=(c, d))).astype(
+        np.float32
+    )
     spaces = Spaces(embedding=emb, condition=cond)
     print(f"{c} classes, {d}-dim spaces, {a.count} tuples per strategy")
     for name in STRATEGIES:
         timed(stages, f"select {name}", lambda: select(name, spaces, a.count, seed=0))
     al = timed(stages, "alignment (100 permutations)", lambda: alignment(cond, emb, seed=0))
-    print(f"{'':<28} cka_linear {al['cka_linear']:.3f} (null {al['cka_linear_null']:.3f}) on {al['classes_used']} classes")
+    print(
+        f"{'':<28} cka_linear {al['cka_linear']:.3f} (null {al['cka_linear_null']:.3f}) on {al['classes_used']} classes"
+    )
     unseen = max(2, a.test_images // a.per_class)
     test_labels = np.repeat(np.arange(unseen), a.per_class)
     test_emb = emb[test_labels % c] + 0.8 * rng.normal(size=(len(test_labels), d)).astype(np.float32)
@@ -217,16 +236,29 @@ def main() -> None:
         train = LabelledImages(np.zeros((0, 1, 1, 1), np.uint8), labels, [str(i) for i in range(c)])
 
     cfg = Config.model_validate({"generation": {"method": "diffii", "budget": a.budget}})
-    timed(stages, f"plan diffii ({a.budget} rows)", lambda: get_method("diffii").plan(PlanContext(cfg, c, None, Split())))
+    timed(
+        stages, f"plan diffii ({a.budget} rows)", lambda: get_method("diffii").plan(PlanContext(cfg, c, None, Split()))
+    )
     imgs = rng.integers(0, 256, (32 * 20, 112, 112, 3), dtype=np.uint8)
     timed(stages, "quality features (32 cls)", lambda: features(imgs))
     peak = max(max(s["peak_rss_mb"], s.get("any_process_mb", 0)) for s in stages.values())
     class_level = [k for k in stages if k.startswith(("select ", "alignment", "rank-1", "plan ", "quality"))]
     slowest = max(class_level, key=lambda k: stages[k]["seconds"])
-    print(f"slowest class-level stage: {slowest} {stages[slowest]['seconds']:.1f} s (target < 60 s); "
-          f"peak RSS of any process {peak:.0f} MB (target <= 1536 MB)")
-    print(json.dumps({"classes": c, "images": images, "image_size": None if a.no_data else a.size,
-                      "peak_rss_mb": round(peak), "stages": stages}))
+    print(
+        f"slowest class-level stage: {slowest} {stages[slowest]['seconds']:.1f} s (target < 60 s); "
+        f"peak RSS of any process {peak:.0f} MB (target <= 1536 MB)"
+    )
+    print(
+        json.dumps(
+            {
+                "classes": c,
+                "images": images,
+                "image_size": None if a.no_data else a.size,
+                "peak_rss_mb": round(peak),
+                "stages": stages,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,23 +26,38 @@ def main() -> None:
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from scoremix_ray.config import load_config
-    from scoremix_ray.diffusion.train import train_generator
+    from scoremix_ray.context import start
     from scoremix_ray.data.batches import InMemory
+    from scoremix_ray.diffusion.train import train_generator
     from scoremix_ray.distributed.train import fit
     from scoremix_ray.pipeline import data_stage
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    cfg = load_config(None, [f"out_dir={tmp}", f"generator.steps={a.steps}", "generator.log_every=50",
-                             f"generator.checkpoint_every={a.steps}", f"ray.num_workers={a.workers}",
-                             f"ray.cpus_per_worker={a.threads / a.workers}"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp}",
+            f"generator.steps={a.steps}",
+            "generator.log_every=50",
+            f"generator.checkpoint_every={a.steps}",
+            f"ray.num_workers={a.workers}",
+            f"ray.cpus_per_worker={a.threads / a.workers}",
+        ],
+    )
     split, data_dir = data_stage(cfg)
 
     torch.set_num_threads(a.threads)
     rates: list[float] = []
     t = time.perf_counter()
-    train_generator(InMemory(split.train.images, split.train.labels), split.train.num_classes, cfg.generator, 0,
-                    tmp / "plain", report=lambda m, c: rates.append(m["images_per_s"]))
+    train_generator(
+        InMemory(split.train.images, split.train.labels),
+        split.train.num_classes,
+        cfg.generator,
+        0,
+        tmp / "plain",
+        report=lambda m, c: rates.append(m["images_per_s"]),
+    )
     wall_plain = time.perf_counter() - t
     plain = rates[-1]  # the last report window: steady state, as for Ray below
 
@@ -50,7 +65,8 @@ def main() -> None:
 
     ray.init(num_cpus=a.threads, include_dashboard=False, log_to_driver=False)
     t = time.perf_counter()
-    rayrate = fit("generator", cfg, data_dir / "split.npz", tmp / "ray")["images_per_s"]  # last report window
+    ctx, cfg = start(cfg)
+    rayrate = fit(ctx, cfg, "generator", data_dir / "split.npz", tmp / "ray")["images_per_s"]  # last report window
     wall_ray = time.perf_counter() - t
     ray.shutdown()
     print(f"{a.steps} steps, batch {cfg.generator.batch_size}, 16x16, {a.threads} threads; Ray: {a.workers} worker(s)")

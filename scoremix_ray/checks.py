@@ -18,7 +18,10 @@ def check_config(cfg: Config) -> Config:
     from scoremix_ray.selection.strategies import STRATEGIES, tuple_size_of
 
     sel, gen, study = cfg.selection, cfg.generation, cfg.study
-    strategies = [("selection.strategy", sel.strategy), *(("study.strategies", s) for s in (study.strategies if study else ()))]
+    strategies = [
+        ("selection.strategy", sel.strategy),
+        *(("study.strategies", s) for s in (study.strategies if study else ())),
+    ]
     methods = [("generation.method", gen.method), *(("study.methods", m) for m in (study.methods if study else ()))]
     for (key, name), known in [*((s, STRATEGIES) for s in strategies), *((m, registry()) for m in methods)]:
         if name not in known:
@@ -28,13 +31,17 @@ def check_config(cfg: Config) -> Config:
         for name in {name for _, name in strategies} if w is not None else ():
             k = tuple_size_of(name, sel.tuple_size)
             if len(w) != k:
-                raise ConfigError(f"generation.{key} has {len(w)} values for tuples of {k} classes "
-                                  f"(selection.tuple_size={sel.tuple_size}, strategy {name})")  # fmt: skip
+                raise ConfigError(
+                    f"generation.{key} has {len(w)} values for tuples of {k} classes "
+                    f"(selection.tuple_size={sel.tuple_size}, strategy {name})"
+                )
     made = sel.count * gen.per_tuple  # ScoreMix's images: per_tuple of each selected tuple
     if gen.budget is not None and gen.budget != made and any(registry()[m].new_classes for _, m in methods):
-        raise ConfigError(f"generation.budget={gen.budget} differs from the {made} images ScoreMix makes "
-                          f"(selection.count {sel.count} x generation.per_tuple {gen.per_tuple}): the methods "
-                          f"would not compare on one budget; change one of them")  # fmt: skip
+        raise ConfigError(
+            f"generation.budget={gen.budget} differs from the {made} images ScoreMix makes "
+            f"(selection.count {sel.count} x generation.per_tuple {gen.per_tuple}): the methods "
+            f"would not compare on one budget; change one of them"
+        )
     return cfg
 
 

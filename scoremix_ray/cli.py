@@ -6,28 +6,33 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from scoremix_ray.config import Config, load_config, to_yaml
 from scoremix_ray.errors import ScoreMixError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="ScoreMix on Ray: mixed-class diffusion augmentation for recognition datasets.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="ScoreMix on Ray: mixed-class diffusion augmentation for recognition datasets.",
+)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the resolved configuration.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect the data and its split.")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: a.b=value (repeatable).")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output folder (config key out_dir).")]
-UriOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: SQLite in --out).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: a.b=value (repeatable).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Output folder (config key out_dir).")]
+UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: SQLite in --out).")]
 
 
-def _cfg(config: Path | None, sets: list[str] | None, out: Path | None = None, uri: str | None = None,
-         check: bool = True) -> Config:  # fmt: skip
+def _cfg(
+    config: Path | None, sets: list[str] | None, out: Path | None = None, uri: str | None = None, check: bool = True
+) -> Config:
     """The config, checked against the registries (`checks.check_config`) unless it is a sweep's base, whose
     trials (other strategies and methods) are each checked instead."""
     overrides = list(sets or [])
@@ -61,15 +66,21 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
     split, d = data_stage(_cfg(config, set_, out))
     s = split.summary()
     typer.echo(f"protocol: {s['protocol']}")
-    typer.echo(f"train: {s['train_images']} images in {s['train_classes']} classes; images {s['image_shape']} (H, W, C)")
+    typer.echo(
+        f"train: {s['train_images']} images in {s['train_classes']} classes; images {s['image_shape']} (H, W, C)"
+    )
     counts = split.train.counts()
     for name, n in list(zip(split.train.class_names, counts))[:20]:
         typer.echo(f"  class {name}: {n}")
     if len(counts) > 20:  # a face dataset has 10,000 identities: the spread, not a line each
-        typer.echo(f"  ... {len(counts) - 20} more; images per class min {counts.min()}, median "
-                   f"{int(np.median(counts))}, max {counts.max()}")  # fmt: skip
-    typer.echo(f"test: {s['test_images']} images in {s['test_classes']} classes; "
-               f"{s['pairs']} verification pairs ({s['same_pairs']} same)")
+        typer.echo(
+            f"  ... {len(counts) - 20} more; images per class min {counts.min()}, median "
+            f"{int(np.median(counts))}, max {counts.max()}"
+        )
+    typer.echo(
+        f"test: {s['test_images']} images in {s['test_classes']} classes; "
+        f"{s['pairs']} verification pairs ({s['same_pairs']} same)"
+    )
     typer.echo(f"grid: {d / 'train_grid.png'}")
 
 
@@ -82,12 +93,15 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
     _setup_logging()
     cfg = _cfg(config, set_, out, tracking_uri)
     result, metrics, run_id, seconds = jobs.experiment(cfg)
-    typer.echo(metrics_table({"baseline": metrics["baseline"], "augmented": metrics["augmented"],
-                              "delta": metrics["delta"]}))  # fmt: skip
+    typer.echo(
+        metrics_table({"baseline": metrics["baseline"], "augmented": metrics["augmented"], "delta": metrics["delta"]})
+    )
     typer.echo(delta_noise(metrics["baseline"], metrics["augmented"]))
     a = metrics["alignment"]
-    typer.echo(f"alignment (condition vs embedding space): CKA linear {a['cka_linear']:.3f} (null "
-               f"{a['cka_linear_null']:.3f}), mutual kNN {a['mutual_knn']:.3f} (null {a['mutual_knn_null']:.3f})")
+    typer.echo(
+        f"alignment (condition vs embedding space): CKA linear {a['cka_linear']:.3f} (null "
+        f"{a['cka_linear_null']:.3f}), mutual kNN {a['mutual_knn']:.3f} (null {a['mutual_knn_null']:.3f})"
+    )
     typer.echo(f"samples: {result['generate']['grid']}")
     typer.echo(f"mlflow: run {run_id} in {tracking.tracking_uri(cfg)} (mlflow ui --backend-store-uri ...)")
     typer.echo(f"done in {seconds:.0f} s; run folder: {cfg.run_dir} (metrics.json, pairs.parquet)")
@@ -99,13 +113,22 @@ def _list(text: str | None) -> list[str]:
 
 @app.command()
 def sweep(
-    strategies: Annotated[Optional[str], typer.Option("--strategies", help="Comma-separated selection strategies.")] = None,
+    strategies: Annotated[
+        str | None, typer.Option("--strategies", help="Comma-separated selection strategies.")
+    ] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0",
-    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: generation.method).")] = None,
-    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="Extra axis key=v1,v2 (';' between tuple values).")] = None,
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="Comma-separated methods (default: generation.method).")
+    ] = None,
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", help="Extra axis key=v1,v2 (';' between tuple values).")
+    ] = None,
     name: Annotated[str, typer.Option("--name", help="Sweep name (MLflow parent run, Tune folder).")] = "sweep",
-    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None,
-) -> None:  # fmt: skip
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
     """Ray Tune sweep over strategies x methods x seeds (x --grid axes); one MLflow child run per trial."""
     from tuning.sweep import parse_grid, run_sweep
 
@@ -115,8 +138,14 @@ def sweep(
         seed_list = [int(s) for s in _list(seeds)]
     except ValueError:
         raise ScoreMixError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
-    summary = run_sweep(cfg, _list(strategies) or [cfg.selection.strategy], seed_list,
-                        _list(methods) or None, parse_grid(grid or []), name)  # fmt: skip
+    summary = run_sweep(
+        cfg,
+        _list(strategies) or [cfg.selection.strategy],
+        seed_list,
+        _list(methods) or None,
+        parse_grid(grid or []),
+        name,
+    )
     _trials_summary(summary)
     typer.echo(f"compare: scoremix-ray report --out {cfg.out_dir}")
     _exit_if_failed(summary)
@@ -127,9 +156,12 @@ def _trials_summary(summary: dict) -> None:
     trials = summary["trials"]
     failed = [t for t in trials if t["error"]]
     earlier = sum(bool(t.get("earlier")) for t in trials)
-    typer.echo(f"{len(trials)} trials, {len(failed)} failed{' (' + ', '.join(t['name'] for t in failed) + ')' if failed else ''}"
-               f"{f', {earlier} finished in an earlier attempt' if earlier else ''}; MLflow parent run "
-               f"{summary['parent_run_id']} in {summary['tracking_uri']}")  # fmt: skip
+    names = f" ({', '.join(t['name'] for t in failed)})" if failed else ""
+    typer.echo(
+        f"{len(trials)} trials, {len(failed)} failed{names}"
+        f"{f', {earlier} finished in an earlier attempt' if earlier else ''}; MLflow parent run "
+        f"{summary['parent_run_id']} in {summary['tracking_uri']}"
+    )
     for t in failed:
         typer.echo(f"failed: {t['name']}: {t['error'].strip().splitlines()[-1][:300]}")
 
@@ -159,13 +191,18 @@ def study(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tra
 
 @app.command()
 def report(
-    experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment (tracking.experiment).")] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="MLflow experiment (tracking.experiment).")
+    ] = None,
     metric: Annotated[str, typer.Option("--metric", help="Metric to compare.")] = "augmented.verification_accuracy",
-    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None,
-) -> None:  # fmt: skip
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
     """Strategies (and methods) from MLflow: mean +- std over seeds as a table and a bar plot PNG. With a
     study config (a `study` section): the study's markdown table, interval plot and alignment per fold."""
-    from scoremix_ray.report import strategy_table, plot_strategies, write_study_report
+    from scoremix_ray.report import plot_strategies, strategy_table, write_study_report
 
     cfg = _cfg(config, set_, out, tracking_uri)
     if cfg.study is not None:
@@ -199,12 +236,22 @@ def delta_noise(baseline: dict, augmented: dict) -> str:
     if b and a and len(a) == len(b):
         mean, low, high = paired_interval([y - x for x, y in zip(b, a)])
         folds = f"over its {len(b)} folds of pairs the accuracy delta is {mean:+.4f} [{low:+.4f}, {high:+.4f}] (95%), "
-    return (f"note: one run's delta is not a verdict: {folds}which counts only the draw of pairs; other seeds "
-            f"(generator, initialisation, sampling) move it more. Intervals over folds x seeds: scoremix-ray study")
+    return (
+        f"note: one run's delta is not a verdict: {folds}which counts only the draw of pairs; other seeds "
+        f"(generator, initialisation, sampling) move it more. Intervals over folds x seeds: scoremix-ray study"
+    )
 
 
-METRIC_ROWS = ["verification_accuracy", "verification_accuracy_std", "roc_auc", "tar_at_far_1e-1",
-               "tar_at_far_1e-2", "tar_at_far_1e-3", "rank1_accuracy", "closed_set_accuracy"]
+METRIC_ROWS = [
+    "verification_accuracy",
+    "verification_accuracy_std",
+    "roc_auc",
+    "tar_at_far_1e-1",
+    "tar_at_far_1e-2",
+    "tar_at_far_1e-3",
+    "rank1_accuracy",
+    "closed_set_accuracy",
+]
 
 
 def metrics_table(columns: dict[str, dict]) -> str:
@@ -234,9 +281,11 @@ def train_recognizer_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
 @app.command()
 def evaluate(
     recognizer: Annotated[Path, typer.Option("--recognizer", help="Recognizer folder (a stage folder or its final/).")],
-    bin_: Annotated[Optional[Path], typer.Option("--bin", help="InsightFace verification .bin file.")] = None,
-    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
-) -> None:  # fmt: skip
+    bin_: Annotated[Path | None, typer.Option("--bin", help="InsightFace verification .bin file.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+) -> None:
     """Evaluate a trained recognizer on the config's verification pairs (and a .bin set); writes metrics.json
     next to the model."""
     from scoremix_ray import jobs
@@ -249,32 +298,47 @@ def evaluate(
 
 @app.command("select")
 def select_cmd(
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Selection strategy (config selection.strategy).")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="Number of tuples (config selection.count).")] = None,
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", help="Selection strategy (config selection.strategy).")
+    ] = None,
+    count: Annotated[int | None, typer.Option("--count", help="Number of tuples (config selection.count).")] = None,
     top: Annotated[int, typer.Option("--top", help="Rows to print.")] = 10,
-    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
-) -> None:  # fmt: skip
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+) -> None:
     """Rank class tuples with a strategy (stages 1-3 are computed or reused); writes pairs.parquet."""
     from scoremix_ray import jobs
 
     _setup_logging()
-    sets = list(set_ or []) + ([f"selection.strategy={strategy}"] if strategy else []) + (
-        [f"selection.count={count}"] if count else [])  # fmt: skip
+    sets = (
+        list(set_ or [])
+        + ([f"selection.strategy={strategy}"] if strategy else [])
+        + ([f"selection.count={count}"] if count else [])
+    )
     sel, path, names = jobs.select(_cfg(config, sets, out))
     typer.echo(f"{'rank':>4}  {'classes':<16}{'score':>10}{'emb dist':>10}{'cond dist':>10}")
     for r in range(min(top, len(sel.tuples))):
         cls = ",".join(names[c] for c in sel.tuples[r])
-        typer.echo(f"{r:>4}  {cls:<16}{sel.scores[r]:>10.4f}{sel.embedding_distance[r]:>10.4f}"
-                   f"{sel.condition_distance[r]:>10.4f}")  # fmt: skip
+        typer.echo(
+            f"{r:>4}  {cls:<16}{sel.scores[r]:>10.4f}{sel.embedding_distance[r]:>10.4f}"
+            f"{sel.condition_distance[r]:>10.4f}"
+        )
     typer.echo(f"pairs: {path} ({len(sel.tuples)} tuples, strategy {sel.strategy})")
 
 
 @app.command()
 def generate(
-    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="pairs.parquet from `select` (default: select now).")] = None,
-    per_tuple: Annotated[Optional[int], typer.Option("--per-tuple", help="Images per tuple (generation.per_tuple).")] = None,
-    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
-) -> None:  # fmt: skip
+    pairs: Annotated[
+        Path | None, typer.Option("--pairs", help="pairs.parquet from `select` (default: select now).")
+    ] = None,
+    per_tuple: Annotated[
+        int | None, typer.Option("--per-tuple", help="Images per tuple (generation.per_tuple).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+) -> None:
     """Render the synthetic classes with the Ray Data actor pool into Parquet shards (resumes if interrupted)."""
     from scoremix_ray import jobs
 
@@ -294,8 +358,10 @@ def align(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> 
 
     _setup_logging()
     a, path = jobs.align(_cfg(config, set_, out))
-    typer.echo(f"{'metric':<20}{'value':>10}{'null':>10}   ({a['classes']} classes, k={a['topk']}, "
-               f"null = mean of {a['permutations']} shuffled class orders)")
+    typer.echo(
+        f"{'metric':<20}{'value':>10}{'null':>10}   ({a['classes']} classes, k={a['topk']}, "
+        f"null = mean of {a['permutations']} shuffled class orders)"
+    )
     for key in ("cka_linear", "cka_linear_biased", "cka_rbf", "mutual_knn", "cknna", "distance_spearman"):
         typer.echo(f"{key:<20}{a[key]:>10.4f}{a[key + '_null']:>10.4f}")
     typer.echo(f"metrics: {path}")
@@ -310,14 +376,18 @@ def _floats(text: str, what: str) -> list[float]:
 
 @app.command()
 def sample(
-    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
-    classes: Annotated[Optional[str], typer.Option(help="Training classes to sample, by name: 0,1,5")] = None,
-    mix: Annotated[Optional[str], typer.Option(help="Classes to mix, by name: 1,5 (or three for a triplet)")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Mixing weights, convex: 0.5,0.5")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    classes: Annotated[str | None, typer.Option(help="Training classes to sample, by name: 0,1,5")] = None,
+    mix: Annotated[str | None, typer.Option(help="Classes to mix, by name: 1,5 (or three for a triplet)")] = None,
+    weights: Annotated[str | None, typer.Option(help="Mixing weights, convex: 0.5,0.5")] = None,
     per_class: Annotated[int, typer.Option("--per-class", help="Images per row")] = 8,
-    sweep_weights: Annotated[bool, typer.Option("--sweep-weights", help="Rows of weights 0, .2, .5, .8, 1 for a pair")] = False,
-    png: Annotated[Optional[Path], typer.Option(help="Where to write the grid PNG")] = None,
-) -> None:  # fmt: skip
+    sweep_weights: Annotated[
+        bool, typer.Option("--sweep-weights", help="Rows of weights 0, .2, .5, .8, 1 for a pair")
+    ] = False,
+    png: Annotated[Path | None, typer.Option(help="Where to write the grid PNG")] = None,
+) -> None:
     """Write a PNG grid: plain class-conditional rows (--classes) or ScoreMix rows (--mix)."""
     from scoremix_ray import jobs
     from scoremix_ray.config import convex

@@ -56,7 +56,7 @@ class DataConfig(_Section):
     on_bad_image: Literal["error", "skip"] = "error"
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "DataConfig":
+    def _path_needed(self) -> DataConfig:
         if self.source not in EMBEDDED and self.path is None:
             raise ValueError(f"data.path is required when data.source is '{self.source}'")
         if self.source in EMBEDDED:  # known without reading: the same stage hash whether set or left out
@@ -101,7 +101,7 @@ class SamplerConfig(_Section):
     precision: Precision = "fp32"  # the network's forward pass; the mix and the Heun steps stay fp32/fp64
 
     @model_validator(mode="after")
-    def _range(self) -> "SamplerConfig":
+    def _range(self) -> SamplerConfig:
         if self.sigma_min >= self.sigma_max:
             raise ValueError(f"sampler.sigma_min ({self.sigma_min}) must be below sampler.sigma_max ({self.sigma_max})")
         return self
@@ -148,7 +148,9 @@ class GenerationConfig(_Section):
     filter_candidates: int = Field(2, ge=1)  # DiffCoRe-Mix: generated candidates per image and round
     filter_rounds: int = Field(3, ge=1)  # DiffCoRe-Mix: rounds of fresh candidates for an image with none kept
     mix_alpha: float = Field(0.4, gt=0.0)  # mixup/cutmix: lambda ~ Beta(alpha, alpha)
-    inversion_strength: float = Field(0.3, gt=0.0, le=1.0)  # Diff-II: how far up the trajectory to invert (the paper's 0.3)
+    inversion_strength: float = Field(
+        0.3, gt=0.0, le=1.0
+    )  # Diff-II: how far up the trajectory to invert (the paper's 0.3)
     guided_fraction: float = Field(0.5, ge=0.0, le=1.0)  # Diff-II: share of the denoising steps with guidance
     guidance_scale: float = Field(1.5, ge=0.0)  # Diff-II: guidance in its first (high-noise) stage
     unit_size: int = Field(64, ge=1)  # rows rendered as one network batch and written as one Parquet shard;
@@ -211,7 +213,7 @@ class StudyConfig(_Section):
         return [v] if isinstance(v, (int, str)) else v
 
     @model_validator(mode="after")
-    def _distinct(self) -> "StudyConfig":
+    def _distinct(self) -> StudyConfig:
         for key in ("folds", "seeds", "methods", "strategies"):
             values = getattr(self, key)
             if not values:
@@ -237,7 +239,7 @@ class Config(_Section):
     # reports the study
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Config":
+    def _consistent(self) -> Config:
         """What the formulas say of the settings together. What the registries say (strategy and method names,
         weights per tuple, the budget) is `checks.check_config`, run by every entry point right after loading."""
         if self.ray.use_gpu is False and self.generation.actor_gpus == "auto":  # known without a cluster
@@ -247,12 +249,16 @@ class Config(_Section):
             if w is not None and not convex(w):
                 raise ValueError(f"generation.{key} must be non-negative and sum to 1, got {list(w)}")
         if self.sampler.guidance == "cfg" and self.generator.label_dropout == 0:
-            raise ValueError("sampler.guidance=cfg needs a generator trained with a null label: set "
-                             "generator.label_dropout > 0 (e.g. 0.1) or use sampler.guidance=autoguidance")  # fmt: skip
+            raise ValueError(
+                "sampler.guidance=cfg needs a generator trained with a null label: set "
+                "generator.label_dropout > 0 (e.g. 0.1) or use sampler.guidance=autoguidance"
+            )
         guide = self.generator.guide_checkpoint_step
         if self.sampler.guidance == "autoguidance" and guide is not None and guide >= self.generator.steps:
-            raise ValueError(f"sampler.guidance=autoguidance needs an earlier, weaker guide: generator.guide_checkpoint_step "
-                             f"({guide}) must be below generator.steps ({self.generator.steps})")  # fmt: skip
+            raise ValueError(
+                f"sampler.guidance=autoguidance needs an earlier, weaker guide: generator.guide_checkpoint_step "
+                f"({guide}) must be below generator.steps ({self.generator.steps})"
+            )
         return self
 
     @property
@@ -327,8 +333,9 @@ def _one_line(err: ValidationError) -> str:
         allowed = ", ".join(model.model_fields) if model else "?"
         return f"unknown config key '{key}' (allowed here: {allowed})"
     # a union field (bool | "auto") fails once per member: say what each would have accepted
-    msg = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors
-                                    if _key_of(tuple(e["loc"])) == key))  # fmt: skip
+    msg = " or ".join(
+        dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors if _key_of(tuple(e["loc"])) == key)
+    )
     if "input" in first and first["type"] != "value_error":
         return f"bad value for config key '{key}': {msg} (got {first['input']!r})"
     return f"bad config: {msg}" if first["type"] == "value_error" else f"config key '{key}': {msg}"

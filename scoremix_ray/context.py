@@ -48,7 +48,9 @@ class RunContext:
         if (use_gpu, actor_gpus) == (cfg.ray.use_gpu, cfg.generation.actor_gpus):
             return cfg
         ray = cfg.ray.model_copy(update={"use_gpu": use_gpu})
-        return cfg.model_copy(update={"ray": ray, "generation": cfg.generation.model_copy(update={"actor_gpus": actor_gpus})})
+        return cfg.model_copy(
+            update={"ray": ray, "generation": cfg.generation.model_copy(update={"actor_gpus": actor_gpus})}
+        )
 
     def reporting_to(self, tracker: Tracker | None = None, run_id: str | None = None, prefix: str = "") -> RunContext:
         """The same context, its stages' curves sent to `run_id` through `tracker` (kept when not given)."""

@@ -48,6 +48,8 @@ def local_device(use_gpu: bool) -> torch.device:
     if not torch.cuda.is_available():
         from scoremix_ray.errors import ScoreMixError
 
-        raise ScoreMixError("a GPU was requested but CUDA is not available in this process "
-                            "(set ray.use_gpu=false or generation.actor_gpus=0)")  # fmt: skip
+        raise ScoreMixError(
+            "a GPU was requested but CUDA is not available in this process "
+            "(set ray.use_gpu=false or generation.actor_gpus=0)"
+        )
     return torch.device("cuda")

@@ -28,10 +28,17 @@ from scoremix_ray.errors import ScoreMixError
 
 log = logging.getLogger("scoremix_ray")
 
-SCHEMA = pa.schema([
-    ("image", pa.binary()), ("label", pa.int64()), ("method", pa.string()), ("classes", pa.list_(pa.int64())),
-    ("weights", pa.list_(pa.float64())), ("seed", pa.int64()), ("index", pa.int64()),
-])  # fmt: skip
+SCHEMA = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("label", pa.int64()),
+        ("method", pa.string()),
+        ("classes", pa.list_(pa.int64())),
+        ("weights", pa.list_(pa.float64())),
+        ("seed", pa.int64()),
+        ("index", pa.int64()),
+    ]
+)
 
 
 def plan_digest(plan: pa.Table) -> str:
@@ -86,12 +93,18 @@ def render_unit(ctx, method, plan: pa.Table, unit: int, lo: int, hi: int, out_di
     rows = plan.slice(lo, hi - lo)
     images = method.render(ctx, rows)
     images, stats = images if isinstance(images, tuple) else (images, {})
-    table = pa.table({
-        "image": pa.array([encode_png(im) for im in images], pa.binary()),
-        "label": rows.column("label"), "method": pa.array([method.name] * len(rows), pa.string()),
-        "classes": rows.column("classes"), "weights": rows.column("weights"), "seed": rows.column("seed"),
-        "index": rows.column("index"),
-    }, schema=SCHEMA)  # fmt: skip
+    table = pa.table(
+        {
+            "image": pa.array([encode_png(im) for im in images], pa.binary()),
+            "label": rows.column("label"),
+            "method": pa.array([method.name] * len(rows), pa.string()),
+            "classes": rows.column("classes"),
+            "weights": rows.column("weights"),
+            "seed": rows.column("seed"),
+            "index": rows.column("index"),
+        },
+        schema=SCHEMA,
+    )
     path = unit_path(out_dir, unit)
     path.parent.mkdir(parents=True, exist_ok=True)
     if stats:  # before the shard: a shard on disk always has its stats beside it
@@ -109,14 +122,25 @@ def write_manifest(out_dir: Path, num_rows: int, unit_size: int, extra: dict | N
     for u, lo, hi in units(num_rows, unit_size):
         path = unit_path(out_dir, u)
         if path.is_file():
-            shards.append({"file": str(path.relative_to(out_dir)), "rows": hi - lo,
-                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})  # fmt: skip
+            shards.append(
+                {
+                    "file": str(path.relative_to(out_dir)),
+                    "rows": hi - lo,
+                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                }
+            )
             if path.with_suffix(".stats.json").is_file():
                 for k, v in json.loads(path.with_suffix(".stats.json").read_text()).items():
                     stats[k] = stats.get(k, 0) + v
-    manifest = {"rows": num_rows, "rows_written": sum(s["rows"] for s in shards), "unit_size": unit_size,
-                "complete": sum(s["rows"] for s in shards) == num_rows, "stats": stats, "shards": shards,
-                **(extra or {})}  # fmt: skip
+    manifest = {
+        "rows": num_rows,
+        "rows_written": sum(s["rows"] for s in shards),
+        "unit_size": unit_size,
+        "complete": sum(s["rows"] for s in shards) == num_rows,
+        "stats": stats,
+        "shards": shards,
+        **(extra or {}),
+    }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -146,7 +170,17 @@ def preview(out_dir: Path, size: int, channels: int, tuples: int = 8, per_tuple:
     for lab in np.unique(labels)[:tuples]:
         take = np.flatnonzero(labels == lab)
         shown.append(take[np.argsort(idx[take])][:per_tuple])
-    columns = {k: pq.read_table(files[k], columns=["image"]).column("image") for k in np.unique(where[np.concatenate(shown), 0])}
-    rows = [np.stack([decode(columns[where[i, 0]][int(where[i, 1])].as_py(), size, channels, str(files[where[i, 0]]))
-                      for i in take]) for take in shown]  # fmt: skip
+    columns = {
+        k: pq.read_table(files[k], columns=["image"]).column("image")
+        for k in np.unique(where[np.concatenate(shown), 0])
+    }
+    rows = [
+        np.stack(
+            [
+                decode(columns[where[i, 0]][int(where[i, 1])].as_py(), size, channels, str(files[where[i, 0]]))
+                for i in take
+            ]
+        )
+        for take in shown
+    ]
     return save_grid(rows, Path(out_dir) / "samples.png")

@@ -96,8 +96,10 @@ def generate(cfg: Config, pairs: Path | None) -> Path:
     ctx, cfg = start(cfg)
     split, data_dir = pipeline.data_stage(cfg)
     if sel is not None and sel.tuples.max() >= split.train.num_classes:
-        raise ScoreMixError(f"pairs file {pairs} names class {sel.tuples.max()}; the data has "
-                            f"{split.train.num_classes} training classes")  # fmt: skip
+        raise ScoreMixError(
+            f"pairs file {pairs} names class {sel.tuples.max()}; the data has "
+            f"{split.train.num_classes} training classes"
+        )
     if sel is None and method.new_classes:
         from scoremix_ray.checks import check_with_data
 
@@ -118,8 +120,15 @@ def align(cfg: Config) -> tuple[dict, Path]:
     return a, path
 
 
-def sample(cfg: Config, classes: str | None, mix: str | None, weights: list[float] | None, per_class: int,
-           sweep_weights: bool, png: Path | None) -> tuple[list[str], Path]:  # fmt: skip
+def sample(
+    cfg: Config,
+    classes: str | None,
+    mix: str | None,
+    weights: list[float] | None,
+    per_class: int,
+    sweep_weights: bool,
+    png: Path | None,
+) -> tuple[list[str], Path]:
     """A PNG grid of plain class-conditional rows (`classes`, by name; every class if None) or of ScoreMix rows
     (`mix`: two or more class names, under `weights` or, with `sweep_weights`, 1, .8, .5, .2, 0 for a pair):
     (one line per row, the PNG). Every check on the classes runs before the generator is trained."""
@@ -139,15 +148,24 @@ def sample(cfg: Config, classes: str | None, mix: str | None, weights: list[floa
         labels += [ids] * per_class
         wts += [w] * per_class
         seeds += [sample_seed(cfg.seed, ids[0] if key is None else key, i) for i in range(per_class)]
-    images = on_device(ctx, cfg, pipeline.sample_images, cfg, gen_dir, torch.tensor(labels),
-                       torch.tensor(wts, dtype=torch.float32), seeds)  # fmt: skip
+    images = on_device(
+        ctx,
+        cfg,
+        pipeline.sample_images,
+        cfg,
+        gen_dir,
+        torch.tensor(labels),
+        torch.tensor(wts, dtype=torch.float32),
+        seeds,
+    )
     path = png or cfg.run_dir / f"{stem}.png"
     save_grid([images[i * per_class : (i + 1) * per_class] for i in range(len(rows))], path)
     return [" + ".join(f"{wi:g}*class {names[i]}" for i, wi in zip(ids, w)) for ids, w in rows], path
 
 
-def sample_rows(names: list[str], classes: str | None, mix: str | None, weights: list[float] | None,
-                sweep_weights: bool) -> tuple[list[tuple[list[int], list[float]]], str, int | None]:  # fmt: skip
+def sample_rows(
+    names: list[str], classes: str | None, mix: str | None, weights: list[float] | None, sweep_weights: bool
+) -> tuple[list[tuple[list[int], list[float]]], str, int | None]:
     """The grid's rows as (class ids, convex weights), its file stem, and the noise key the rows share (a mix:
     one noise stream per tuple, shared by the rows of a weight sweep; None: each class its own)."""
     from scoremix_ray.diffusion.sampler import tuple_key

@@ -34,14 +34,18 @@ class Stage:
     upstream: tuple[str, ...]
     writes: tuple[str, ...]  # the last one is written last: the stage is complete once it is there
     seed: bool = True
+    layout: str | None = None  # in the key: a change of what the folder holds never reads an older one
 
     def dir(self, cfg: Config, upstream: dict[str, Path | None] | None = None, **extra) -> Path:
         """The stage's folder for `cfg` below the given upstream folders (None: an upstream it does not use)."""
         upstream = upstream or {}
         if set(upstream) != set(self.upstream):
             raise ValueError(f"stage {self.name} is keyed by {self.upstream}, got {sorted(upstream)}")
-        up = {"upstream": {k: d.name if d else None for k, d in upstream.items()}} if upstream else {}
-        key = section_hash(cfg, *self.sections, seed=self.seed, **up, **extra)
+        if upstream:
+            extra["upstream"] = {k: d.name if d else None for k, d in upstream.items()}
+        if self.layout:
+            extra["layout"] = self.layout
+        key = section_hash(cfg, *self.sections, seed=self.seed, **extra)
         return Path(cfg.out_dir) / "stages" / f"{self.name}-{key}"
 
     def done(self, d: Path) -> bool:
@@ -52,14 +56,30 @@ class Stage:
         return False
 
 
-STORE_FORMAT = "stores-1"  # in the data stage key: a layout change never reads an older stage
-DATA = Stage("data", ("data",), (), ("train/", "test/", "summary.json", "train_grid.png", "split.npz"), seed=False)
-GENERATOR = Stage("generator", ("data", "generator"), (),
-                  ("checkpoints/", "final/", "guide/", "history.jsonl", "train.json", "samples.png", "quality.json"))
-BASELINE = Stage("recognizer", ("data", "recognizer"), (),
-                 ("checkpoints/", "final/", "history.jsonl", "centres.npy", "metrics.json"))
-GENERATE = Stage("generate", ("generation",), ("data", "generator", "recognizer"),
-                 ("plan.parquet", "shards/", "samples.png", "generation.json", "manifest.json"), seed=False)
+DATA = Stage(
+    "data",
+    ("data",),
+    (),
+    ("train/", "test/", "summary.json", "train_grid.png", "split.npz"),
+    seed=False,
+    layout="stores-1",
+)  # the uint8 image stores of data/store.py
+GENERATOR = Stage(
+    "generator",
+    ("data", "generator"),
+    (),
+    ("checkpoints/", "final/", "guide/", "history.jsonl", "train.json", "samples.png", "quality.json"),
+)
+BASELINE = Stage(
+    "recognizer", ("data", "recognizer"), (), ("checkpoints/", "final/", "history.jsonl", "centres.npy", "metrics.json")
+)
+GENERATE = Stage(
+    "generate",
+    ("generation",),
+    ("data", "generator", "recognizer"),
+    ("plan.parquet", "shards/", "samples.png", "generation.json", "manifest.json"),
+    seed=False,
+)
 AUGMENTED = Stage("augmented", ("data", "recognizer"), ("generate",), BASELINE.writes)
 ALIGNMENT = Stage("alignment", (), ("generator", "recognizer"), ("alignment.json",))
 
@@ -80,8 +100,15 @@ def image_shape(dc, catalog) -> tuple[int, int]:
     default = (16, 1) if dc.source in EMBEDDED else (min(h, w), c)
     size, channels = dc.image_size or default[0], dc.channels or default[1]
     if min(h, w) > 2 * size:
-        log.warning("data: %s images are %dx%d px, data.image_size=%d shrinks them %.1fx (set data.image_size to keep "
-                    "more detail)", dc.source, h, w, size, min(h, w) / size)  # fmt: skip
+        log.warning(
+            "data: %s images are %dx%d px, data.image_size=%d shrinks them %.1fx (set data.image_size to keep "
+            "more detail)",
+            dc.source,
+            h,
+            w,
+            size,
+            min(h, w) / size,
+        )
     return size, channels
 
 
@@ -92,7 +119,7 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
     from scoremix_ray.data import scan, write_split
     from scoremix_ray.data.images import BadImage
 
-    d = DATA.dir(cfg, format=STORE_FORMAT)
+    d = DATA.dir(cfg)
     if DATA.done(d):
         return Split.load(d / "split.npz"), d
     dc = cfg.data
@@ -101,12 +128,22 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
         catalog, bad = catalog.without_bad()
         if bad:
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            log.warning("data: left out %d image(s) that do not decode (data.on_bad_image=skip): %s%s", len(bad),
-                        ", ".join(bad[:5]), more)  # fmt: skip
+            log.warning(
+                "data: left out %d image(s) that do not decode (data.on_bad_image=skip): %s%s",
+                len(bad),
+                ", ".join(bad[:5]),
+                more,
+            )
     try:  # nothing is lost on a bad image: split.npz is written last, so the stage is redone next time
         size, channels = image_shape(dc, catalog)
-        log.info("data: %d images of %d classes from %s -> %dpx x %d channel(s)", len(catalog),
-                 len(catalog.class_names), dc.path or dc.source, size, channels)  # fmt: skip
+        log.info(
+            "data: %d images of %d classes from %s -> %dpx x %d channel(s)",
+            len(catalog),
+            len(catalog.class_names),
+            dc.path or dc.source,
+            size,
+            channels,
+        )
         d.mkdir(parents=True, exist_ok=True)
         split = write_split(catalog, dc, size, channels, d / "split.npz")
     except BadImage as e:
@@ -178,8 +215,9 @@ def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str 
     return {**class_accuracy(clf, images, labels.numpy()), "classes_scored": int(len(classes)), "classes": n}
 
 
-def recognizer_stage(ctx: RunContext, cfg: Config, split: Split, data_dir: Path, out: Path | None = None,
-                     synthetic: Path | None = None) -> tuple[Path, dict]:  # fmt: skip
+def recognizer_stage(
+    ctx: RunContext, cfg: Config, split: Split, data_dir: Path, out: Path | None = None, synthetic: Path | None = None
+) -> tuple[Path, dict]:
     """Stages 3 and 6: train a recognizer with Ray Train (on real data, plus the `synthetic` image store for
     the augmented one), then evaluate it on the split's pairs, on the run's device. Writes `final/` (the
     model), `centres.npy` (class centres of the training images, for selection) and `metrics.json`.
@@ -201,8 +239,13 @@ def recognizer_stage(ctx: RunContext, cfg: Config, split: Split, data_dir: Path,
     rows = len(split.train.labels) + (len(ImageStore(synthetic)) if synthetic else 0)
     metrics["optimizer_steps"], metrics["epochs"] = optimizer_steps(cfg, rows), cfg.recognizer.epochs
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("recognizer: verification accuracy %.4f +- %.4f, AUC %.4f (%s)", metrics["verification_accuracy"],
-             metrics["verification_accuracy_std"], metrics["roc_auc"], d)  # fmt: skip
+    log.info(
+        "recognizer: verification accuracy %.4f +- %.4f, AUC %.4f (%s)",
+        metrics["verification_accuracy"],
+        metrics["verification_accuracy_std"],
+        metrics["roc_auc"],
+        d,
+    )
     return d, metrics
 
 
@@ -293,7 +336,10 @@ def optimizer_steps(cfg: Config, rows: int) -> int:
     """Steps of a recognizer's training on `rows` images (every rank takes one step per global batch)."""
     from scoremix_ray.data.batches import schedule
 
-    return cfg.recognizer.epochs * schedule("recognizer", cfg.recognizer, rows, cfg.seed, 0, cfg.ray.num_workers).steps_per_epoch
+    return (
+        cfg.recognizer.epochs
+        * schedule("recognizer", cfg.recognizer, rows, cfg.seed, 0, cfg.ray.num_workers).steps_per_epoch
+    )
 
 
 def matched_epochs(cfg: Config, real: int, synthetic: int) -> Config:
@@ -303,9 +349,13 @@ def matched_epochs(cfg: Config, real: int, synthetic: int) -> Config:
 
     if cfg.recognizer.match == "epochs" or synthetic == 0:
         return cfg
-    per_epoch = schedule("recognizer", cfg.recognizer, real + synthetic, cfg.seed, 0, cfg.ray.num_workers).steps_per_epoch
+    per_epoch = schedule(
+        "recognizer", cfg.recognizer, real + synthetic, cfg.seed, 0, cfg.ray.num_workers
+    ).steps_per_epoch
     epochs = max(1, round(optimizer_steps(cfg, real) / per_epoch))
-    rec = cfg.recognizer.model_copy(update={"epochs": epochs, "checkpoint_every": min(cfg.recognizer.checkpoint_every, epochs)})
+    rec = cfg.recognizer.model_copy(
+        update={"epochs": epochs, "checkpoint_every": min(cfg.recognizer.checkpoint_every, epochs)}
+    )
     return cfg.model_copy(update={"recognizer": rec})
 
 
@@ -321,14 +371,24 @@ def synthetic_store(split: Split, synth_dir: Path) -> Path:
     return d
 
 
-DELTA_KEYS = ["verification_accuracy", "roc_auc", "tar_at_far_1e-1", "tar_at_far_1e-2", "tar_at_far_1e-3",
-              "rank1_accuracy", "closed_set_accuracy"]
+DELTA_KEYS = [
+    "verification_accuracy",
+    "roc_auc",
+    "tar_at_far_1e-1",
+    "tar_at_far_1e-2",
+    "tar_at_far_1e-3",
+    "rank1_accuracy",
+    "closed_set_accuracy",
+]
 
 
 def deltas(baseline: dict, augmented: dict) -> dict:
     """augmented - baseline for each metric both have."""
-    return {k: augmented[k] - baseline[k] for k in DELTA_KEYS
-            if baseline.get(k) is not None and augmented.get(k) is not None}
+    return {
+        k: augmented[k] - baseline[k]
+        for k in DELTA_KEYS
+        if baseline.get(k) is not None and augmented.get(k) is not None
+    }
 
 
 def alignment_stage(cfg: Config, shared: Shared) -> dict:
@@ -395,8 +455,12 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
     aug_dir, augmented = augmented_stage(ctx, cfg, shared, synth_dir)
     augmented = {k: v for k, v in augmented.items() if k != "train"}
     result["augmented"] = {"dir": str(aug_dir)}
-    metrics = {"baseline": baseline, "augmented": augmented, "delta": deltas(baseline, augmented),
-               "alignment": alignment_stage(cfg, shared)}  # fmt: skip
+    metrics = {
+        "baseline": baseline,
+        "augmented": augmented,
+        "delta": deltas(baseline, augmented),
+        "alignment": alignment_stage(cfg, shared),
+    }
     result["metrics"] = str(cfg.run_dir / "metrics.json")
     merge_json(cfg.run_dir / "metrics.json", **metrics)
     write_json(cfg.run_dir / "stages.json", result)
@@ -412,7 +476,9 @@ def run_tracked(ctx: RunContext, cfg: Config) -> tuple[dict, dict, str]:
     with tracking.live_run(cfg, ctx.tracker, parent=ctx.run_id) as rid:
         write_run_config(cfg)
         result, metrics = run(ctx.reporting_to(run_id=rid), cfg)
-        stages = {name: Path(result[key]["dir"]) for name, key in
-                  (("generator", "generator"), ("baseline", "recognizer"), ("augmented", "augmented"))}  # fmt: skip
+        stages = {
+            name: Path(result[key]["dir"])
+            for name, key in (("generator", "generator"), ("baseline", "recognizer"), ("augmented", "augmented"))
+        }
         tracking.log_results(ctx.tracker, rid, metrics, tracking.run_artifacts(cfg, result), stages)
     return result, metrics, rid

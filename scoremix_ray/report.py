@@ -17,8 +17,10 @@ def strategy_table(cfg: Config, experiment: str | None = None, metric: str = "au
     df = load_runs(cfg, experiment)
     col = f"metrics.{metric}"
     if len(df) == 0 or col not in df:
-        raise ScoreMixError(f"no finished runs with metric '{metric}' in MLflow experiment "
-                            f"'{experiment or cfg.tracking.experiment}' ({cfg.tracking.tracking_uri or cfg.out_dir})")  # fmt: skip
+        raise ScoreMixError(
+            f"no finished runs with metric '{metric}' in MLflow experiment "
+            f"'{experiment or cfg.tracking.experiment}' ({cfg.tracking.tracking_uri or cfg.out_dir})"
+        )
     df = df[df["status"] == "FINISHED"].copy()
     df["method"] = df.get("tags.scoremix.method", "scoremix")
     df["strategy"] = df.get("tags.scoremix.strategy", "?")
@@ -68,12 +70,17 @@ def study_runs(cfg: Config):
     from scoremix_ray.tracking import client, experiment_id, load_runs
 
     mc = client(cfg)
-    parents = mc.search_runs([experiment_id(mc, cfg.tracking.experiment)],
-                             f"tags.`scoremix.kind` = 'study' AND tags.`mlflow.runName` = '{cfg.name}'",
-                             order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    parents = mc.search_runs(
+        [experiment_id(mc, cfg.tracking.experiment)],
+        f"tags.`scoremix.kind` = 'study' AND tags.`mlflow.runName` = '{cfg.name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not parents:
-        raise ScoreMixError(f"no study named '{cfg.name}' in MLflow experiment '{cfg.tracking.experiment}' "
-                            f"({cfg.tracking.tracking_uri or cfg.out_dir}); run `scoremix-ray study` first")  # fmt: skip
+        raise ScoreMixError(
+            f"no study named '{cfg.name}' in MLflow experiment '{cfg.tracking.experiment}' "
+            f"({cfg.tracking.tracking_uri or cfg.out_dir}); run `scoremix-ray study` first"
+        )
     parent = parents[0]
     runs = load_runs(cfg)
     runs = runs[runs["tags.mlflow.parentRunId"] == parent.info.run_id].copy() if len(runs) else runs
@@ -107,25 +114,47 @@ def study_table(cfg: Config, runs, metric: str):
     ok = runs[runs["status"] == "FINISHED"]
     cells = ok.drop_duplicates(["params.data.split_seed", "params.seed"])
     b = cells[base].astype(float) if base in cells else pd.Series(dtype=float)
-    rows = [{"condition": BASELINE, "cells": len(b), "failed": 0, "mean": b.mean(), "std": b.std(ddof=1),
-             "diff": 0.0, "low": float("nan"), "high": float("nan"), "verdict": "reference"}]  # fmt: skip
+    rows = [
+        {
+            "condition": BASELINE,
+            "cells": len(b),
+            "failed": 0,
+            "mean": b.mean(),
+            "std": b.std(ddof=1),
+            "diff": 0.0,
+            "low": float("nan"),
+            "high": float("nan"),
+            "verdict": "reference",
+        }
+    ]
     for cond in study_conditions(cfg):
         mine = ok[ok["condition"] == cond]
         values = mine[aug].astype(float) if aug in mine else pd.Series(dtype=float)
         diffs = mine[delta].astype(float) if delta in mine else pd.Series(dtype=float)
         mean, low, high = paired_interval(diffs.to_numpy(), st.confidence, st.interval, seed=cfg.seed)
-        rows.append({"condition": cond, "cells": len(values), "failed": int((runs["condition"] == cond).sum() - len(mine)),
-                     "mean": values.mean(), "std": values.std(ddof=1), "diff": mean, "low": low, "high": high,
-                     "verdict": verdict(low, high) if len(diffs) else "not run",
-                     "p": paired_p(diffs.to_numpy(), st.interval, seed=cfg.seed)})  # fmt: skip
+        rows.append(
+            {
+                "condition": cond,
+                "cells": len(values),
+                "failed": int((runs["condition"] == cond).sum() - len(mine)),
+                "mean": values.mean(),
+                "std": values.std(ddof=1),
+                "diff": mean,
+                "low": low,
+                "high": high,
+                "verdict": verdict(low, high) if len(diffs) else "not run",
+                "p": paired_p(diffs.to_numpy(), st.interval, seed=cfg.seed),
+            }
+        )
     table = with_holm(pd.DataFrame(rows[1:]), st.confidence)  # family: the conditions, not the reference
     return pd.concat([pd.DataFrame(rows[:1]).assign(p_holm=math.nan, holm="reference"), table], ignore_index=True)
 
 
 def with_conditions(runs):
     """The runs with a `condition` column: "method / strategy" for methods that make new classes, else the method."""
-    return runs.assign(condition=[condition_of(m, s) for m, s in zip(runs["tags.scoremix.method"],
-                                                                      runs["tags.scoremix.strategy"])])  # fmt: skip
+    return runs.assign(
+        condition=[condition_of(m, s) for m, s in zip(runs["tags.scoremix.method"], runs["tags.scoremix.strategy"])]
+    )
 
 
 def with_holm(table, confidence: float):
@@ -142,9 +171,11 @@ def with_holm(table, confidence: float):
     return table.assign(holm=[verdict(d, p) for d, p in zip(table["diff"], table["p_holm"])])
 
 
-CONTRASTS = [("scoremix / embedding-distant", "scoremix / embedding-close"),  # the paper's headline ablation
-             ("scoremix / embedding-distant", "scoremix / random"),
-             ("scoremix / condition-distant", "scoremix / condition-close")]
+CONTRASTS = [
+    ("scoremix / embedding-distant", "scoremix / embedding-close"),  # the paper's headline ablation
+    ("scoremix / embedding-distant", "scoremix / random"),
+    ("scoremix / condition-distant", "scoremix / condition-close"),
+]
 
 
 def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
@@ -167,9 +198,20 @@ def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
             continue
         d = (by.loc[a] - by.loc[b]).dropna().to_numpy()  # cells where both finished
         mean, low, high = paired_interval(d, st.confidence, st.interval, seed=cfg.seed)
-        rows.append({"contrast": f"{a} - {b}", "cells": len(d), "diff": mean, "low": low, "high": high,
-                     "verdict": verdict(low, high), "p": paired_p(d, st.interval, seed=cfg.seed)})  # fmt: skip
-    return with_holm(pd.DataFrame(rows, columns=["contrast", "cells", "diff", "low", "high", "verdict", "p"]), st.confidence)
+        rows.append(
+            {
+                "contrast": f"{a} - {b}",
+                "cells": len(d),
+                "diff": mean,
+                "low": low,
+                "high": high,
+                "verdict": verdict(low, high),
+                "p": paired_p(d, st.interval, seed=cfg.seed),
+            }
+        )
+    return with_holm(
+        pd.DataFrame(rows, columns=["contrast", "cells", "diff", "low", "high", "verdict", "p"]), st.confidence
+    )
 
 
 ALIGNMENT_KEYS = ["cka_linear", "cka_linear_biased", "cknna", "mutual_knn", "distance_spearman"]
@@ -179,8 +221,12 @@ def alignment_by_fold(runs):
     """Condition-space vs embedding-space alignment per fold (mean over the fold's seeds), beside the
     permutation null; every trial of a cell logs the same alignment, so one row per cell is kept."""
     ok = runs[runs["status"] == "FINISHED"].drop_duplicates(["params.data.split_seed", "params.seed"])
-    cols = {f"metrics.alignment.{k}{n}": f"{k}{n}" for k in ALIGNMENT_KEYS for n in ("", "_null", "_p") if
-            f"metrics.alignment.{k}{n}" in ok}  # fmt: skip
+    cols = {
+        f"metrics.alignment.{k}{n}": f"{k}{n}"
+        for k in ALIGNMENT_KEYS
+        for n in ("", "_null", "_p")
+        if f"metrics.alignment.{k}{n}" in ok
+    }
     table = ok.assign(fold=ok["params.data.split_seed"].astype(int)).groupby("fold")[list(cols)].mean()
     return table.rename(columns=cols).reset_index()
 
@@ -209,24 +255,38 @@ def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str,
         "",
         f"| condition | cells | {first} | difference [{pct} CI] | verdict | p (Holm) | Holm verdict |",
         "|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for r in tables[first].itertuples():
         ci = "" if r.low != r.low else f" [{_fmt(r.low, True)}, {_fmt(r.high, True)}]"
         failed = f" ({r.failed} failed)" if r.failed else ""
         diff = "" if r.condition == BASELINE else f"{_fmt(r.diff, True)}{ci}"
-        lines.append(f"| {r.condition} | {r.cells}{failed} | {_fmt(r.mean)} +- {_fmt(r.std)} | {diff} | {r.verdict} "
-                     f"| {_fmt(r.p_holm)} | {r.holm} |")  # fmt: skip
+        lines.append(
+            f"| {r.condition} | {r.cells}{failed} | {_fmt(r.mean)} +- {_fmt(r.std)} | {diff} | {r.verdict} "
+            f"| {_fmt(r.p_holm)} | {r.holm} |"
+        )
     if len(contrasts):
-        lines += ["", f"Contrasts between conditions, paired by cell (`{first}`, A - B, {pct} CI; p adjusted by "
-                  f"Holm over the contrasts):", "", "| A - B | cells | difference [CI] | verdict | p (Holm) | Holm verdict |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"Contrasts between conditions, paired by cell (`{first}`, A - B, {pct} CI; p adjusted by "
+            f"Holm over the contrasts):",
+            "",
+            "| A - B | cells | difference [CI] | verdict | p (Holm) | Holm verdict |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in contrasts.itertuples():
-            lines.append(f"| {r.contrast} | {r.cells} | {_fmt(r.diff, True)} [{_fmt(r.low, True)}, {_fmt(r.high, True)}] "
-                         f"| {r.verdict} | {_fmt(r.p_holm)} | {r.holm} |")  # fmt: skip
+            lines.append(
+                f"| {r.contrast} | {r.cells} | {_fmt(r.diff, True)} [{_fmt(r.low, True)}, {_fmt(r.high, True)}] "
+                f"| {r.verdict} | {_fmt(r.p_holm)} | {r.holm} |"
+            )
     others = [m for m in st.metrics[1:] if m in tables]
     if others:
-        lines += ["", f"Differences in the other metrics ({pct} CI; * = the interval excludes 0):", "",
-                  "| condition | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]  # fmt: skip
+        lines += [
+            "",
+            f"Differences in the other metrics ({pct} CI; * = the interval excludes 0):",
+            "",
+            "| condition | " + " | ".join(others) + " |",
+            "|---" * (len(others) + 1) + "|",
+        ]
         for i, cond in enumerate(tables[first]["condition"]):
             if cond == BASELINE:
                 lines.append(f"| {BASELINE} | " + " | ".join(_fmt(tables[m]["mean"][0]) for m in others) + " |")
@@ -239,12 +299,23 @@ def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str,
             lines.append(f"| {cond} | " + " | ".join(cells) + " |")
     if len(alignment):
         keys = [k for k in ALIGNMENT_KEYS if k in alignment]
-        lines += ["", "Alignment of the generator's condition space with the baseline recognizer's class centres, per "
-                  "fold (mean over seeds; in brackets the permutation null and the permutation p-value):", "",
-                  "| fold | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]  # fmt: skip
+        lines += [
+            "",
+            "Alignment of the generator's condition space with the baseline recognizer's class centres, per "
+            "fold (mean over seeds; in brackets the permutation null and the permutation p-value):",
+            "",
+            "| fold | " + " | ".join(keys) + " |",
+            "|---" * (len(keys) + 1) + "|",
+        ]
         for _, r in alignment.iterrows():
-            lines.append(f"| {int(r['fold'])} | " + " | ".join(
-                f"{r[k]:+.3f} ({r[k + '_null']:+.3f}" + (f", p {r[k + '_p']:.2f})" if k + "_p" in r else ")") for k in keys) + " |")
+            lines.append(
+                f"| {int(r['fold'])} | "
+                + " | ".join(
+                    f"{r[k]:+.3f} ({r[k + '_null']:+.3f}" + (f", p {r[k + '_p']:.2f})" if k + "_p" in r else ")")
+                    for k in keys
+                )
+                + " |"
+            )
     lines += ["", f"![differences to the baseline]({plot_name})", ""]
     return "\n".join(lines)
 
@@ -259,14 +330,17 @@ def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
     metrics = list(tables)
     first = tables[metrics[0]]
     conds = [c for c in first["condition"] if c != BASELINE]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 0.38 * len(conds) + 1.4),
-                             sharey=True, squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 0.38 * len(conds) + 1.4), sharey=True, squeeze=False
+    )
     y = list(range(len(conds)))[::-1]
     for ax, m in zip(axes[0], metrics):
         t = tables[m].set_index("condition").loc[conds]
         err = [(t["diff"] - t["low"]).fillna(0).to_numpy(), (t["high"] - t["diff"]).fillna(0).to_numpy()]
-        colors = ["#c44e52" if v == "lower than baseline" else "#55a868" if v == "higher than baseline" else "#4c72b0"
-                  for v in t["verdict"]]  # fmt: skip
+        colors = [
+            "#c44e52" if v == "lower than baseline" else "#55a868" if v == "higher than baseline" else "#4c72b0"
+            for v in t["verdict"]
+        ]
         ax.errorbar(t["diff"], y, xerr=err, fmt="none", ecolor="0.4", capsize=3)
         ax.scatter(t["diff"], y, c=colors, zorder=3)
         ax.axvline(0, color="k", lw=1, ls="--")
@@ -296,9 +370,13 @@ def write_study_report(cfg: Config) -> dict[str, Path]:
     plot = plot_differences(tables, cfg.study.confidence, d / "differences.png")
     md = d / "report.md"
     md.write_text(study_markdown(cfg, parent, tables, alignment, plot.name, contrasts))
-    data = {"parent_run_id": parent.info.run_id, "tags": dict(parent.data.tags),
-            "tables": {m: t.to_dict(orient="records") for m, t in tables.items()},
-            "alignment": alignment.to_dict(orient="records"), "contrasts": contrasts.to_dict(orient="records")}  # fmt: skip
+    data = {
+        "parent_run_id": parent.info.run_id,
+        "tags": dict(parent.data.tags),
+        "tables": {m: t.to_dict(orient="records") for m, t in tables.items()},
+        "alignment": alignment.to_dict(orient="records"),
+        "contrasts": contrasts.to_dict(orient="records"),
+    }
     js = d / "study.json"
     js.write_text(json.dumps(data, indent=2, default=float))
     return {"markdown": md, "plot": plot, "json": js}

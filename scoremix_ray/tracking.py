@@ -16,6 +16,7 @@ itself: every process writes to it directly. Default store: `sqlite:///<out_dir>
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -24,10 +25,11 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from scoremix_ray.config import Config, flatten
 
@@ -41,7 +43,7 @@ def tracking_uri(cfg: Config) -> str:
     return cfg.tracking.tracking_uri or f"sqlite:///{(Path(cfg.out_dir) / 'mlflow.db').resolve()}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -77,8 +79,11 @@ def _open(mc, experiment: str, name: str, params: dict, tags: dict, find: str | 
     from mlflow.entities import Param, RunTag
 
     exp = experiment_id(mc, experiment)
-    found = mc.search_runs([exp], filter_string=find, order_by=["attributes.start_time DESC"],
-                           max_results=1) if find else []  # fmt: skip
+    found = (
+        mc.search_runs([exp], filter_string=find, order_by=["attributes.start_time DESC"], max_results=1)
+        if find
+        else []
+    )
     if found:  # params stay as logged (the same config); the last attempt's error goes
         rid = found[0].info.run_id
         if "scoremix.error" in found[0].data.tags:
@@ -88,7 +93,7 @@ def _open(mc, experiment: str, name: str, params: dict, tags: dict, find: str | 
     rid = mc.create_run(exp, run_name=name, tags=tags).info.run_id
     items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        mc.log_batch(rid, params=items[i:i + 100], tags=[RunTag("scoremix.logged", "0")])
+        mc.log_batch(rid, params=items[i : i + 100], tags=[RunTag("scoremix.logged", "0")])
     return rid
 
 
@@ -99,7 +104,7 @@ def _log_points(mc, run_id: str, points: list[tuple[str, float, int]]) -> None:
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, int(step)) for k, v, step in points]
     for i in range(0, len(items), 1000):
-        mc.log_batch(run_id, metrics=items[i:i + 1000])
+        mc.log_batch(run_id, metrics=items[i : i + 1000])
 
 
 def _log_metrics(mc, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -138,7 +143,9 @@ def _children(mc, parent: str) -> dict[str, tuple[str, str]]:
 
 def _child_status(mc, parent: str, name: str) -> str | None:
     exp = mc.get_run(parent).info.experiment_id
-    runs = mc.search_runs([exp], filter_string=_child(parent, name), order_by=["attributes.start_time DESC"], max_results=1)
+    runs = mc.search_runs(
+        [exp], filter_string=_child(parent, name), order_by=["attributes.start_time DESC"], max_results=1
+    )
     return runs[0].info.status if runs else None
 
 
@@ -205,10 +212,9 @@ def writer(cfg: Config) -> Iterator[Tracker]:
     try:
         yield Tracker(uri, name)
     finally:
-        try:  # this process's queued writes are done (workers and trials flushed theirs as they ended)
+        # this process's queued writes are done (workers and trials flushed theirs as they ended)
+        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             ray.get(actor.do.remote(_ping), timeout=120)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            pass
         ray.kill(actor)
 
 
@@ -232,9 +238,13 @@ def _sigterm_stops(stopped: threading.Event) -> Iterator[None]:
 
 
 def _tags(cfg: Config, parent: str | None) -> dict[str, str]:
-    return {"scoremix.strategy": cfg.selection.strategy, "scoremix.method": cfg.generation.method,
-            "scoremix.seed": str(cfg.seed), "scoremix.run_dir": str(cfg.run_dir),
-            **({"mlflow.parentRunId": parent} if parent else {})}  # fmt: skip
+    return {
+        "scoremix.strategy": cfg.selection.strategy,
+        "scoremix.method": cfg.generation.method,
+        "scoremix.seed": str(cfg.seed),
+        "scoremix.run_dir": str(cfg.run_dir),
+        **({"mlflow.parentRunId": parent} if parent else {}),
+    }
 
 
 def _child(parent: str, name: str) -> str:
@@ -243,15 +253,22 @@ def _child(parent: str, name: str) -> str:
 
 
 @contextmanager
-def live_run(cfg: Config, tracker: Tracker, parent: str | None = None, tags: dict | None = None,
-             find: str | None = None) -> Iterator[str]:  # fmt: skip
+def live_run(
+    cfg: Config, tracker: Tracker, parent: str | None = None, tags: dict | None = None, find: str | None = None
+) -> Iterator[str]:
     """An MLflow run open while the block runs (yields its id): RUNNING with the flattened config as params,
     then FINISHED; FAILED with the traceback as the `scoremix.error` tag; KILLED on Ctrl-C or SIGTERM. Under
     `parent`, a child of the same name is reopened (a resumed sweep); `find` (an MLflow filter) reopens another
     run it matches (a resumed sweep's parent). The stages trained inside send their curves to it when the
     block hands its id on (`RunContext.reporting_to`)."""
-    rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), {**_tags(cfg, parent), **(tags or {})},
-                     _child(parent, cfg.name) if parent else find)  # fmt: skip
+    rid = tracker.do(
+        _open,
+        cfg.tracking.experiment,
+        cfg.name,
+        flatten(cfg),
+        {**_tags(cfg, parent), **(tags or {})},
+        _child(parent, cfg.name) if parent else find,
+    )
     log.info("mlflow: run %s (%s) open in %s", rid, cfg.name, tracker.uri)
     status, error, sigterm = "FAILED", None, threading.Event()
     try:
@@ -310,13 +327,25 @@ def run_artifacts(cfg: Config, result: dict | None = None) -> list[Path]:
     return files
 
 
-def log_run(cfg: Config, metrics: dict | None, artifacts: list[Path] = (), parent: str | None = None,
-            status: str = "FINISHED", error: str | None = None) -> str:  # fmt: skip
+def log_run(
+    cfg: Config,
+    metrics: dict | None,
+    artifacts: list[Path] = (),
+    parent: str | None = None,
+    status: str = "FINISHED",
+    error: str | None = None,
+) -> str:
     """A finished (or failed) experiment logged after the fact, by this process (reports, imports, tests)."""
     tracker = Tracker(tracking_uri(cfg))
     client(cfg)  # the folder of the default store
-    rid = tracker.do(_open, cfg.tracking.experiment, cfg.name, flatten(cfg), _tags(cfg, parent),
-                     _child(parent, cfg.name) if parent else None)  # fmt: skip
+    rid = tracker.do(
+        _open,
+        cfg.tracking.experiment,
+        cfg.name,
+        flatten(cfg),
+        _tags(cfg, parent),
+        _child(parent, cfg.name) if parent else None,
+    )
     log_results(tracker, rid, metrics or {}, list(artifacts), {})
     tracker.do(_finish, rid, status, error)
     return rid

@@ -19,8 +19,13 @@ def ray_session():
     """One local Ray for the whole test session (ray.init costs ~5 s and ~0.7 GB)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(_SESSION_HOME / "ray"),
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(_SESSION_HOME / "ray"),
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -34,17 +39,36 @@ def digits_split():
     return make_split(load_labelled("digits", None, 16, 1), dc)
 
 
-TINY_GEN = {"block_out_channels": (16, 32), "layers_per_block": 1, "batch_size": 16, "steps": 40,
-            "warmup_steps": 5, "checkpoint_every": 20, "log_every": 10, "lr": 2e-3}
+TINY_GEN = {
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "batch_size": 16,
+    "steps": 40,
+    "warmup_steps": 5,
+    "checkpoint_every": 20,
+    "log_every": 10,
+    "lr": 2e-3,
+}
 
 # the whole pipeline at toy size: 8x8 digits, a 30-step generator, a 3-epoch recognizer
 TINY_RUN = [
-    "data.image_size=8", "data.per_class=30", "data.num_pairs=200",
-    "generator.block_out_channels=16,32", "generator.steps=30", "generator.batch_size=16", "generator.log_every=10",
-    "sampler.steps=4", "recognizer.widths=8,16", "recognizer.blocks=1,1", "recognizer.epochs=3",
-    "recognizer.batch_size=32", "selection.count=2", "generation.per_tuple=8", "generation.unit_size=8",
+    "data.image_size=8",
+    "data.per_class=30",
+    "data.num_pairs=200",
+    "generator.block_out_channels=16,32",
+    "generator.steps=30",
+    "generator.batch_size=16",
+    "generator.log_every=10",
+    "sampler.steps=4",
+    "recognizer.widths=8,16",
+    "recognizer.blocks=1,1",
+    "recognizer.epochs=3",
+    "recognizer.batch_size=32",
+    "selection.count=2",
+    "generation.per_tuple=8",
+    "generation.unit_size=8",
     "ray.cpus_per_worker=1",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +76,8 @@ def tiny_generator(tmp_path_factory):
     """A tiny EDM generator trained briefly on 8x8 digits (5 classes): (net, guide_net, split, folder)."""
     from scoremix_ray.config import DataConfig, GeneratorConfig
     from scoremix_ray.data import load_labelled, make_split
-    from scoremix_ray.diffusion.train import load_generator, train_generator
     from scoremix_ray.data.batches import InMemory
+    from scoremix_ray.diffusion.train import load_generator, train_generator
 
     split = make_split(load_labelled("digits", None, 8, 1), DataConfig(image_size=8, per_class=60, num_pairs=100))
     d = tmp_path_factory.mktemp("tinygen")
@@ -68,8 +92,8 @@ def tiny_recognizer(tiny_generator, tmp_path_factory):
     import numpy as np
 
     from scoremix_ray.config import RecognizerConfig
-    from scoremix_ray.recognition.train import Recognizer, class_centres, embed, train_recognizer
     from scoremix_ray.data.batches import InMemory
+    from scoremix_ray.recognition.train import Recognizer, class_centres, embed, train_recognizer
 
     split = tiny_generator[2]
     d = tmp_path_factory.mktemp("rec")
@@ -85,9 +109,8 @@ def tiny_sweep(ray_session, tmp_path_factory):
     """A 3-trial sweep on the session's Ray. One trial fails at run time: a file stands where its run folder
     goes (as a full disk or a permission would); the others go on. Its stages are reused by the job test, the
     resume tests and the tiny study."""
-    from tuning.sweep import run_sweep
-
     from scoremix_ray.config import load_config
+    from tuning.sweep import run_sweep
 
     out = tmp_path_factory.mktemp("sweep")
     base = load_config(None, [f"out_dir={out}", *TINY_RUN])

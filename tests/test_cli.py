@@ -8,8 +8,13 @@ import yaml
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-c", "from scoremix_ray.cli import main; main()", *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from scoremix_ray.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_config_show():
@@ -34,9 +39,22 @@ def test_data_inspect(tmp_path):
     assert len(grids) == 1 and grids[0].stat().st_size > 500
 
 
-TINY = ["--set", "data.image_size=8", "--set", "data.per_class=30", "--set", "generator.block_out_channels=16,32",
-        "--set", "generator.steps=30", "--set", "generator.batch_size=16", "--set", "generator.log_every=10",
-        "--set", "sampler.steps=6"]
+TINY = [
+    "--set",
+    "data.image_size=8",
+    "--set",
+    "data.per_class=30",
+    "--set",
+    "generator.block_out_channels=16,32",
+    "--set",
+    "generator.steps=30",
+    "--set",
+    "generator.batch_size=16",
+    "--set",
+    "generator.log_every=10",
+    "--set",
+    "sampler.steps=6",
+]
 
 
 def test_train_generator_and_sample(tmp_path):
@@ -93,8 +111,21 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     from scoremix_ray.selection import Selection
 
     caplog.set_level(logging.INFO, logger="scoremix_ray")
-    rec = [*TINY, "--set", "recognizer.widths=8,16", "--set", "recognizer.blocks=1,1", "--set", "recognizer.epochs=3",
-           "--set", "recognizer.batch_size=32", "--set", "data.num_pairs=400", "--set", "ray.cpus_per_worker=1"]
+    rec = [
+        *TINY,
+        "--set",
+        "recognizer.widths=8,16",
+        "--set",
+        "recognizer.blocks=1,1",
+        "--set",
+        "recognizer.epochs=3",
+        "--set",
+        "recognizer.batch_size=32",
+        "--set",
+        "data.num_pairs=400",
+        "--set",
+        "ray.cpus_per_worker=1",
+    ]
     r = _in_process("train-recognizer", "--out", tmp_path, *rec)
     assert r.exit_code == 0, r.output[-2000:]
     assert "verification_accuracy" in r.output
@@ -123,8 +154,18 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     assert r.exit_code == 0, r.output[-2000:]
     a = json.loads((tmp_path / "default" / "metrics.json").read_text())["alignment"]
     assert a["classes"] == 5 and -1 <= a["cka_linear"] <= 1 and "cknna_null" in a
-    r = _in_process("generate", "--pairs", tmp_path / "default" / "pairs.parquet", "--per-tuple", "4", "--out", tmp_path,
-                    *rec, "--set", "generation.unit_size=4")  # fmt: skip
+    r = _in_process(
+        "generate",
+        "--pairs",
+        tmp_path / "default" / "pairs.parquet",
+        "--per-tuple",
+        "4",
+        "--out",
+        tmp_path,
+        *rec,
+        "--set",
+        "generation.unit_size=4",
+    )
     assert r.exit_code == 0, r.output[-2000:]
     gen = next(tmp_path.glob("stages/generate-*"))
     manifest = json.loads((gen / "manifest.json").read_text())
@@ -134,12 +175,18 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     assert r.returncode == 2 and "unknown selection.strategy 'nearest' (valid: random," in r.stderr
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["sample", "--mix", "1,99"], "class '99' is not a training class"),
-    (["run", "--set", "selection.count=50"], "selection.count=50 exceeds the 10 possible 2-tuples of 5 classes"),
-    (["run", "--set", "selection.max_uses_per_class=1", "--set", "selection.count=3"], "allow 5"),
-    (["generate", "--set", "selection.strategy=triplet-sum-max", "--set", "selection.count=11"], "10 possible 3-tuples"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["sample", "--mix", "1,99"], "class '99' is not a training class"),
+        (["run", "--set", "selection.count=50"], "selection.count=50 exceeds the 10 possible 2-tuples of 5 classes"),
+        (["run", "--set", "selection.max_uses_per_class=1", "--set", "selection.count=3"], "allow 5"),
+        (
+            ["generate", "--set", "selection.strategy=triplet-sum-max", "--set", "selection.count=11"],
+            "10 possible 3-tuples",
+        ),
+    ],
+)
 def test_checks_on_the_data_stop_before_any_training(tmp_path, args, needle):
     """Right after the data stage (seconds at toy size), before a generator or recognizer is trained."""
     from scoremix_ray.errors import ScoreMixError

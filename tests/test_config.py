@@ -22,20 +22,30 @@ def test_yaml_then_override(tmp_path):
     assert (cfg.data.image_size, cfg.seed) == (24, 5)
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    (["selection.strategy=nearest"], "unknown selection.strategy 'nearest' (valid: random, embedding-distant"),
-    (["generation.method=nosuch"], "unknown generation.method 'nosuch' (valid: cutmix, diffcoremix, diffii, diffusemix, mixup, plain, scoremix)"),
-    (["study.methods=scoremix,nosuch"], "unknown study.methods 'nosuch'"),
-    (["study.strategies=random,closest"], "unknown study.strategies 'closest'"),
-    (["generation.weights=0.7,0.7"], "generation.weights must be non-negative and sum to 1, got [0.7, 0.7]"),
-    (["generation.weights_end=1.2,-0.2"], "generation.weights_end must be non-negative"),
-    (["generation.weights=0.2,0.3,0.5"], "generation.weights has 3 values for tuples of 2 classes"),
-    (["selection.strategy=triplet-sum-max", "generation.weights=0.5,0.5"], "2 values for tuples of 3 classes"),
-    (["sampler.guidance=autoguidance", "generator.guide_checkpoint_step=800"], "guide_checkpoint_step (800) must be below"),
-    (["sampler.guidance=cfg"], "generator.label_dropout > 0"),
-    (["generation.budget=7"], "generation.budget=7 differs from the 500 images ScoreMix makes"),
-    (["generation.method=plain", "generation.budget=7", "study.methods=plain,scoremix"], "generation.budget=7"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["selection.strategy=nearest"], "unknown selection.strategy 'nearest' (valid: random, embedding-distant"),
+        (
+            ["generation.method=nosuch"],
+            "unknown generation.method 'nosuch' (valid: cutmix, diffcoremix, diffii, diffusemix, mixup, plain, "
+            "scoremix)",
+        ),
+        (["study.methods=scoremix,nosuch"], "unknown study.methods 'nosuch'"),
+        (["study.strategies=random,closest"], "unknown study.strategies 'closest'"),
+        (["generation.weights=0.7,0.7"], "generation.weights must be non-negative and sum to 1, got [0.7, 0.7]"),
+        (["generation.weights_end=1.2,-0.2"], "generation.weights_end must be non-negative"),
+        (["generation.weights=0.2,0.3,0.5"], "generation.weights has 3 values for tuples of 2 classes"),
+        (["selection.strategy=triplet-sum-max", "generation.weights=0.5,0.5"], "2 values for tuples of 3 classes"),
+        (
+            ["sampler.guidance=autoguidance", "generator.guide_checkpoint_step=800"],
+            "guide_checkpoint_step (800) must be below",
+        ),
+        (["sampler.guidance=cfg"], "generator.label_dropout > 0"),
+        (["generation.budget=7"], "generation.budget=7 differs from the 500 images ScoreMix makes"),
+        (["generation.method=plain", "generation.budget=7", "study.methods=plain,scoremix"], "generation.budget=7"),
+    ],
+)
 def test_settings_are_checked_together_at_load(overrides, needle):
     """What the CLI does right after loading (`_cfg`), as sweeps do for each trial."""
     with pytest.raises(ConfigError) as e:
@@ -44,21 +54,33 @@ def test_settings_are_checked_together_at_load(overrides, needle):
 
 
 def test_consistent_settings_load():
-    cfg = check_config(load_config(None, ["selection.strategy=triplet-sum-max", "generation.weights=0.2,0.3,0.5",
-                                          "generation.method=plain", "generation.budget=7",
-                                          "sampler.guidance=autoguidance"]))  # fmt: skip
+    cfg = check_config(
+        load_config(
+            None,
+            [
+                "selection.strategy=triplet-sum-max",
+                "generation.weights=0.2,0.3,0.5",
+                "generation.method=plain",
+                "generation.budget=7",
+                "sampler.guidance=autoguidance",
+            ],
+        )
+    )
     assert cfg.generation.budget == 7 and cfg.generation.weights == (0.2, 0.3, 0.5)  # plain makes no new classes
     assert check_config(load_config(None, ["generation.budget=500"])).generation.budget == 500  # 10 x 50, ScoreMix's
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("data.imgsize=3", "unknown config key 'data.imgsize' (allowed here: source, path, image_size"),
-    ("data.image_size=-1", "'data.image_size'"),
-    ("data.protocol=foo", "'open-set' or 'closed-set'"),
-    ("nosuch=1", "unknown config key 'nosuch'"),
-    ("data.source=folder", "data.path is required"),
-    ("sampler.sigma_min=100", "sampler.sigma_min"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.imgsize=3", "unknown config key 'data.imgsize' (allowed here: source, path, image_size"),
+        ("data.image_size=-1", "'data.image_size'"),
+        ("data.protocol=foo", "'open-set' or 'closed-set'"),
+        ("nosuch=1", "unknown config key 'nosuch'"),
+        ("data.source=folder", "data.path is required"),
+        ("sampler.sigma_min=100", "sampler.sigma_min"),
+    ],
+)
 def test_bad_keys_and_values_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])

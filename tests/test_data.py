@@ -8,7 +8,7 @@ from PIL import Image
 
 from scoremix_ray.config import DataConfig
 from scoremix_ray.data import load_labelled, make_split
-from scoremix_ray.data.images import encode_png, from_model, to_model
+from scoremix_ray.data.images import from_model, to_model
 from scoremix_ray.data.readers import read_folder, read_parquet, scan_recordio
 from scoremix_ray.data.recordio import pack, read_bin, write_bin, write_indexed
 from scoremix_ray.errors import ScoreMixError

@@ -39,11 +39,15 @@ def crossings(monkeypatch):
 
 
 def _cfg(guidance="none", **generation):
-    return Config.model_validate({
-        "data": {"image_size": 8}, "sampler": {"steps": 4, "guidance": guidance, "guidance_scale": 1.5},
-        "generator": {"label_dropout": 0.1}, "selection": {"count": 2},
-        "generation": {"per_tuple": 3, "filter_candidates": 2, **generation},
-    })  # fmt: skip
+    return Config.model_validate(
+        {
+            "data": {"image_size": 8},
+            "sampler": {"steps": 4, "guidance": guidance, "guidance_scale": 1.5},
+            "generator": {"label_dropout": 0.1},
+            "selection": {"count": 2},
+            "generation": {"per_tuple": 3, "filter_candidates": 2, **generation},
+        }
+    )
 
 
 def _meta(module):
@@ -57,8 +61,14 @@ def test_every_method_renders_with_the_networks_on_meta(tiny_generator, tiny_rec
     net, guide, split, _ = tiny_generator
     cfg = _cfg(guidance)
     rec = _meta(Recognizer.load(tiny_recognizer / "final"))
-    ctx = RenderContext(cfg, _meta(net), _meta(guide) if guidance == "autoguidance" else None,
-                        recognizer_dir=tiny_recognizer, _split=split, _recognizer=rec)  # fmt: skip
+    ctx = RenderContext(
+        cfg,
+        _meta(net),
+        _meta(guide) if guidance == "autoguidance" else None,
+        recognizer_dir=tiny_recognizer,
+        _split=split,
+        _recognizer=rec,
+    )
     assert ctx.device.type == "meta"
     get_method("scoremix")
     for name, method in METHODS.items():
@@ -139,7 +149,10 @@ def test_guidance_the_generator_lacks_is_refused_before_any_work(tiny_generator,
     assert guide is not None and load_for_sampling(gen_dir, _cfg("none").sampler)[1] is None  # loaded only if used
     bare = tmp_path / "bare"
     shutil.copytree(gen_dir / "final", bare / "final")
-    with pytest.raises(ScoreMixError, match=r"sampler.guidance=autoguidance needs the generator's guide checkpoint, missing: .*bare/guide"):
+    with pytest.raises(
+        ScoreMixError,
+        match=r"sampler.guidance=autoguidance needs the generator's guide checkpoint, missing: .*bare/guide",
+    ):
         check_guidance(_cfg("autoguidance").sampler, bare)
     meta = json.loads((bare / "final" / "edm.json").read_text())
     (bare / "final" / "edm.json").write_text(json.dumps({**meta, "null_label": None}))
@@ -159,8 +172,17 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
     from scoremix_ray.distributed import train as dtrain
 
     _, _, split, gen_dir = tiny_generator
-    cfg = load_config(None, [f"out_dir={tmp_path}", "data.image_size=8", "sampler.steps=4",
-                             "sampler.guidance=autoguidance", "sampler.guidance_scale=2", "ray.use_gpu=false"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path}",
+            "data.image_size=8",
+            "sampler.steps=4",
+            "sampler.guidance=autoguidance",
+            "sampler.guidance_scale=2",
+            "ray.use_gpu=false",
+        ],
+    )
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     split.save(data_dir / "split.npz")
@@ -176,8 +198,13 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
     quality = json.loads((d / "quality.json").read_text())
     assert 0 <= quality["class_accuracy"] <= 1 and quality["train"] == {"step": 120} and (d / "samples.png").is_file()
     guided = pipeline.sample_images(cfg, d, torch.tensor([[0]] * 3), torch.ones(3, 1), [1, 2, 3])
-    plain = pipeline.sample_images(cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"guidance": "none"})}),
-                                   d, torch.tensor([[0]] * 3), torch.ones(3, 1), [1, 2, 3])  # fmt: skip
+    plain = pipeline.sample_images(
+        cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"guidance": "none"})}),
+        d,
+        torch.tensor([[0]] * 3),
+        torch.ones(3, 1),
+        [1, 2, 3],
+    )
     assert not np.array_equal(guided, plain)
 
 
@@ -190,7 +217,10 @@ def test_devices_resolve_auto_and_keep_explicit_values():
     cfg = load_config(None, [])
     assert (cfg.ray.use_gpu, cfg.generation.actor_gpus) == ("auto", "auto")  # the default: GPUs when there are
     resolved = resolve_devices(cfg)  # this box (and CI) has none
-    assert (resolved.ray.use_gpu, resolved.generation.actor_gpus) == (torch.cuda.is_available(), float(torch.cuda.is_available()))
+    assert (resolved.ray.use_gpu, resolved.generation.actor_gpus) == (
+        torch.cuda.is_available(),
+        float(torch.cuda.is_available()),
+    )
     explicit = resolve_devices(load_config(None, ["ray.use_gpu=true", "generation.actor_gpus=0.5"]))
     assert (explicit.ray.use_gpu, explicit.generation.actor_gpus) == (True, 0.5)
     on_gpu_cpu_actors = resolve_devices(load_config(None, ["ray.use_gpu=true", "generation.actor_gpus=0"]))

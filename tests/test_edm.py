@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GEN
 
+from scoremix_ray.checkpoints import latest_checkpoint
 from scoremix_ray.config import GeneratorConfig
 from scoremix_ray.data.batches import InMemory
 from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, loss_weight, precond
-from scoremix_ray.checkpoints import latest_checkpoint
 from scoremix_ray.diffusion.train import train_generator
-
-from conftest import TINY_GEN
 
 
 def test_preconditioning_identities():
@@ -90,7 +89,9 @@ def test_resume_after_interrupt_continues_exactly(tmp_path):
         train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "resumed", report=crash_at_30)
     assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step_0000030"
     steps = []
-    train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "resumed", report=lambda m, c: steps.append(m["step"]))
+    train_generator(
+        InMemory(images, labels), n, cfg, 0, tmp_path / "resumed", report=lambda m, c: steps.append(m["step"])
+    )
     assert steps == [40]  # continued from step 30, did not restart at 0
     a = EDMDenoiser.load(tmp_path / "straight" / "final").state_dict()
     b = EDMDenoiser.load(tmp_path / "resumed" / "final").state_dict()
@@ -104,7 +105,9 @@ def test_save_load_roundtrip(tmp_path):
     assert (back.num_classes, back.null_label, back.sigma_data) == (4, 4, 0.5)
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
-        assert torch.equal(net(x, torch.tensor(1.3), torch.tensor([0, 3])), back(x, torch.tensor(1.3), torch.tensor([0, 3])))
+        assert torch.equal(
+            net(x, torch.tensor(1.3), torch.tensor([0, 3])), back(x, torch.tensor(1.3), torch.tensor([0, 3]))
+        )
     assert back.condition_vectors().shape == (4, back.unet.class_embedding.weight.shape[1])
 
 

@@ -20,10 +20,14 @@ from scoremix_ray.selection.strategies import Selection
 
 
 def _cfg(tmp_path, **generation):
-    return Config.model_validate({
-        "out_dir": str(tmp_path), "data": {"image_size": 8}, "sampler": {"steps": 6},
-        "generation": {"per_tuple": 10, "unit_size": 8, **generation},
-    })  # fmt: skip
+    return Config.model_validate(
+        {
+            "out_dir": str(tmp_path),
+            "data": {"image_size": 8},
+            "sampler": {"steps": 6},
+            "generation": {"per_tuple": 10, "unit_size": 8, **generation},
+        }
+    )
 
 
 SEL = Selection("test", np.array([[0, 3], [1, 2], [2, 4]]), np.array([0.9, 0.8, 0.7]))
@@ -54,8 +58,9 @@ def test_scoremix_plan_rows(tmp_path):
     assert plan.column("weights")[0].as_py() == [0.5, 0.5]  # uniform by default
     assert plan.column("seed")[12].as_py() == sample_seed(0, tuple_key([1, 2]), 2)
     with pytest.raises(ScoreMixError, match="generation.weights has 2 values for tuples of 3 classes"):
-        get_method("scoremix").plan(PlanContext(_cfg(tmp_path, weights=(0.5, 0.5)), 5,
-                                                Selection("t", np.array([[0, 1, 2]]), np.zeros(1))))
+        get_method("scoremix").plan(
+            PlanContext(_cfg(tmp_path, weights=(0.5, 0.5)), 5, Selection("t", np.array([[0, 1, 2]]), np.zeros(1)))
+        )
     write_plan(tmp_path / "g", plan)
     with pytest.raises(ScoreMixError, match="different plan"):
         write_plan(tmp_path / "g", plan.slice(0, 10))
@@ -118,8 +123,10 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_session, tiny_generat
 
     gen_dir = tiny_generator[3]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_JOB, ray.get_runtime_context().gcs_address,
-                             str(gen_dir), str(out)], start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_JOB, ray.get_runtime_context().gcs_address, str(gen_dir), str(out)],
+        start_new_session=True,
+    )
     deadline = time.time() + 90
     while time.time() < deadline and len(list((out / "shards").glob("unit-*.parquet"))) < 2:
         time.sleep(0.2)
@@ -128,8 +135,11 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_session, tiny_generat
     written = len(list((out / "shards").glob("unit-*.parquet")))
     assert 2 <= written < 30, f"kill came too late to test anything ({written} of 30 units written)"
     cfg = Config.model_validate(
-        {"data": {"image_size": 8}, "sampler": {"steps": 40}, "generation": {"per_tuple": 40, "unit_size": 4}})
-    plan = get_method("scoremix").plan(PlanContext(cfg, 5, Selection("t", np.array([[0, 3], [1, 2], [2, 4]]), np.zeros(3))))
+        {"data": {"image_size": 8}, "sampler": {"steps": 40}, "generation": {"per_tuple": 40, "unit_size": 4}}
+    )
+    plan = get_method("scoremix").plan(
+        PlanContext(cfg, 5, Selection("t", np.array([[0, 3], [1, 2], [2, 4]]), np.zeros(3)))
+    )
     time.sleep(1)  # let Ray reap the dead job's actors
     m = generate_shards(*start(cfg), "scoremix", plan, gen_dir, tmp_path / "none.npz", out)
     assert m["complete"] and m["rendered"] <= 120 - 4 * 2

@@ -1,6 +1,6 @@
 """On a GPU (skipped without CUDA; the CPU suite covers device placement on `meta`, tests/test_devices.py).
 
-    python -m pytest tests/test_gpu.py -m gpu      # on a machine with one CUDA GPU
+python -m pytest tests/test_gpu.py -m gpu      # on a machine with one CUDA GPU
 """
 
 import copy
@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_RUN
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -32,7 +31,11 @@ def test_gpu_and_cpu_images_agree_for_the_same_seeds(tiny_generator, exact_fp32,
 
     net, guide, _, _ = tiny_generator
     scfg = SamplerConfig(steps=8, guidance=guidance, guidance_scale=1.5)
-    labels, weights, seeds = torch.tensor([[0, 3], [1, 2], [4, 4], [2, 0]] * 4), torch.full((16, 2), 0.5), list(range(16))
+    labels, weights, seeds = (
+        torch.tensor([[0, 3], [1, 2], [4, 4], [2, 0]] * 4),
+        torch.full((16, 2), 0.5),
+        list(range(16)),
+    )
     on = {}
     for device in ("cpu", "cuda"):
         n, g = copy.deepcopy(net).to(device), copy.deepcopy(guide).to(device)
@@ -46,9 +49,20 @@ def test_tiny_pipeline_end_to_end_on_one_gpu_with_two_fractional_actors(ray_sess
     from scoremix_ray.config import load_config
     from scoremix_ray.context import start
 
-    cfg = load_config(None, [f"out_dir={tmp_path}", *TINY_RUN, "ray.use_gpu=auto", "generation.num_actors=2",
-                             "generation.actor_gpus=0.5", "generation.unit_size=4", "sampler.guidance=autoguidance",
-                             "sampler.guidance_scale=1.5", "sampler.precision=bf16"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path}",
+            *TINY_RUN,
+            "ray.use_gpu=auto",
+            "generation.num_actors=2",
+            "generation.actor_gpus=0.5",
+            "generation.unit_size=4",
+            "sampler.guidance=autoguidance",
+            "sampler.guidance_scale=1.5",
+            "sampler.precision=bf16",
+        ],
+    )
     result, _ = pipeline.run(*start(cfg))
     gen = json.loads((Path(result["generate"]["dir"]) / "generation.json").read_text())
     assert gen["complete"] and gen["rows_written"] == 16 and gen["devices"] == ["cuda:0"]

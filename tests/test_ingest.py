@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from scoremix_ray.config import DataConfig, RecognizerConfig
-from scoremix_ray.data import ImageStore, Split, load_labelled, make_split, scan, write_split
+from scoremix_ray.data import Split, load_labelled, make_split, scan, write_split
 from scoremix_ray.data.batches import InMemory, Streamed, read_rows, schedule
 from scoremix_ray.data.store import ConcatStore, write_store
 
@@ -28,8 +28,14 @@ def _folder(root, classes=40, per_class=25, size=32):
 def test_data_stage_streams_with_memory_of_a_batch(tmp_path):
     batch, row = 16, 32 * 32 * 3
     small = _folder(tmp_path / "small", classes=4, per_class=5)
-    write_split(scan("folder", small), DataConfig(source="folder", path=small, num_pairs=20), 32, 3,
-                tmp_path / "warm" / "split.npz", batch=batch)  # fmt: skip  (first-call imports and caches)
+    write_split(
+        scan("folder", small),
+        DataConfig(source="folder", path=small, num_pairs=20),
+        32,
+        3,
+        tmp_path / "warm" / "split.npz",
+        batch=batch,
+    )  # first-call imports and caches
     root = _folder(tmp_path / "faces")
     cfg = DataConfig(source="folder", path=root, per_class=20, num_pairs=100)
     catalog = scan("folder", root)
@@ -109,9 +115,17 @@ def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
 
     digits_split.save(tmp_path / "data" / "split.npz")
     synth = write_store(tmp_path / "synth", digits_split.train.images[:40], np.full(40, 5), [])
-    cfg = Config.model_validate({"recognizer": TINY_REC.model_dump(),
-                                 "ray": {"cache_mb": 0, "cpus_per_worker": 1, "use_gpu": False}})  # fmt: skip
-    fit(RunContext(), cfg, "recognizer", tmp_path / "data" / "split.npz", tmp_path / "streamed", synthetic=tmp_path / "synth")
+    cfg = Config.model_validate(
+        {"recognizer": TINY_REC.model_dump(), "ray": {"cache_mb": 0, "cpus_per_worker": 1, "use_gpu": False}}
+    )
+    fit(
+        RunContext(),
+        cfg,
+        "recognizer",
+        tmp_path / "data" / "split.npz",
+        tmp_path / "streamed",
+        synthetic=tmp_path / "synth",
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the worker's thread count: same kernels, same bits
     try:
@@ -120,8 +134,14 @@ def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
     finally:
         torch.set_num_threads(threads)
     # as a sweep trial holding its CPUs: no TorchTrainer, the same loop in this process
-    fit(RunContext(executor="process"), cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cache_mb": 1024})}),
-        "recognizer", tmp_path / "data" / "split.npz", tmp_path / "inline", synthetic=tmp_path / "synth")  # fmt: skip
+    fit(
+        RunContext(executor="process"),
+        cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cache_mb": 1024})}),
+        "recognizer",
+        tmp_path / "data" / "split.npz",
+        tmp_path / "inline",
+        synthetic=tmp_path / "synth",
+    )
     assert not (tmp_path / "inline" / "ray_train").exists()
     a = torch.load(tmp_path / "streamed" / "final" / "model.pt")
     for other in ("cached", "inline"):
@@ -140,7 +160,10 @@ def test_image_size_and_channels_come_from_the_data(tmp_path, caplog):
     assert "images are 40x40 px, data.image_size=16 shrinks them 2.5x" in caplog.text
     (tmp_path / "grey" / "a").mkdir(parents=True)
     Image.new("L", (30, 20)).save(tmp_path / "grey" / "a" / "0.png")
-    assert image_shape(DataConfig(source="folder", path=tmp_path / "grey"), scan("folder", tmp_path / "grey")) == (20, 1)
+    assert image_shape(DataConfig(source="folder", path=tmp_path / "grey"), scan("folder", tmp_path / "grey")) == (
+        20,
+        1,
+    )
     assert image_shape(DataConfig(), scan("digits", None)) == (16, 1)
 
 
@@ -158,7 +181,9 @@ def test_an_undecodable_image_stops_the_data_stage_or_is_left_out(tmp_path, capl
     (root / "id001" / "2.png").write_bytes(b"not an image")
     buf = io.BytesIO()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, "JPEG")
-    (root / "id002" / "9.jpg").write_bytes(buf.getvalue()[:200])  # a truncated JPEG: the header reads, the pixels do not
+    (root / "id002" / "9.jpg").write_bytes(
+        buf.getvalue()[:200]
+    )  # a truncated JPEG: the header reads, the pixels do not
     (root / "id004").mkdir(exist_ok=True)
     for f in (root / "id004").iterdir():
         f.write_bytes(b"\x89PNG broken")

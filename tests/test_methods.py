@@ -16,8 +16,14 @@ SEL = Selection("t", np.array([[0, 3], [1, 2]]), np.zeros(2))
 
 
 def _cfg(**generation):
-    return Config.model_validate({"data": {"image_size": 8}, "sampler": {"steps": 12}, "selection": {"count": 2},
-                                  "generation": {"per_tuple": 6, **generation}})  # fmt: skip
+    return Config.model_validate(
+        {
+            "data": {"image_size": 8},
+            "sampler": {"steps": 12},
+            "selection": {"count": 2},
+            "generation": {"per_tuple": 6, **generation},
+        }
+    )
 
 
 def _ctx(tiny_generator, cfg, recognizer_dir=None):
@@ -25,8 +31,7 @@ def _ctx(tiny_generator, cfg, recognizer_dir=None):
     return RenderContext(cfg, net, guide, _split=split, recognizer_dir=recognizer_dir)
 
 
-def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, tiny_recognizer, tmp_path,
-                                                                monkeypatch):  # fmt: skip
+def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, tiny_recognizer, tmp_path, monkeypatch):
     """... and a label-preserving method reads only the source rows it renders, never the whole store."""
     from scoremix_ray.data import ImageStore, Split
 
@@ -47,16 +52,21 @@ def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, t
         labels = plan.column("label").to_numpy()
         assert (labels >= 5).all() if method.new_classes else (labels < 5).all()
         needs = method.needs  # the context holds only what the method declares: the declaration is complete
-        ctx = RenderContext(cfg, net if "generator" in needs else None, guide if "guide" in needs else None,
-                            tmp_path / "data" / "split.npz" if "real_images" in needs else None,
-                            tiny_recognizer if "recognizer" in needs else None)  # fmt: skip
+        ctx = RenderContext(
+            cfg,
+            net if "generator" in needs else None,
+            guide if "guide" in needs else None,
+            tmp_path / "data" / "split.npz" if "real_images" in needs else None,
+            tiny_recognizer if "recognizer" in needs else None,
+        )
         taken.clear()
         a = render_unit(ctx, method, plan, 0, 0, 4, tmp_path / f"{name}-a")
         assert sum(taken) <= 2 * 4, (name, taken)  # a unit of 4 rows reads at most each row and its partner
         b = render_unit(ctx, method, plan, 0, 0, 4, tmp_path / f"{name}-b")
         assert a["rows"] == b["rows"] == 4
-        assert (tmp_path / f"{name}-a/shards/unit-000000.parquet").read_bytes() == \
-            (tmp_path / f"{name}-b/shards/unit-000000.parquet").read_bytes(), name  # fmt: skip
+        assert (tmp_path / f"{name}-a/shards/unit-000000.parquet").read_bytes() == (
+            tmp_path / f"{name}-b/shards/unit-000000.parquet"
+        ).read_bytes(), name
 
 
 def test_actors_load_only_what_the_method_declares(tiny_generator, tiny_recognizer, tmp_path):
@@ -69,22 +79,39 @@ def test_actors_load_only_what_the_method_declares(tiny_generator, tiny_recogniz
 
     _, _, split, gen_dir = tiny_generator
     split.save(tmp_path / "split.npz")
-    cfg = Config.model_validate({"data": {"image_size": 8}, "sampler": {"guidance": "autoguidance"},
-                                 "generation": {"actor_gpus": 0}})  # fmt: skip
+    cfg = Config.model_validate(
+        {"data": {"image_size": 8}, "sampler": {"guidance": "autoguidance"}, "generation": {"actor_gpus": 0}}
+    )
     loaded = {}
     for name in ("mixup", "scoremix", "diffcoremix"):
         (tmp_path / name).mkdir()
         pq.write_table(pa.table({"label": [0]}), tmp_path / name / "plan.parquet")
-        conf = {"config": cfg.model_dump(mode="json"), "method": name, "out_dir": str(tmp_path / name),
-                "generator_dir": str(gen_dir if name != "mixup" else tmp_path / "no-generator"),
-                "split_path": str(tmp_path / "split.npz"), "recognizer_dir": str(tiny_recognizer)}  # fmt: skip
+        conf = {
+            "config": cfg.model_dump(mode="json"),
+            "method": name,
+            "out_dir": str(tmp_path / name),
+            "generator_dir": str(gen_dir if name != "mixup" else tmp_path / "no-generator"),
+            "split_path": str(tmp_path / "split.npz"),
+            "recognizer_dir": str(tiny_recognizer),
+        }
         ctx = UnitRenderer(conf).ctx
-        loaded[name] = [k for k, v in (("generator", ctx.net), ("guide", ctx.guide), ("real_images", ctx.split_path),
-                                       ("recognizer", ctx.recognizer_dir)) if v is not None]  # fmt: skip
-    assert loaded == {"mixup": ["real_images"], "scoremix": ["generator", "guide"],
-                      "diffcoremix": ["generator", "guide", "real_images", "recognizer"]}  # fmt: skip
+        loaded[name] = [
+            k
+            for k, v in (
+                ("generator", ctx.net),
+                ("guide", ctx.guide),
+                ("real_images", ctx.split_path),
+                ("recognizer", ctx.recognizer_dir),
+            )
+            if v is not None
+        ]
+    assert loaded == {
+        "mixup": ["real_images"],
+        "scoremix": ["generator", "guide"],
+        "diffcoremix": ["generator", "guide", "real_images", "recognizer"],
+    }
     with pytest.raises(ScoreMixError, match="uses 'real_images' but was not given it"):
-        RenderContext(cfg, None).split
+        _ = RenderContext(cfg, None).split
 
 
 def test_cutmix_records_the_share_of_the_box_it_pasted():
@@ -123,8 +150,12 @@ def test_diffusemix_halves_come_from_original_and_counterpart(tiny_generator):
     orig = images_of(ctx, plan, "source")
     gen = renoise_and_denoise(ctx, orig, plan.column("label").to_numpy(), plan.column("seed").to_pylist(), 0.5)
     for o, g, y in zip(orig, gen, out):
-        halves = [(y[:, :3], y[:, 5:], o[:, :3], g[:, 5:]), (y[:, :3], y[:, 5:], g[:, :3], o[:, 5:]),
-                  (y[:3], y[5:], o[:3], g[5:]), (y[:3], y[5:], g[:3], o[5:])]  # fmt: skip
+        halves = [
+            (y[:, :3], y[:, 5:], o[:, :3], g[:, 5:]),
+            (y[:, :3], y[:, 5:], g[:, :3], o[:, 5:]),
+            (y[:3], y[5:], o[:3], g[5:]),
+            (y[:3], y[5:], g[:3], o[5:]),
+        ]
         assert any(np.array_equal(p, q) and np.array_equal(r, t) for p, r, q, t in halves)
     assert not np.array_equal(gen, orig)
 
@@ -151,8 +182,12 @@ def test_diffcoremix_redraws_before_it_settles(tiny_generator, tiny_recognizer):
         out, stats[tau, rounds] = method.render(_ctx(tiny_generator, cfg, tiny_recognizer), rows)
         assert len(out) == 4
     assert stats[-1.0, 3] == {"candidates": 8, "discarded": 0, "rows_passing_filter": 4, "rows_below_tau": 0}
-    assert stats[1.0, 1]["candidates"] == 8 and stats[1.0, 3] == {"candidates": 24, "discarded": 24,
-                                                                  "rows_passing_filter": 0, "rows_below_tau": 4}
+    assert stats[1.0, 1]["candidates"] == 8 and stats[1.0, 3] == {
+        "candidates": 24,
+        "discarded": 24,
+        "rows_passing_filter": 0,
+        "rows_below_tau": 4,
+    }
 
 
 def test_slerp_endpoints_and_inversion_round_trip(tiny_generator):

@@ -1,4 +1,5 @@
-"""The orchestrator: a Tune sweep on 2 CPUs with MLflow child runs, a failing trial, the report, a shared MLflow server over HTTP, `ray job submit` against a local cluster, cluster.yaml."""
+"""The orchestrator: a Tune sweep on 2 CPUs with MLflow child runs, a failing trial, the report, a shared MLflow
+server over HTTP, `ray job submit` against a local cluster, cluster.yaml."""
 
 import json
 import os
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_RUN
 
 from scoremix_ray.config import load_config
@@ -49,16 +49,15 @@ def test_cluster_yaml_validates_and_listens_on_loopback():
     assert "--dashboard-host=127.0.0.1" in head and "--host 127.0.0.1" in head and "0.0.0.0" not in text
     assert "aws_secret_access_key" not in text.lower() and "AKIA" not in text
     bad = {**cfg, "available_node_types": {**cfg["available_node_types"], "gpu_worker": {"resources": {}}}}
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 -- Ray raises its schema validator's own error type
         validate_config(prepare_config(bad))
 
 
 def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeypatch):
-    from tuning.sweep import run_sweep
-
     from scoremix_ray.errors import ScoreMixError
     from scoremix_ray.report import strategy_table
     from scoremix_ray.tracking import client, load_runs
+    from tuning.sweep import run_sweep
 
     tmp_path, base, summary = tiny_sweep
     trials = {t["name"]: t for t in summary["trials"]}
@@ -77,7 +76,10 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeyp
     assert len(runs) == 3 and set(runs["tags.mlflow.parentRunId"]) == {summary["parent_run_id"]}
     assert sorted(runs["status"]) == ["FAILED", "FINISHED", "FINISHED"]
     done = runs[runs["status"] == "FINISHED"].iloc[0]
-    assert done["params.recognizer.head"] == "arcface" and done["metrics.alignment.cka_linear_null"] == done["metrics.alignment.cka_linear_null"]
+    assert (
+        done["params.recognizer.head"] == "arcface"
+        and done["metrics.alignment.cka_linear_null"] == done["metrics.alignment.cka_linear_null"]
+    )
     arts = {a.path for a in mc.list_artifacts(done["run_id"])}
     assert {"samples.png", "pairs.parquet", "metrics.json", "config.yaml"} <= arts
     bad = runs[runs["status"] == "FAILED"].iloc[0]
@@ -91,11 +93,17 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeyp
     assert steps(parent.info.run_id, "train.baseline.lr") == [1, 2, 3]
     metrics = json.loads((Path(ok["run_dir"]) / "metrics.json").read_text())
     aug, real = metrics["augmented"], metrics["baseline"]
-    assert abs(aug["optimizer_steps"] - real["optimizer_steps"]) <= aug["optimizer_steps"] / aug["epochs"]  # within an epoch
+    assert (
+        abs(aug["optimizer_steps"] - real["optimizer_steps"]) <= aug["optimizer_steps"] / aug["epochs"]
+    )  # within an epoch
     epochs = list(range(1, aug["epochs"] + 1))
     assert len(epochs) < real["epochs"] == 3
-    for key, expected in (("train.augmented.loss", epochs), ("train.augmented.images_per_s", epochs),
-                          ("train.generator.loss", [10, 20, 30]), ("train.baseline.train_accuracy", [1, 2, 3])):
+    for key, expected in (
+        ("train.augmented.loss", epochs),
+        ("train.augmented.images_per_s", epochs),
+        ("train.generator.loss", [10, 20, 30]),
+        ("train.baseline.train_accuracy", [1, 2, 3]),
+    ):
         assert steps(done["run_id"], key) == expected, key
     info = mc.get_run(done["run_id"]).info  # open while the trial ran, not logged after it:
     trained = json.loads((Path(done["tags.scoremix.run_dir"]) / "stages.json").read_text())["augmented"]["dir"]
@@ -113,8 +121,10 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeyp
 
     monkeypatch.chdir(tmp_path.parent)  # --out relative to where the command runs, not to a Tune trial's folder
     sets = [a for s in [f"out_dir={tmp_path.name}", *TINY_RUN] for a in ("--set", s)]
-    r = CliRunner().invoke(app, ["sweep", "--strategies", "random,embedding-distant,condition-close", "--seeds", "0",
-                                 "--name", "tiny", *sets])  # fmt: skip
+    r = CliRunner().invoke(
+        app,
+        ["sweep", "--strategies", "random,embedding-distant,condition-close", "--seeds", "0", "--name", "tiny", *sets],
+    )
     assert r.exit_code == 1, r.output[-3000:]
     assert "3 trials, 1 failed (scoremix-condition-close-s0), 2 finished in an earlier attempt" in r.output
     assert "failed: scoremix-condition-close-s0: FileExistsError" in r.output  # its own folder, not a trial's
@@ -123,8 +133,10 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeyp
     again = run_sweep(base, ["random", "embedding-distant", "condition-close"], [0], name="tiny")
     assert again["parent_run_id"] == summary["parent_run_id"]
     assert {t["name"]: (bool(t.get("earlier")), t["error"]) for t in again["trials"]} == {
-        "scoremix-random-s0": (True, None), "scoremix-embedding-distant-s0": (True, None),
-        "scoremix-condition-close-s0": (False, None)}  # fmt: skip
+        "scoremix-random-s0": (True, None),
+        "scoremix-embedding-distant-s0": (True, None),
+        "scoremix-condition-close-s0": (False, None),
+    }
     runs = load_runs(base)
     assert len(runs) == 3 and sorted(runs["status"]) == ["FINISHED"] * 3  # the failed child reopened, not a fourth
     assert again["trials"][0]["augmented.verification_accuracy"] == ok["augmented.verification_accuracy"]
@@ -136,18 +148,33 @@ def test_shared_mlflow_server_over_http(tmp_path):
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", 90)
-        cfg = load_config(None, [f"out_dir={tmp_path / 'client'}", f"tracking.tracking_uri=http://127.0.0.1:{port}",
-                                 "name=over-http"])  # fmt: skip
+        cfg = load_config(
+            None, [f"out_dir={tmp_path / 'client'}", f"tracking.tracking_uri=http://127.0.0.1:{port}", "name=over-http"]
+        )
         (tmp_path / "metrics.json").write_text(json.dumps({"baseline": {"roc_auc": 0.8}}))
-        rid = log_run(cfg, {"baseline": {"roc_auc": 0.8}, "augmented": {"roc_auc": 0.85}},
-                      [tmp_path / "metrics.json"])  # fmt: skip
+        rid = log_run(cfg, {"baseline": {"roc_auc": 0.8}, "augmented": {"roc_auc": 0.85}}, [tmp_path / "metrics.json"])
         run = client(cfg).get_run(rid)  # read back over HTTP
         assert run.data.metrics == {"baseline.roc_auc": 0.8, "augmented.roc_auc": 0.85}
         assert run.data.params["name"] == "over-http"
@@ -173,22 +200,61 @@ def test_ray_job_submit_runs_the_sweep(tiny_sweep):
     ray_bin = str(Path(sys.executable).parent / "ray")
     temp = Path("/tmp") / f"rayjob{port}"  # Ray's socket paths must stay short
     try:
-        subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
-                        # the session's Ray already holds the default agent ports (52365, ...)
-                        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                        f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-                        "--disable-usage-stats"], check=True, env=env, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                ray_bin,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--temp-dir={temp}",
+                # the session's Ray already holds the default agent ports (52365, ...)
+                f"--dashboard-agent-listen-port={_free_port()}",
+                f"--dashboard-agent-grpc-port={_free_port()}",
+                f"--metrics-export-port={_free_port()}",
+                f"--runtime-env-agent-port={_free_port()}",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
         address = f"http://127.0.0.1:{dash}"
         _wait_http(address, 60)
         sets = [a for s in TINY_RUN for a in ("--set", s)]
         for _ in range(20):  # the dashboard answers before its job agent is ready
             r = subprocess.run(
-                [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-                 "python", "-m", "scoremix_ray", "sweep", "--strategies", "random", "--seeds", "0",
-                 "--out", str(out), "--name", "job", *sets],
-                env=env, capture_output=True, text=True, timeout=420,
-            )  # fmt: skip
+                [
+                    ray_bin,
+                    "job",
+                    "submit",
+                    "--address",
+                    address,
+                    "--working-dir",
+                    str(ROOT),
+                    "--",
+                    "python",
+                    "-m",
+                    "scoremix_ray",
+                    "sweep",
+                    "--strategies",
+                    "random",
+                    "--seeds",
+                    "0",
+                    "--out",
+                    str(out),
+                    "--name",
+                    "job",
+                    *sets,
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=420,
+            )
             if "try again later" not in r.stderr:
                 break
             time.sleep(3)
@@ -226,12 +292,23 @@ def test_concurrency_leaves_room_for_inner_work():
     assert concurrency([small], 2.0) == 2 and concurrency([small], 16.0) == 16  # 1 + 16 * 0.01 <= 16
     assert fit_to_cluster(small, 2.0).ray.cpus_per_worker == 1
     # an inline trial (1 worker, 1 actor, CPUs) holds its work's CPUs itself: n x work <= CPUs
-    assert inline_trial(small) and concurrency([small], 2.0, inline=True) == 2 and concurrency([fitted], 2.0, inline=True) == 1
+    assert (
+        inline_trial(small)
+        and concurrency([small], 2.0, inline=True) == 2
+        and concurrency([fitted], 2.0, inline=True) == 1
+    )
     # GPUs count too: 2 Train workers on a GPU each, or 4 actors x 0.25 GPU, or the evaluation task's 1 GPU
-    gpu = cfg("ray.use_gpu=true", "ray.num_workers=2", "ray.cpus_per_worker=4", "generation.num_actors=4",
-              "generation.actor_gpus=0.25")  # fmt: skip
+    gpu = cfg(
+        "ray.use_gpu=true",
+        "ray.num_workers=2",
+        "ray.cpus_per_worker=4",
+        "generation.num_actors=4",
+        "generation.actor_gpus=0.25",
+    )
     assert trial_work(gpu) == {"CPU": 8.0, "GPU": 2.0}
-    assert concurrency([gpu], 64.0, 8.0) == 4 and concurrency([gpu], 16.0, 8.0) == 2 and concurrency([gpu], 64.0, 0) == 1
+    assert (
+        concurrency([gpu], 64.0, 8.0) == 4 and concurrency([gpu], 16.0, 8.0) == 2 and concurrency([gpu], 64.0, 0) == 1
+    )
     packed = cfg("ray.use_gpu=true", "ray.cpus_per_worker=1", "generation.num_actors=2", "generation.actor_gpus=0.5")
     assert trial_work(packed) == {"CPU": 1.0, "GPU": 1.0} and concurrency([packed], 16.0, 1.0) == 1
     assert not inline_trial(gpu) and not inline_trial(packed)  # GPU or several workers: Ray Train and Ray Data
@@ -249,8 +326,14 @@ def _cli_process(out: Path, *args: str, sets: tuple[str, ...] = ()) -> subproces
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_USAGE_STATS_ENABLED": "0"}
     sets = [a for s in [*TINY_RUN, "ray.address=auto", *sets] for a in ("--set", s)]
-    return subprocess.Popen([sys.executable, "-m", "scoremix_ray", *args, "--out", str(out), *sets], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "scoremix_ray", *args, "--out", str(out), *sets],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for(what, seconds: float, proc: subprocess.Popen):
@@ -283,14 +366,16 @@ def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
     args = ["sweep", "--strategies", "random,condition-distant", "--seeds", "0", "--name", "killed"]
     proc = _cli_process(out, *args, sets=("ray.cpus_per_worker=2", *SLOW_TRIAL))  # one trial at a time
     parent = _wait_for(lambda: _runs(base, "attributes.run_name = 'killed'"), 120, proc)[0].info.run_id
-    first = _wait_for(lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'"),
-                      240, proc)  # fmt: skip
+    first = _wait_for(
+        lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'"), 240, proc
+    )
     os.kill(proc.pid, 9)
     proc.wait(30)
     assert len(first) == 1
     before = {r.info.run_name: r.info.status for r in _runs(base, f"tags.mlflow.parentRunId = '{parent}'")}
-    assert before[first[0].info.run_name] == "FINISHED" and "FINISHED" not in [s for n, s in before.items()
-                                                                                if n != first[0].info.run_name]
+    assert before[first[0].info.run_name] == "FINISHED" and "FINISHED" not in [
+        s for n, s in before.items() if n != first[0].info.run_name
+    ]
     resumed = load_config(None, [f"out_dir={out}", *TINY_RUN, "ray.address=auto", "ray.cpus_per_worker=2", *SLOW_TRIAL])
     summary = run_sweep(resumed, ["random", "condition-distant"], [0], name="killed")
     assert summary["parent_run_id"] == parent
@@ -306,8 +391,9 @@ def test_a_stopped_sweep_marks_its_runs_killed(tiny_sweep):
     """SIGTERM to a sweep's driver while a trial runs: the parent and the open child are KILLED (Tune's own
     Ctrl-C handling would have ended fit() as if the sweep were done), exit code 130."""
     out, base, _ = tiny_sweep
-    proc = _cli_process(out, "sweep", "--strategies", "embedding-close", "--seeds", "0", "--name", "stopped-sweep",
-                        sets=SLOW_TRIAL)  # fmt: skip
+    proc = _cli_process(
+        out, "sweep", "--strategies", "embedding-close", "--seeds", "0", "--name", "stopped-sweep", sets=SLOW_TRIAL
+    )
     parent = _wait_for(lambda: _runs(base, "attributes.run_name = 'stopped-sweep'"), 120, proc)[0].info.run_id
     _wait_for(lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"), 240, proc)
     os.killpg(proc.pid, 15)
@@ -350,7 +436,15 @@ def test_a_sweep_is_the_same_sweep_from_anywhere():
         return sweep_key(name, trial_configs(base, list(strategies), [0], ["scoremix"]))
 
     here = key()
-    assert key("out_dir=/elsewhere", "ray.address=auto", "ray.cpus_per_worker=2", "generation.num_actors=4",
-               "tracking.tracking_uri=http://127.0.0.1:5000") == here  # fmt: skip
+    assert (
+        key(
+            "out_dir=/elsewhere",
+            "ray.address=auto",
+            "ray.cpus_per_worker=2",
+            "generation.num_actors=4",
+            "tracking.tracking_uri=http://127.0.0.1:5000",
+        )
+        == here
+    )
     assert key(strategies=("embedding-distant", "random")) == here
     assert key("generation.per_tuple=9") != here and key(strategies=("random",)) != here and key(name="t") != here

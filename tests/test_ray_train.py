@@ -10,12 +10,21 @@ from scoremix_ray.pipeline import data_stage
 
 
 def test_torchtrainer_two_workers(ray_session, tmp_path):
-    cfg = load_config(None, [
-        f"out_dir={tmp_path}", "data.image_size=8", "data.per_class=30",
-        "generator.block_out_channels=16,32", "generator.steps=20", "generator.batch_size=16",
-        "generator.checkpoint_every=10", "generator.log_every=10",
-        "ray.num_workers=2", "ray.cpus_per_worker=1",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path}",
+            "data.image_size=8",
+            "data.per_class=30",
+            "generator.block_out_channels=16,32",
+            "generator.steps=20",
+            "generator.batch_size=16",
+            "generator.checkpoint_every=10",
+            "generator.log_every=10",
+            "ray.num_workers=2",
+            "ray.cpus_per_worker=1",
+        ],
+    )
     ctx, cfg = start(cfg)
     split, data_dir = data_stage(cfg)
     metrics = fit(ctx, cfg, "generator", data_dir / "split.npz", tmp_path / "gen")

@@ -10,8 +10,13 @@ from scoremix_ray.checkpoints import read_history
 from scoremix_ray.config import RecognizerConfig
 from scoremix_ray.data.batches import InMemory
 from scoremix_ray.evaluation.verification import (
-    best_threshold, closed_set_accuracy, kfold_accuracies, rank1_accuracy, tar_at_far, verification_metrics,
-)  # fmt: skip
+    best_threshold,
+    closed_set_accuracy,
+    kfold_accuracies,
+    rank1_accuracy,
+    tar_at_far,
+    verification_metrics,
+)
 from scoremix_ray.recognition.heads import MarginHead, arcface_target
 from scoremix_ray.recognition.train import Recognizer, class_centres, embed, train_recognizer
 
@@ -88,7 +93,9 @@ def test_known_roc():
 
     rng = np.random.default_rng(0)
     tied, same = np.round(rng.random(500), 1), rng.random(500) < 0.4
-    assert verification_metrics(tied + 0.1 * same, same)["roc_auc"] == pytest.approx(roc_auc_score(same, tied + 0.1 * same))
+    assert verification_metrics(tied + 0.1 * same, same)["roc_auc"] == pytest.approx(
+        roc_auc_score(same, tied + 0.1 * same)
+    )
     # best accuracy is 6/8 (threshold between 0.4 and 0.6: 3 TP + 3 TN)
     assert m["verification_accuracy"] == pytest.approx(0.75)
     # 4 negatives: FAR 1e-1 needs 10 -> not measurable, and said so
@@ -101,7 +108,9 @@ def test_kfold_threshold_comes_from_the_other_folds():
     scores = np.concatenate([np.full(10, 0.2), np.tile([0.9, 0.1], 45)])
     issame = np.concatenate([np.ones(10, bool), np.tile([True, False], 45)])
     accs = kfold_accuracies(scores, issame, folds=10)
-    assert accs.mean() == pytest.approx(0.9) and accs[0] == 0 and (accs[1:] == 1).all()  # fold 0 at the others' threshold
+    assert (
+        accs.mean() == pytest.approx(0.9) and accs[0] == 0 and (accs[1:] == 1).all()
+    )  # fold 0 at the others' threshold
 
 
 def test_rank1_and_closed_set():
@@ -154,7 +163,9 @@ def test_resume_continues_exactly(digits_split, tmp_path):
     # the curve: the interrupted attempt's epochs handed to the monitor again, then the new ones; the file holds
     # each epoch once, as the uninterrupted run's
     curve = [(r["step"], r["loss"]) for r in read_history(tmp_path / "straight")]
-    assert seen == curve and [r["step"] for r in read_history(tmp_path / "resumed")] == list(range(1, TINY_REC.epochs + 1))
+    assert seen == curve and [r["step"] for r in read_history(tmp_path / "resumed")] == list(
+        range(1, TINY_REC.epochs + 1)
+    )
 
 
 def test_augmented_recognizer_trains_the_baselines_steps():

@@ -4,7 +4,14 @@ import torch
 
 from scoremix_ray.config import SamplerConfig
 from scoremix_ray.diffusion.sampler import (
-    generate, heun_integrate, heun_sample, karras_sigmas, mixed_denoiser, sample_seed, seeded_noise, trajectory_progress,
+    generate,
+    heun_integrate,
+    heun_sample,
+    karras_sigmas,
+    mixed_denoiser,
+    sample_seed,
+    seeded_noise,
+    trajectory_progress,
 )
 from scoremix_ray.errors import ScoreMixError
 
@@ -41,7 +48,9 @@ def test_heun_converges_at_second_order_on_gaussian_data():
     exact = mu + (x0 - mu) * ((s**2 + t1**2) / (s**2 + t0**2)) ** 0.5
     errors = []
     for steps in (16, 32, 64):
-        out = heun_integrate(lambda x, t: mu + s**2 / (s**2 + t**2) * (x - mu), x0, karras_sigmas(steps, t1, t0, 7)[:-1])
+        out = heun_integrate(
+            lambda x, t: mu + s**2 / (s**2 + t**2) * (x - mu), x0, karras_sigmas(steps, t1, t0, 7)[:-1]
+        )
         errors.append((out.double() - exact).abs().max().item())
     assert errors[0] / errors[1] > 3.5 and errors[1] / errors[2] > 3.5 and errors[2] < 0.01, errors
 

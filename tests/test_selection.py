@@ -63,8 +63,9 @@ def test_triplet_top_n_equals_brute_force(largest, exact_limit):
     x = np.random.default_rng(1).normal(size=(23, 6))
     d = cosine_distance(x)
     got, scores = top_tuples(Distances(x), 3, 15, largest, exact_limit=exact_limit)
-    brute = sorted(((d[i, j] + d[i, k] + d[j, k], (i, j, k)) for i, j, k in itertools.combinations(range(23), 3)),
-                   reverse=largest)[:15]  # fmt: skip
+    brute = sorted(
+        ((d[i, j] + d[i, k] + d[j, k], (i, j, k)) for i, j, k in itertools.combinations(range(23), 3)), reverse=largest
+    )[:15]
     assert np.allclose(scores, [s for s, _ in brute])
     assert [tuple(t) for t in got] == [t for _, t in brute]
     sel = select("triplet-sum-max" if largest else "triplet-sum-min", Spaces(embedding=x), 15)
@@ -115,7 +116,9 @@ def test_selection_parquet_round_trip(tmp_path):
 
 
 def test_every_registered_strategy_runs():
-    sp = Spaces(embedding=np.random.default_rng(3).normal(size=(8, 4)), condition=np.random.default_rng(4).normal(size=(8, 5)))
+    sp = Spaces(
+        embedding=np.random.default_rng(3).normal(size=(8, 4)), condition=np.random.default_rng(4).normal(size=(8, 5))
+    )
     for name in STRATEGIES:
         sel = select(name, sp, 4)
         assert len(sel.tuples) == 4 and all(len(set(t)) == len(t) for t in sel.tuples.tolist())
@@ -134,7 +137,9 @@ def test_cka_identity_invariances_and_independence():
     big = rng.normal(size=(2000, 16))
     indep = rng.normal(size=(2000, 16))
     assert abs(cka(linear_kernel(big), linear_kernel(indep))) < 0.02  # unbiased: ~0 when independent
-    assert cka(linear_kernel(big), linear_kernel(indep), unbiased=False) > abs(cka(linear_kernel(big), linear_kernel(indep)))
+    assert cka(linear_kernel(big), linear_kernel(indep), unbiased=False) > abs(
+        cka(linear_kernel(big), linear_kernel(indep))
+    )
 
 
 def test_mutual_knn_and_cknna():
@@ -185,11 +190,14 @@ def _reference_alignment(x, y, topk, permutations, seed):
         ma, mb = knn_mask(ka, topk), knn_mask(kb, topk)
         m = ma & mb
         iu = np.triu_indices(len(a), 1)
-        return {"cka_linear": cka_(a @ a.T, b @ b.T), "cka_rbf": cka_(rbf_kernel(a), rbf_kernel(b)),
-                "mutual_knn": np.mean(m.sum(1) / topk),
-                "cknna": hsic(np.where(m, ka, 0), np.where(m, kb, 0))
-                / np.sqrt(hsic(np.where(ma, ka, 0), np.where(ma, ka, 0)) * hsic(np.where(mb, kb, 0), np.where(mb, kb, 0))),
-                "distance_spearman": spearmanr((1 - ka)[iu], (1 - kb)[iu]).statistic}  # fmt: skip
+        return {
+            "cka_linear": cka_(a @ a.T, b @ b.T),
+            "cka_rbf": cka_(rbf_kernel(a), rbf_kernel(b)),
+            "mutual_knn": np.mean(m.sum(1) / topk),
+            "cknna": hsic(np.where(m, ka, 0), np.where(m, kb, 0))
+            / np.sqrt(hsic(np.where(ma, ka, 0), np.where(ma, ka, 0)) * hsic(np.where(mb, kb, 0), np.where(mb, kb, 0))),
+            "distance_spearman": spearmanr((1 - ka)[iu], (1 - kb)[iu]).statistic,
+        }
 
     out = all_metrics(x, y)
     rng = np.random.default_rng(seed)

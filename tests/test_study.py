@@ -71,10 +71,22 @@ def _fake_study(tmp_path):
     from scoremix_ray import tracking
     from scoremix_ray.config import with_overrides
 
-    base = load_config(STUDY, [f"out_dir={tmp_path}", "study.folds=0,1", "study.seeds=0,1",
-                                                      "study.methods=scoremix,plain,diffii",
-                                                      "study.strategies=random,embedding-distant"])  # fmt: skip
-    tags = {"scoremix.kind": "study", "scoremix.wall_time_s": "3723", "scoremix.machine": "test box", "scoremix.trials": "12"}
+    base = load_config(
+        STUDY,
+        [
+            f"out_dir={tmp_path}",
+            "study.folds=0,1",
+            "study.seeds=0,1",
+            "study.methods=scoremix,plain,diffii",
+            "study.strategies=random,embedding-distant",
+        ],
+    )
+    tags = {
+        "scoremix.kind": "study",
+        "scoremix.wall_time_s": "3723",
+        "scoremix.machine": "test box",
+        "scoremix.trials": "12",
+    }
     gain = {("scoremix", "random"): 0.0, ("scoremix", "embedding-distant"): 0.05, ("plain", "x"): -0.04}
     rng = np.random.default_rng(0)
     expected = {}
@@ -85,16 +97,32 @@ def _fake_study(tmp_path):
                     b = 0.7 + 0.05 * fold + 0.01 * seed  # cells differ a lot; the paired difference does not
                     d = g + rng.normal(0, 0.005)
                     expected.setdefault((method, strategy), []).append(d)
-                    sets = [f"name={method}-{strategy}-{fold}-{seed}", f"seed={seed}", f"data.split_seed={fold}",
-                            f"generation.method={method}"] + ([f"selection.strategy={strategy}"] if method == "scoremix" else [])
+                    sets = [
+                        f"name={method}-{strategy}-{fold}-{seed}",
+                        f"seed={seed}",
+                        f"data.split_seed={fold}",
+                        f"generation.method={method}",
+                    ] + ([f"selection.strategy={strategy}"] if method == "scoremix" else [])
                     cfg = with_overrides(base, sets)
-                    metrics = {"baseline": {"verification_accuracy": b, "roc_auc": b + 0.1},
-                               "augmented": {"verification_accuracy": b + d, "roc_auc": b + 0.1 + d},
-                               "delta": {"verification_accuracy": d, "roc_auc": d},
-                               "alignment": {"cka_linear": 0.1 * fold, "cka_linear_null": 0.0, "cknna": 0.2, "cknna_null": 0.1}}
+                    metrics = {
+                        "baseline": {"verification_accuracy": b, "roc_auc": b + 0.1},
+                        "augmented": {"verification_accuracy": b + d, "roc_auc": b + 0.1 + d},
+                        "delta": {"verification_accuracy": d, "roc_auc": d},
+                        "alignment": {
+                            "cka_linear": 0.1 * fold,
+                            "cka_linear_null": 0.0,
+                            "cknna": 0.2,
+                            "cknna_null": 0.1,
+                        },
+                    }
                     tracking.log_run(cfg, metrics, parent=parent)
-        tracking.log_run(with_overrides(base, ["name=plain-fail", "generation.method=plain"]), None, parent=parent,
-                         status="FAILED", error="boom")  # fmt: skip
+        tracking.log_run(
+            with_overrides(base, ["name=plain-fail", "generation.method=plain"]),
+            None,
+            parent=parent,
+            status="FAILED",
+            error="boom",
+        )
     return with_overrides(base, ["study.metrics=verification_accuracy,roc_auc"]), expected
 
 
@@ -107,7 +135,13 @@ def test_study_report_from_mlflow(tmp_path):
     paths = write_study_report(cfg)
     data = json.loads(paths["json"].read_text())
     rows = {r["condition"]: r for r in data["tables"]["verification_accuracy"]}
-    assert list(rows) == ["baseline (real only)", "scoremix / random", "scoremix / embedding-distant", "plain", "diffii"]
+    assert list(rows) == [
+        "baseline (real only)",
+        "scoremix / random",
+        "scoremix / embedding-distant",
+        "plain",
+        "diffii",
+    ]
     assert rows["baseline (real only)"]["cells"] == 4
     assert rows["baseline (real only)"]["mean"] == pytest.approx(np.mean([0.7, 0.71, 0.75, 0.76]))
     for (method, strategy), diffs in expected.items():
@@ -119,8 +153,14 @@ def test_study_report_from_mlflow(tmp_path):
     assert rows["plain"]["verdict"] == "lower than baseline" and rows["plain"]["failed"] == 1
     assert rows["diffii"]["cells"] == 0 and rows["diffii"]["verdict"] == "not run"
     # Holm over the 3 conditions that ran: the smallest p times 3, the next times 2 (never below the one before)
-    p = {c: stats.ttest_1samp(expected[k], 0).pvalue for c, k in (("scoremix / random", ("scoremix", "random")),
-         ("scoremix / embedding-distant", ("scoremix", "embedding-distant")), ("plain", ("plain", "x")))}  # fmt: skip
+    p = {
+        c: stats.ttest_1samp(expected[k], 0).pvalue
+        for c, k in (
+            ("scoremix / random", ("scoremix", "random")),
+            ("scoremix / embedding-distant", ("scoremix", "embedding-distant")),
+            ("plain", ("plain", "x")),
+        )
+    }
     order = sorted(p, key=p.get)
     adj = np.maximum.accumulate([min(1, (3 - j) * p[c]) for j, c in enumerate(order)])
     assert [rows[c]["p_holm"] for c in order] == pytest.approx(list(adj))
@@ -152,22 +192,30 @@ def test_report_command_without_a_study_says_so(tmp_path):
 @pytest.mark.timeout(1200)  # the tiny sweep it builds on may be its setup
 def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
     """Every method on the embedded default (digits at toy size) with autoguidance through the study's Tune
-    sweep, MLflow and the report. One cell (fold 0, seed 0), the tiny sweep's: its generator and baseline are reused, as a study
-    reuses them across conditions (intervals over many cells are tested on a synthetic store above; each
-    cell costs ~7 Ray Train + Ray Data trials, ~35 s each on 2 cores). The notebook then runs on that folder:
-    the sweep's table and grids and the study's report."""
+    sweep, MLflow and the report. One cell (fold 0, seed 0), the tiny sweep's: its generator and baseline are
+    reused, as a study reuses them across conditions (intervals over many cells are tested on a synthetic store
+    above; each cell costs ~7 Ray Train + Ray Data trials, ~35 s each on 2 cores). The notebook then runs on that
+    folder: the sweep's table and grids and the study's report."""
+    from conftest import TINY_RUN
     from typer.testing import CliRunner
 
-    from conftest import TINY_RUN
     from scoremix_ray.cli import app
     from scoremix_ray.generation import read_shards
     from tuning.study import run_study
 
     out = tiny_sweep[0]
-    sets = [f"out_dir={out}", *TINY_RUN, "study.folds=0", "study.seeds=0", "study.strategies=random",
-            "study.metrics=verification_accuracy,roc_auc", "generation.weights=",
-            # every method end to end under the paper's guidance (the guide loaded once per actor)
-            "sampler.guidance=autoguidance", "sampler.guidance_scale=1.5"]  # fmt: skip
+    sets = [
+        f"out_dir={out}",
+        *TINY_RUN,
+        "study.folds=0",
+        "study.seeds=0",
+        "study.strategies=random",
+        "study.metrics=verification_accuracy,roc_auc",
+        "generation.weights=",
+        # every method end to end under the paper's guidance (the guide loaded once per actor)
+        "sampler.guidance=autoguidance",
+        "sampler.guidance_scale=1.5",
+    ]
     summary = run_study(load_config(STUDY, sets))
     STUDY_METHODS = load_config(STUDY).study.methods  # the study config lists every method
     trials = {t["name"]: t for t in summary["trials"]}
@@ -182,7 +230,9 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
     data_dirs = {}  # every condition of a fold saw the same split (real images, pairs) and the same baseline
     for name, t in trials.items():
         stages = json.loads((Path(t["run_dir"]) / "stages.json").read_text())
-        data_dirs.setdefault(name.rsplit("split_seed", 1)[1], set()).add((stages["data"]["dir"], stages["recognizer"]["dir"]))
+        data_dirs.setdefault(name.rsplit("split_seed", 1)[1], set()).add(
+            (stages["data"]["dir"], stages["recognizer"]["dir"])
+        )
     assert {k: len(v) for k, v in data_dirs.items()} == {"0": 1}
     report = json.loads(Path(summary["report"]["json"]).read_text())
     rows = report["tables"]["verification_accuracy"]

@@ -33,8 +33,10 @@ def check_folds(base: Config) -> dict[int, list[str]]:
         split, _ = data_stage(with_overrides(base, [f"data.split_seed={fold}"]))
         key = tuple(split.train.class_names)
         if key in seen:
-            raise ConfigError(f"study.folds {seen[key]} and {fold} give the same training classes {list(key)}; "
-                              f"pick other data.split_seed values")  # fmt: skip
+            raise ConfigError(
+                f"study.folds {seen[key]} and {fold} give the same training classes {list(key)}; "
+                f"pick other data.split_seed values"
+            )
         seen[key] = fold
         out[fold] = list(key)
     return out
@@ -52,8 +54,10 @@ def machine() -> str:
         pass
     res = ray.cluster_resources() if ray.is_initialized() else {}
     gpus = int(res.get("GPU", 0))
-    return (f"{len(ray.nodes()) if ray.is_initialized() else 1} node(s), {res.get('CPU', os.cpu_count()):g} CPUs "
-            f"({cpu}), {gpus} GPU(s), {platform.system()} {platform.release()}")  # fmt: skip
+    return (
+        f"{len(ray.nodes()) if ray.is_initialized() else 1} node(s), {res.get('CPU', os.cpu_count()):g} CPUs "
+        f"({cpu}), {gpus} GPU(s), {platform.system()} {platform.release()}"
+    )
 
 
 def run_study(base: Config) -> dict:
@@ -70,8 +74,15 @@ def run_study(base: Config) -> dict:
     for fold, classes in partitions.items():
         log.info("study: fold %d trains on classes %s", fold, ",".join(classes))
     tags = {"scoremix.kind": "study", "scoremix.config_sha": hashlib.sha256(to_yaml(base).encode()).hexdigest()[:12]}
-    summary = run_sweep(base, list(st.strategies), list(st.seeds), list(st.methods),
-                        {"data.split_seed": [str(f) for f in st.folds]}, base.name, tags)  # fmt: skip
+    summary = run_sweep(
+        base,
+        list(st.strategies),
+        list(st.seeds),
+        list(st.methods),
+        {"data.split_seed": [str(f) for f in st.folds]},
+        base.name,
+        tags,
+    )
     wall = time.time() - start
     mc = tracking.client(base)
     mc.set_tag(summary["parent_run_id"], "scoremix.wall_time_s", f"{wall:.0f}")

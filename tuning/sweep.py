@@ -39,8 +39,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
-def trial_configs(base: Config, strategies: list[str], seeds: list[int], methods: list[str],
-                  grid: dict[str, list] | None = None) -> list[Config]:  # fmt: skip
+def trial_configs(
+    base: Config, strategies: list[str], seeds: list[int], methods: list[str], grid: dict[str, list] | None = None
+) -> list[Config]:
     """One validated config per point of strategies x methods x seeds x grid; bad values fail here,
     before anything runs. Methods that make no new classes ignore the strategy (run once per seed)."""
     from scoremix_ray.checks import check_config
@@ -56,9 +57,13 @@ def trial_configs(base: Config, strategies: list[str], seeds: list[int], methods
         if name in seen:
             continue
         seen.add(name)
-        sets = [f"name={name}", f"seed={seed}", f"generation.method={method}",
-                *([f"selection.strategy={strategy}"] if strategy != "none" else []),
-                *(f"{k}={v}" for k, v in axes.items())]  # fmt: skip
+        sets = [
+            f"name={name}",
+            f"seed={seed}",
+            f"generation.method={method}",
+            *([f"selection.strategy={strategy}"] if strategy != "none" else []),
+            *(f"{k}={v}" for k, v in axes.items()),
+        ]
         out.append(check_config(with_overrides(base, sets)))
     return out
 
@@ -67,8 +72,12 @@ def trial_work(cfg: Config) -> dict[str, float]:
     """CPUs and GPUs a trial's inner work holds at its busiest (its phases run one after the other): its Train
     run, its generation actors, or its evaluation task (1 GPU when the run uses GPUs). `cfg`: devices resolved."""
     train_gpus = cfg.ray.num_workers if cfg.ray.use_gpu else 0
-    return {"CPU": max(cfg.ray.num_workers * cfg.ray.cpus_per_worker, cfg.generation.num_actors * cfg.generation.actor_cpus),
-            "GPU": max(train_gpus, cfg.generation.num_actors * cfg.generation.actor_gpus, 1 if cfg.ray.use_gpu else 0)}  # fmt: skip
+    return {
+        "CPU": max(
+            cfg.ray.num_workers * cfg.ray.cpus_per_worker, cfg.generation.num_actors * cfg.generation.actor_cpus
+        ),
+        "GPU": max(train_gpus, cfg.generation.num_actors * cfg.generation.actor_gpus, 1 if cfg.ray.use_gpu else 0),
+    }
 
 
 def fit_to_cluster(cfg: Config, cpus: float) -> Config:
@@ -76,8 +85,12 @@ def fit_to_cluster(cfg: Config, cpus: float) -> Config:
     plus the trial's sliver); the worker keeps round(cpus_per_worker) torch threads."""
     if trial_work(cfg)["CPU"] + TRIAL_CPU > cpus:
         per = math.floor((cpus - TRIAL_CPU) / cfg.ray.num_workers * 100) / 100
-        log.info("sweep: ray.cpus_per_worker %.2f -> %.2f so a trial's Train run fits %g CPUs",
-                 cfg.ray.cpus_per_worker, per, cpus)
+        log.info(
+            "sweep: ray.cpus_per_worker %.2f -> %.2f so a trial's Train run fits %g CPUs",
+            cfg.ray.cpus_per_worker,
+            per,
+            cpus,
+        )
         cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cpus_per_worker": per})})
     return cfg
 
@@ -109,8 +122,11 @@ def concurrency(configs: list[Config], cpus: float, gpus: float = 0.0, inline: b
         n -= 1
     if work["GPU"] > 0:
         if work["GPU"] > gpus:
-            log.warning("sweep: a trial needs %g GPU(s), the cluster has %g now: trials wait for the autoscaler",
-                        work["GPU"], gpus)  # fmt: skip
+            log.warning(
+                "sweep: a trial needs %g GPU(s), the cluster has %g now: trials wait for the autoscaler",
+                work["GPU"],
+                gpus,
+            )
         n = max(1, min(n, int(gpus // work["GPU"])))
     return n
 
@@ -148,7 +164,9 @@ def widen_for_driver(cfg: Config, cpus: float) -> Config:
     if len(ray.nodes()) != 1 or cfg.ray.use_gpu:  # (resolved): GPU workers keep their own CPU share
         return cfg
     per = math.floor(cpus / cfg.ray.num_workers * 100) / 100
-    return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"cpus_per_worker": max(per, cfg.ray.cpus_per_worker)})})
+    return cfg.model_copy(
+        update={"ray": cfg.ray.model_copy(update={"cpus_per_worker": max(per, cfg.ray.cpus_per_worker)})}
+    )
 
 
 def sweep_key(name: str, configs: list[Config]) -> str:
@@ -159,8 +177,15 @@ def sweep_key(name: str, configs: list[Config]) -> str:
     return hashlib.sha256((name + "".join(trials)).encode()).hexdigest()[:16]
 
 
-def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: list[str] | None = None,
-              grid: dict[str, list] | None = None, name: str = "sweep", tags: dict | None = None) -> dict:  # fmt: skip
+def run_sweep(
+    base: Config,
+    strategies: list[str],
+    seeds: list[int],
+    methods: list[str] | None = None,
+    grid: dict[str, list] | None = None,
+    name: str = "sweep",
+    tags: dict | None = None,
+) -> dict:
     """Shared stages per (fold, seed), then one Tune trial per config (one an earlier attempt of the same
     sweep finished returns its metrics at once); returns a summary (also `<out>/<name>.json`). `tags` go on
     the MLflow parent run."""
@@ -187,19 +212,30 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
             data[data_key] = data[data_key] if data_key in data else pipeline.data_stage(c)
             check_with_data(c, data[data_key][0])
         parent_cfg = base.model_copy(update={"name": name})
-        tags = {"scoremix.kind": "sweep", **(tags or {}), "scoremix.trials": str(len(configs)), "scoremix.sweep_key": key}
+        tags = {
+            "scoremix.kind": "sweep",
+            **(tags or {}),
+            "scoremix.trials": str(len(configs)),
+            "scoremix.sweep_key": key,
+        }
         # an earlier attempt's parent run is found by the key and reopened
         with tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'") as parent:
             cells = shared_settings(configs)
             for i, c in enumerate(cells, 1):
-                log.info("sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed)
+                log.info(
+                    "sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed
+                )
                 # their curves go to the parent run, one set per (fold, seed) when there are several
                 prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
                 split, data_dir = data[section_hash(c, "data", seed=False)]
-                pipeline.shared_stages(ctx.reporting_to(tracker, parent, prefix), widen_for_driver(c, cpus), split, data_dir)
+                pipeline.shared_stages(
+                    ctx.reporting_to(tracker, parent, prefix), widen_for_driver(c, cpus), split, data_dir
+                )
             # trials do their own 1-worker CPU work only when each one's training set is cached in memory
             # (streaming needs Ray Data's readers beside the trainer, and the trial would hold their CPUs)
-            inline = all(inline_trial(c) and fits_in_cache(c, data[section_hash(c, "data", seed=False)][0]) for c in configs)
+            inline = all(
+                inline_trial(c) and fits_in_cache(c, data[section_hash(c, "data", seed=False)][0]) for c in configs
+            )
             trials = RunContext(ctx.gpus, ctx.address, "process" if inline else "ray", tracker, parent)
             try:
                 results = _tune(configs, name, base, cpus, gpus, trials)
@@ -210,8 +246,12 @@ def run_sweep(base: Config, strategies: list[str], seeds: list[int], methods: li
                 raise
     trials = [results[c.name] for c in configs]
     earlier = sum(bool(t.get("earlier")) for t in trials)
-    log.info("sweep: MLflow parent run %s in %s%s", parent, tracker.uri,
-             f"; {earlier} of {len(trials)} trials had finished in an earlier attempt (not run again)" if earlier else "")
+    log.info(
+        "sweep: MLflow parent run %s in %s%s",
+        parent,
+        tracker.uri,
+        f"; {earlier} of {len(trials)} trials had finished in an earlier attempt (not run again)" if earlier else "",
+    )
     summary = {"name": name, "parent_run_id": parent, "tracking_uri": tracker.uri, "trials": trials}
     (Path(base.out_dir) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -234,25 +274,40 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     inline = ctx.executor == "process"
     at_once = concurrency(configs, cpus, gpus, inline)
-    log.info("sweep: %d trials, %d at a time on %g CPUs, %g GPUs%s", len(configs), at_once, cpus, gpus,
-             " (1-worker CPU work inside each trial)" if inline else "")  # fmt: skip
+    log.info(
+        "sweep: %d trials, %d at a time on %g CPUs, %g GPUs%s",
+        len(configs),
+        at_once,
+        cpus,
+        gpus,
+        " (1-worker CPU work inside each trial)" if inline else "",
+    )
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trial, ctx=ctx),
-                            {"cpu": max(trial_work(c)["CPU"] for c in configs) if inline else TRIAL_CPU}),
+        tune.with_resources(
+            tune.with_parameters(_trial, ctx=ctx),
+            {"cpu": max(trial_work(c)["CPU"] for c in configs) if inline else TRIAL_CPU},
+        ),
         param_space={"config": tune.grid_search([c.model_dump(mode="json") for c in configs])},
         # a trial's process is reused by the next trial (every stage seeds its own randomness from the config):
         # torch, diffusers and the data are imported and loaded once per process, not once per trial
         tune_config=tune.TuneConfig(max_concurrent_trials=at_once, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(Path(base.out_dir) / "ray_tune"),
-                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
-    )  # fmt: skip
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(Path(base.out_dir) / "ray_tune"),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        ),
+    )
     out = {}
     for r in tuner.fit():
         cfg = Config.model_validate(r.config["config"])
         error = str(r.error) if r.error is not None else (None if r.metrics else "the trial did not finish")
-        out[cfg.name] = {"name": cfg.name, "run_dir": str(cfg.run_dir), "error": error,
-                         **({"earlier": True} if (r.metrics or {}).get("earlier") else {}),
-                         **{k: v for k, v in (r.metrics or {}).items() if "." in k}}  # fmt: skip
+        out[cfg.name] = {
+            "name": cfg.name,
+            "run_dir": str(cfg.run_dir),
+            "error": error,
+            **({"earlier": True} if (r.metrics or {}).get("earlier") else {}),
+            **{k: v for k, v in (r.metrics or {}).items() if "." in k},
+        }
     failed = {n: row["error"] for n, row in out.items() if row["error"]}
     for n, (rid, status) in (tracking.children(ctx.tracker, ctx.run_id) if failed else {}).items():
         if n in failed and status == "RUNNING":  # its process died (out of memory, a lost node) before it could

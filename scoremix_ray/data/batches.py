@@ -10,10 +10,10 @@ resumed from a checkpoint continues the schedule exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -47,12 +47,12 @@ class Schedule:
             return torch.randint(self.n, (self.per_rank,), generator=gen), gen
         epoch, i = divmod(step, self.steps_per_epoch)
         lo = (i * self.world + self.rank) * self.per_rank
-        return self._order(epoch)[lo:lo + self.per_rank], None
+        return self._order(epoch)[lo : lo + self.per_rank], None
 
     def rows(self, step: int) -> np.ndarray:
         return self.draw(step)[0].numpy()
 
-    @lru_cache(maxsize=2)
+    @lru_cache(maxsize=2)  # noqa: B019 -- two epochs' orders per feed, freed with it
     def _order(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.n, generator=step_generator(self.seed, 0, epoch))  # rank 0's stream: shared
 
@@ -105,8 +105,10 @@ class Streamed:
     def batches(self, sched: Schedule, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for step, b in zip(range(start, sched.total), self._batches):
             if not np.array_equal(b["row"].cpu().numpy(), sched.rows(step)):
-                raise RuntimeError(f"streamed batch of step {step} holds other rows than the schedule names "
-                                   "(the dataset must be read in order: preserve_order)")  # fmt: skip
+                raise RuntimeError(
+                    f"streamed batch of step {step} holds other rows than the schedule names "
+                    "(the dataset must be read in order: preserve_order)"
+                )
             yield b["image"], b["label"]
 
 

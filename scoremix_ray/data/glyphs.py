@@ -11,7 +11,7 @@ script order is kept, the look-alikes are dropped (`distinct`). The same fonts a
 from __future__ import annotations
 
 import unicodedata
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,24 @@ SCRIPTS = {
     "greek": [*range(0x391, 0x3A2), *range(0x3A3, 0x3AA), *range(0x3B1, 0x3CA)],  # 0x3A2: unassigned
     "cyrillic": [*range(0x410, 0x450), 0x401, 0x451],
 }
-FULL_FONTS = ["DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique", "DejaVuSerif",
-              "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic", "DejaVuSansMono",
-              "DejaVuSansMono-Bold", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique", "STIXGeneral",
-              "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta"]  # fmt: skip
+FULL_FONTS = [
+    "DejaVuSans",
+    "DejaVuSans-Bold",
+    "DejaVuSans-Oblique",
+    "DejaVuSans-BoldOblique",
+    "DejaVuSerif",
+    "DejaVuSerif-Bold",
+    "DejaVuSerif-Italic",
+    "DejaVuSerif-BoldItalic",
+    "DejaVuSansMono",
+    "DejaVuSansMono-Bold",
+    "DejaVuSansMono-Oblique",
+    "DejaVuSansMono-BoldOblique",
+    "STIXGeneral",
+    "STIXGeneralBol",
+    "STIXGeneralItalic",
+    "STIXGeneralBolIta",
+]
 LATIN_FONTS = ["cmr10", "cmb10", "cmss10", "cmti10", "cmtt10"]  # Computer Modern: ASCII letters and digits only
 REFERENCE = ["DejaVuSans", "DejaVuSerif", "STIXGeneral"]  # where look-alikes are judged
 SAME_GLYPH = 0.95  # IoU of the centred, scaled ink (64 px) above which two characters look the same (in any
@@ -42,7 +56,7 @@ def font_dir() -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(name: str, size: int):
     from PIL import ImageFont
 
@@ -53,7 +67,7 @@ def _covers(name: str, code: int) -> bool:
     return code in _charmap(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _charmap(name: str) -> frozenset[int]:
     from matplotlib.ft2font import FT2Font
 
@@ -112,8 +126,9 @@ def _pose(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     a = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) @ np.array([[1, shear], [0, 1]])
     c = np.array([RENDER / 2, RENDER / 2])
     off = c - a @ c - np.array([dx, dy])
-    img = Image.fromarray(base).transform((RENDER, RENDER), Image.AFFINE, (*a[0], off[0], *a[1], off[1]),
-                                          resample=Image.BILINEAR)  # fmt: skip
+    img = Image.fromarray(base).transform(
+        (RENDER, RENDER), Image.AFFINE, (*a[0], off[0], *a[1], off[1]), resample=Image.BILINEAR
+    )
     stroke = rng.choice(["thin", "as is", "bold"], p=[0.25, 0.5, 0.25])
     if stroke == "bold":
         img = img.filter(ImageFilter.MaxFilter(3))

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from scoremix_ray.errors import ScoreMixError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class BadImage(ScoreMixError):
@@ -49,7 +53,7 @@ def to_model(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2))  # see to_model_tensor
 
 
-def to_model_tensor(images, device) -> "torch.Tensor":
+def to_model_tensor(images, device) -> torch.Tensor:
     """uint8 (N, H, W, C) torch tensor -> float32 (N, C, H, W) in [-1, 1] on `device`: a batch crosses to the
     device as uint8 (4x fewer bytes) and becomes float there. Same values as `to_model`."""
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
@@ -58,7 +62,9 @@ def to_model_tensor(images, device) -> "torch.Tensor":
 
 def from_model(x: np.ndarray) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded and clipped."""
-    return np.clip(np.rint((np.asarray(x, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return (
+        np.clip(np.rint((np.asarray(x, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    )
 
 
 def grid(rows: list[np.ndarray], pad: int = 1, upscale: int = 1) -> np.ndarray:

@@ -8,10 +8,10 @@ bounded by a batch. Labels are renumbered 0..n_classes-1 in sorted class-name or
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -73,14 +73,14 @@ class Catalog:
         rows = np.asarray(rows, np.int64)
         if self.pixels is not None:
             for i in range(0, len(rows), batch):
-                yield np.stack([prepare(Image.fromarray(self.pixels[r]), size, channels) for r in rows[i:i + batch]])
+                yield np.stack([prepare(Image.fromarray(self.pixels[r]), size, channels) for r in rows[i : i + batch]])
             return
         items = self.encoded(rows)
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             while chunk := [it for _, it in zip(range(batch), items)]:
                 yield np.stack(list(pool.map(lambda it: decode(it[0], size, channels, it[1]), chunk)))
 
-    def without_bad(self) -> tuple["Catalog", list[str]]:
+    def without_bad(self) -> tuple[Catalog, list[str]]:
         """(this catalog less the images that do not decode, their names): every image decoded once (at a
         small size), DECODE_THREADS at a time, under a progress bar. Classes left with no image are dropped."""
         from tqdm import tqdm
@@ -96,8 +96,10 @@ class Catalog:
             return None
 
         ok, names, items = np.ones(len(self), bool), [], self.encoded(np.arange(len(self)))
-        with ThreadPoolExecutor(DECODE_THREADS) as pool, tqdm(total=len(self), desc="check", unit="img",
-                                                              mininterval=2.0) as bar:  # fmt: skip
+        with (
+            ThreadPoolExecutor(DECODE_THREADS) as pool,
+            tqdm(total=len(self), desc="check", unit="img", mininterval=2.0) as bar,
+        ):
             start = 0
             while chunk := [it for _, it in zip(range(256), items)]:
                 for i, name in enumerate(pool.map(bad, chunk)):
@@ -110,8 +112,11 @@ class Catalog:
             return self, []
         keep = np.flatnonzero(ok)
         present, labels = np.unique(self.labels[keep], return_inverse=True)
-        return Catalog(labels.astype(np.int64), [self.class_names[c] for c in present],
-                       lambda rows: self.encoded(keep[np.asarray(rows)])), names  # fmt: skip
+        return Catalog(
+            labels.astype(np.int64),
+            [self.class_names[c] for c in present],
+            lambda rows: self.encoded(keep[np.asarray(rows)]),
+        ), names
 
     def load(self, size: int, channels: int) -> LabelledImages:
         """Everything decoded in memory: for small data and tests (the data stage streams instead)."""
@@ -232,6 +237,7 @@ def scan_recordio(rec_path: str | Path) -> Catalog:
         raise ScoreMixError(f"{rec_path} holds no records")
     keys = sorted(offsets)
     with open(rec_path, "rb") as f:
+
         def header(key):
             f.seek(offsets[key])
             head = f.read(8 + 24 + 4)
@@ -301,8 +307,10 @@ def decode_synthetic(path: str | Path, folder: str | Path, size: int, channels: 
         pf = pq.ParquetFile(f)
         for g in range(pf.num_row_groups):
             t = pf.read_row_group(g, columns=["image", "label"])
-            images = [decode(b, size, channels, f"{f} row group {g} row {i}")
-                      for i, b in enumerate(t.column("image").to_pylist())]  # fmt: skip
+            images = [
+                decode(b, size, channels, f"{f} row group {g} row {i}")
+                for i, b in enumerate(t.column("image").to_pylist())
+            ]
             if images:
                 writer.append(np.stack(images), np.asarray(t.column("label").to_pylist(), np.int64))
     return writer.close((size, size, channels))

@@ -76,7 +76,9 @@ def read_index(rec_path: str | Path) -> dict[int, int]:
 
 
 def index_mismatch(rec_path: Path, key: int, offset: int, past_end: bool = False) -> ScoreMixError:
-    where = f"key {key} points past the end (offset {offset})" if past_end else f"no record at offset {offset} (key {key})"
+    where = (
+        f"key {key} points past the end (offset {offset})" if past_end else f"no record at offset {offset} (key {key})"
+    )
     return ScoreMixError(f"{Path(rec_path).with_suffix('.idx')} does not match {rec_path}: {where}")
 
 

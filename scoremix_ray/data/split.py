@@ -37,7 +37,7 @@ class Split:
         save_index(path, self)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Split":
+    def load(cls, path: str | Path) -> Split:
         """The split in `path` with its images as stores: rows are read when indexed, never all at once."""
         from scoremix_ray.data.store import ImageStore
 
@@ -45,8 +45,10 @@ class Split:
         if not path.is_file():
             raise ScoreMixError(f"no split at {path} (run the data stage first)")
         z = np.load(path)
-        parts = [LabelledImages(ImageStore(path.parent / name), z[f"{name}_labels"], [str(n) for n in z[f"{name}_names"]])
-                 for name in ("train", "test")]  # fmt: skip
+        parts = [
+            LabelledImages(ImageStore(path.parent / name), z[f"{name}_labels"], [str(n) for n in z[f"{name}_names"]])
+            for name in ("train", "test")
+        ]
         return cls(*parts, z["pairs"], z["issame"], str(z["protocol"]))
 
     def summary(self) -> dict:
@@ -66,10 +68,15 @@ def save_index(path: Path, split: Split) -> None:
     """The small part of a split (labels, names, pairs); written last, so its presence means complete."""
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(
-        tmp, train_labels=split.train.labels, train_names=np.array(split.train.class_names),
-        test_labels=split.test.labels, test_names=np.array(split.test.class_names),
-        pairs=split.pairs, issame=split.issame, protocol=np.array(split.protocol),
-    )  # fmt: skip
+        tmp,
+        train_labels=split.train.labels,
+        train_names=np.array(split.train.class_names),
+        test_labels=split.test.labels,
+        test_names=np.array(split.test.class_names),
+        pairs=split.pairs,
+        issame=split.issame,
+        protocol=np.array(split.protocol),
+    )
     tmp.rename(path)
 
 
@@ -77,7 +84,7 @@ def rows_by_class(labels: np.ndarray, n: int) -> list[np.ndarray]:
     """Ascending rows of each class 0..n-1, in O(N log N) (not a scan of all labels per class)."""
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n + 1))
-    return [order[bounds[c]:bounds[c + 1]] for c in range(n)]
+    return [order[bounds[c] : bounds[c + 1]] for c in range(n)]
 
 
 def make_pairs(labels: np.ndarray, num_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +132,9 @@ class SplitPlan:
 
     def part(self, labels: np.ndarray, names: list[str], which: str) -> tuple[np.ndarray, list[str]]:
         """(labels renumbered to the part's classes, class names) of the "train" or "test" part."""
-        rows, classes = (self.train_rows, self.train_classes) if which == "train" else (self.test_rows, self.test_classes)
+        rows, classes = (
+            (self.train_rows, self.train_classes) if which == "train" else (self.test_rows, self.test_classes)
+        )
         remap = np.full(len(names), -1, np.int64)
         remap[classes] = np.arange(len(classes))
         return remap[labels[rows]], [names[c] for c in classes]
@@ -145,7 +154,9 @@ def plan_split(labels: np.ndarray, names: list[str], cfg: DataConfig) -> SplitPl
         perm = rng.permutation(n)
         train_classes, unseen = sorted(perm[n_unseen:].tolist()), sorted(perm[:n_unseen].tolist())
         train_rows = np.concatenate([_take_per_class(by_class[c], cfg.per_class, names[c], rng) for c in train_classes])
-        plan = SplitPlan(np.sort(train_rows), train_classes, np.flatnonzero(np.isin(labels, unseen)), unseen, cfg.protocol)
+        plan = SplitPlan(
+            np.sort(train_rows), train_classes, np.flatnonzero(np.isin(labels, unseen)), unseen, cfg.protocol
+        )
     else:
         train_parts, test_parts = [], []
         for c in range(n):
@@ -155,8 +166,13 @@ def plan_split(labels: np.ndarray, names: list[str], cfg: DataConfig) -> SplitPl
                 raise ScoreMixError(f"class '{names[c]}' has {len(idx)} image(s): too few to hold some out")
             test_parts.append(idx[:n_test])
             train_parts.append(_take_per_class(idx[n_test:], cfg.per_class, names[c], rng))
-        plan = SplitPlan(np.sort(np.concatenate(train_parts)), list(range(n)), np.sort(np.concatenate(test_parts)),
-                         list(range(n)), cfg.protocol)  # fmt: skip
+        plan = SplitPlan(
+            np.sort(np.concatenate(train_parts)),
+            list(range(n)),
+            np.sort(np.concatenate(test_parts)),
+            list(range(n)),
+            cfg.protocol,
+        )
     plan.pairs, plan.issame = make_pairs(plan.part(labels, names, "test")[0], cfg.num_pairs, rng)
     return plan
 
@@ -164,8 +180,10 @@ def plan_split(labels: np.ndarray, names: list[str], cfg: DataConfig) -> SplitPl
 def make_split(data: LabelledImages, cfg: DataConfig) -> Split:
     """The split of in-memory data (small data, tests); the data stage streams the same plan into stores."""
     plan = plan_split(data.labels, data.class_names, cfg)
-    parts = [LabelledImages(data.images[rows], *plan.part(data.labels, data.class_names, which))
-             for rows, which in ((plan.train_rows, "train"), (plan.test_rows, "test"))]  # fmt: skip
+    parts = [
+        LabelledImages(data.images[rows], *plan.part(data.labels, data.class_names, which))
+        for rows, which in ((plan.train_rows, "train"), (plan.test_rows, "test"))
+    ]
     return Split(*parts, plan.pairs, plan.issame, plan.protocol)
 
 
@@ -188,14 +206,18 @@ def write_split(catalog, cfg: DataConfig, size: int, channels: int, path: str | 
     written = [0, 0]
     with tqdm(total=len(rows), desc="data", unit="img", mininterval=2.0) as bar:
         for start, images in zip(range(0, len(rows), batch), catalog.decoded(rows, size, channels, batch)):
-            d = dest[rows[start:start + len(images)]]
+            d = dest[rows[start : start + len(images)]]
             for k, (writer, labels, _) in enumerate(parts):
                 part = images[d == k]
-                writer.append(part, labels[written[k]:written[k] + len(part)])
+                writer.append(part, labels[written[k] : written[k] + len(part)])
                 written[k] += len(part)
             bar.update(len(images))
     stores = [writer.close((size, size, channels)) for writer, _, _ in parts]
-    split = Split(*(LabelledImages(s, labels, names) for s, (_, labels, names) in zip(stores, parts)),
-                  plan.pairs, plan.issame, plan.protocol)  # fmt: skip
+    split = Split(
+        *(LabelledImages(s, labels, names) for s, (_, labels, names) in zip(stores, parts)),
+        plan.pairs,
+        plan.issame,
+        plan.protocol,
+    )
     save_index(path, split)
     return split

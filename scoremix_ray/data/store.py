@@ -30,7 +30,7 @@ class StoreWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "store.json").unlink(missing_ok=True)
         self.class_names = [str(n) for n in class_names]
-        self._file = open(self.folder / "images.u8", "wb")
+        self._file = open(self.folder / "images.u8", "wb")  # noqa: SIM115 -- open across writes, closed by close()
         self._labels: list[np.ndarray] = []  # int64 labels are 1/37,000 of a 112px RGB image: kept in memory
         self._shape: tuple[int, int, int] | None = None
 
@@ -46,7 +46,7 @@ class StoreWriter:
         self._file.write(np.ascontiguousarray(images).tobytes())
         self._labels.append(np.asarray(labels, np.int64))
 
-    def close(self, shape: tuple[int, int, int] | None = None) -> "ImageStore":
+    def close(self, shape: tuple[int, int, int] | None = None) -> ImageStore:
         """`shape` (H, W, C) is needed only when no image was appended."""
         self._file.close()
         h, w, c = self._shape or shape
@@ -57,7 +57,7 @@ class StoreWriter:
         return ImageStore(self.folder)
 
 
-def write_store(folder: str | Path, images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> "ImageStore":
+def write_store(folder: str | Path, images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> ImageStore:
     w = StoreWriter(folder, class_names)
     w.append(images, labels)
     return w.close(images.shape[1:])
@@ -118,8 +118,10 @@ class ImageStore:
             rows = np.flatnonzero(rows)
         rows = rows.astype(np.int64).reshape(-1)
         if len(rows) and (rows.min() < -len(self) or rows.max() >= len(self)):
-            raise IndexError(f"row {rows.max() if rows.max() >= len(self) else rows.min()} out of range for "
-                             f"{len(self)} images in {self.folder}")  # fmt: skip
+            raise IndexError(
+                f"row {rows.max() if rows.max() >= len(self) else rows.min()} out of range for "
+                f"{len(self)} images in {self.folder}"
+            )
         rows = np.where(rows < 0, rows + len(self), rows)
         out = np.empty((len(rows), *self.shape[1:]), np.uint8)
         flat = out.reshape(len(rows), -1)

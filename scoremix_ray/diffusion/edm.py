@@ -71,7 +71,7 @@ class EDMDenoiser(nn.Module):
         (path / "edm.json").write_text(json.dumps(meta))
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "EDMDenoiser":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> EDMDenoiser:
         from scoremix_ray.errors import ScoreMixError
 
         path = Path(path)

@@ -7,7 +7,7 @@ sampler and one way to call the network.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -61,7 +61,9 @@ def check_weights(weights: torch.Tensor, what: str = "weights") -> None:
     w = weights.double()
     bad = (w < 0).any(-1) | ((w.sum(-1) - 1).abs() > WEIGHT_ATOL)
     if bad.any():
-        raise ScoreMixError(f"mixing {what} must be non-negative and sum to 1, got {[round(v, 4) for v in w[bad][0].tolist()]}")
+        raise ScoreMixError(
+            f"mixing {what} must be non-negative and sum to 1, got {[round(v, 4) for v in w[bad][0].tolist()]}"
+        )
 
 
 def mixed_denoiser(
@@ -162,10 +164,17 @@ def policy_denoiser(
     `scfg.guidance_scale` and `scfg.precision`. Every generation path builds its denoiser here. `guided=False`
     is an explicitly unguided stage (Diff-II's second); `guidance_scale` overrides the scale (its first)."""
     return mixed_denoiser(
-        net, labels, weights, weights_end, (scfg.sigma_min, scfg.sigma_max, scfg.rho),
-        scfg.guidance if guided else "none", scfg.guidance_scale if guidance_scale is None else guidance_scale,
-        guide_net, net.null_label, scfg.precision,
-    )  # fmt: skip
+        net,
+        labels,
+        weights,
+        weights_end,
+        (scfg.sigma_min, scfg.sigma_max, scfg.rho),
+        scfg.guidance if guided else "none",
+        scfg.guidance_scale if guidance_scale is None else guidance_scale,
+        guide_net,
+        net.null_label,
+        scfg.precision,
+    )
 
 
 def to_images(x: torch.Tensor) -> np.ndarray:
@@ -196,7 +205,8 @@ def generate(
     out = []
     for lo in range(0, len(seeds), scfg.batch_size):
         sl = slice(lo, lo + scfg.batch_size)
-        denoise = policy_denoiser(net, labels[sl], weights[sl], scfg, guide_net,
-                                  None if weights_end is None else weights_end[sl])  # fmt: skip
+        denoise = policy_denoiser(
+            net, labels[sl], weights[sl], scfg, guide_net, None if weights_end is None else weights_end[sl]
+        )
         out.append(to_images(heun_sample(denoise, seeded_noise(seeds[sl], shape).to(device), sigmas)))
     return np.concatenate(out)

@@ -11,13 +11,20 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from scoremix_ray.checkpoints import Monitor, latest_checkpoint, load_state, log_progress, resume_history, save_checkpoint
+from scoremix_ray.checkpoints import (
+    Monitor,
+    latest_checkpoint,
+    load_state,
+    log_progress,
+    resume_history,
+    save_checkpoint,
+)
 from scoremix_ray.config import GeneratorConfig
 from scoremix_ray.data.batches import schedule
 from scoremix_ray.data.images import to_model_tensor
@@ -55,7 +62,8 @@ def train_generator(
     returns the final model folder.
 
     Rank 0 writes checkpoints and the curve (`history.jsonl`; loss, learning rate, images/s every
-    `log_every` steps, also handed to `monitor`); `prepare` wraps the network for data parallelism (DDP under Ray Train).
+    `log_every` steps, also handed to `monitor`); `prepare` wraps the network for data parallelism (DDP under
+    Ray Train).
     Each rank draws batch_size // world_size images per step.
     """
     out_dir = Path(out_dir)
@@ -102,19 +110,36 @@ def train_generator(
         ckpt_dir = None
         if rank == 0 and step == guide_step:
             ema.save(out_dir / "guide")  # the weaker, earlier model for autoguidance
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            if rank == 0:
-                ckpt_dir = save_checkpoint(ckpt_root, step, {
-                    "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "config": cfg.model_dump(mode="json"),
-                })  # fmt: skip
+        if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and rank == 0:
+            ckpt_dir = save_checkpoint(
+                ckpt_root,
+                step,
+                {
+                    "net": net.state_dict(),
+                    "ema": ema.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "config": cfg.model_dump(mode="json"),
+                },
+            )
         if step % cfg.log_every == 0 or ckpt_dir is not None or step == cfg.steps:
             dt = time.time() - t0
-            metrics = {"step": step, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
-                       "steps_per_s": len(losses) / dt, "images_per_s": seen / dt}  # fmt: skip
+            metrics = {
+                "step": step,
+                "loss": float(np.mean(losses)),
+                "lr": opt.param_groups[0]["lr"],
+                "steps_per_s": len(losses) / dt,
+                "images_per_s": seen / dt,
+            }
             if rank == 0:
-                log.info("generator: step %d/%d loss %.4f  %.2f steps/s  %.0f img/s",
-                         step, cfg.steps, metrics["loss"], metrics["steps_per_s"], metrics["images_per_s"])
+                log.info(
+                    "generator: step %d/%d loss %.4f  %.2f steps/s  %.0f img/s",
+                    step,
+                    cfg.steps,
+                    metrics["loss"],
+                    metrics["steps_per_s"],
+                    metrics["images_per_s"],
+                )
                 log_progress(out_dir, metrics, step, monitor)
             if report is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 report(metrics, ckpt_dir)  # with checkpoints only: a Ray Train report costs ~1 s on 2 cores
@@ -140,12 +165,16 @@ def check_guidance(scfg, stage_dir: str | Path) -> None:
 
     d = Path(stage_dir)
     if scfg.guidance == "autoguidance" and not (d / "guide" / "edm.json").is_file():
-        raise ScoreMixError(f"sampler.guidance=autoguidance needs the generator's guide checkpoint, missing: {d / 'guide'}")
+        raise ScoreMixError(
+            f"sampler.guidance=autoguidance needs the generator's guide checkpoint, missing: {d / 'guide'}"
+        )
     if scfg.guidance == "cfg":
         meta = d / "final" / "edm.json"
         if meta.is_file() and json.loads(meta.read_text())["null_label"] is None:
-            raise ScoreMixError(f"sampler.guidance=cfg needs a generator trained with generator.label_dropout > 0; "
-                                f"the one in {d} has no null label")  # fmt: skip
+            raise ScoreMixError(
+                f"sampler.guidance=cfg needs a generator trained with generator.label_dropout > 0; "
+                f"the one in {d} has no null label"
+            )
 
 
 def load_for_sampling(stage_dir: str | Path, scfg, device: str = "cpu") -> tuple[EDMDenoiser, EDMDenoiser | None]:

@@ -28,7 +28,7 @@ class UnitRenderer:
         import torch
 
         from scoremix_ray.devices import local_device
-        from scoremix_ray.diffusion.train import load_generator, load_for_sampling
+        from scoremix_ray.diffusion.train import load_for_sampling, load_generator
         from scoremix_ray.methods import RenderContext, get_method
 
         cfg = Config.model_validate(conf["config"])  # devices already resolved by the driver
@@ -61,8 +61,16 @@ class UnitRenderer:
         return out
 
 
-def generate_shards(ctx: RunContext, cfg: Config, method: str, plan, generator_dir: Path, split_path: Path,
-                    out_dir: Path, recognizer_dir: Path | None = None) -> dict:  # fmt: skip
+def generate_shards(
+    ctx: RunContext,
+    cfg: Config,
+    method: str,
+    plan,
+    generator_dir: Path,
+    split_path: Path,
+    out_dir: Path,
+    recognizer_dir: Path | None = None,
+) -> dict:
     """Render every missing unit of `plan` into `out_dir/shards` with a Ray Data actor pool, or in this process
     where the context's executor says so; returns the manifest (plus images/s of this call)."""
     import ray
@@ -77,13 +85,22 @@ def generate_shards(ctx: RunContext, cfg: Config, method: str, plan, generator_d
     todo = missing_units(out_dir, len(plan), g.unit_size)
     done_before = len(plan) - sum(hi - lo for _, lo, hi in todo)
     if done_before:
-        log.info("generate: %d of %d images already written, rendering the other %d", done_before, len(plan),
-                 len(plan) - done_before)
+        log.info(
+            "generate: %d of %d images already written, rendering the other %d",
+            done_before,
+            len(plan),
+            len(plan) - done_before,
+        )
     t0, rendered, used, first = time.time(), 0, set(), (0.0, 0)
     if todo:
-        conf = {"config": cfg.model_dump(mode="json"), "method": method, "generator_dir": str(Path(generator_dir).resolve()),
-                "split_path": str(Path(split_path).resolve()), "out_dir": str(out_dir),
-                "recognizer_dir": str(Path(recognizer_dir).resolve()) if recognizer_dir else None}  # fmt: skip
+        conf = {
+            "config": cfg.model_dump(mode="json"),
+            "method": method,
+            "generator_dir": str(Path(generator_dir).resolve()),
+            "split_path": str(Path(split_path).resolve()),
+            "out_dir": str(out_dir),
+            "recognizer_dir": str(Path(recognizer_dir).resolve()) if recognizer_dir else None,
+        }
     if todo and ctx.in_process(g.num_actors, g.actor_gpus):  # its one actor's work, here
         import torch
 
@@ -101,15 +118,25 @@ def generate_shards(ctx: RunContext, cfg: Config, method: str, plan, generator_d
             torch.set_num_threads(threads)
     elif todo:
         ctx.ray()
-        ds = ray.data.from_items([{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo],
-                                 override_num_blocks=len(todo))  # fmt: skip
+        ds = ray.data.from_items(
+            [{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo], override_num_blocks=len(todo)
+        )
         ds = ds.map_batches(
-            UnitRenderer, fn_constructor_kwargs={"conf": conf}, batch_size=1, batch_format="numpy",
-            compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))), num_cpus=g.actor_cpus,
+            UnitRenderer,
+            fn_constructor_kwargs={"conf": conf},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
+            num_cpus=g.actor_cpus,
             num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
-        )  # fmt: skip
-        log.info("generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)", len(todo), min(g.num_actors, len(todo)),
-                 g.actor_cpus, g.actor_gpus)
+        )
+        log.info(
+            "generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)",
+            len(todo),
+            min(g.num_actors, len(todo)),
+            g.actor_cpus,
+            g.actor_gpus,
+        )
         for row in ds.iter_rows():  # streaming: shards are on disk as units finish
             if not rendered:
                 first = (time.time(), int(row["rows"]))  # actors are warm from here on
@@ -120,9 +147,22 @@ def generate_shards(ctx: RunContext, cfg: Config, method: str, plan, generator_d
     steady = (rendered - first[1]) / (time.time() - first[0]) if rendered > first[1] else 0.0
     manifest = write_manifest(out_dir, len(plan), g.unit_size, {"method": method})
     rate = rendered / dt if rendered else 0.0
-    log.info("generate: %d images rendered in %.1f s (%.1f images/s) on %s, %d in total -> %s", rendered, dt, rate,
-             ",".join(sorted(used)) or "-", manifest["rows_written"], out_dir)
+    log.info(
+        "generate: %d images rendered in %.1f s (%.1f images/s) on %s, %d in total -> %s",
+        rendered,
+        dt,
+        rate,
+        ",".join(sorted(used)) or "-",
+        manifest["rows_written"],
+        out_dir,
+    )
     if manifest["stats"]:
         log.info("generate: %s", ", ".join(f"{k} {v}" for k, v in manifest["stats"].items()))
-    return {**manifest, "rendered": rendered, "seconds": dt, "images_per_s": rate,
-            "steady_images_per_s": steady, "devices": sorted(used)}
+    return {
+        **manifest,
+        "rendered": rendered,
+        "seconds": dt,
+        "images_per_s": rate,
+        "steady_images_per_s": steady,
+        "devices": sorted(used),
+    }

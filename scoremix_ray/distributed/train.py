@@ -63,7 +63,7 @@ def rank_datasets(kind: str, cfg: Config, images, labels: np.ndarray, out_dir: P
         per_block = max(1, cfg.ray.stream_block_mb * 2**20 // (sched.per_rank * row_bytes))  # steps a block
         starts = list(range(start, sched.total, per_block))
 
-        def read_block(batch: dict, sched=sched) -> dict:
+        def read_block(batch: dict, sched=sched, per_block=per_block) -> dict:  # this rank's, bound now
             lo = int(batch["id"][0])
             return read_rows(images, labels, sched, range(lo, min(lo + per_block, sched.total)))
 
@@ -89,9 +89,9 @@ STREAM_BLOCKS_AHEAD = 4  # two being read, two waiting for the trainer
 
 def _worker(conf: dict) -> None:
     """Runs on every Ray Train worker: its feed (cached or its rank's stream), the shared loop, reports."""
-    import torch
     import ray.train
     import ray.train.torch
+    import torch
     from ray.train import Checkpoint
 
     from scoremix_ray.data.batches import InMemory, Streamed, schedule
@@ -106,7 +106,9 @@ def _worker(conf: dict) -> None:
     if conf["stream"]:
         shard = ray.train.get_dataset_shard(f"rank{rank}")
         per_rank = schedule(conf["kind"], _section(conf["kind"], cfg), len(images), cfg.seed, rank, world).per_rank
-        feed = Streamed(shard.iter_torch_batches(batch_size=per_rank, prefetch_batches=2), len(images), images.shape[1:])
+        feed = Streamed(
+            shard.iter_torch_batches(batch_size=per_rank, prefetch_batches=2), len(images), images.shape[1:]
+        )
     else:
         feed = InMemory(images, labels)
 
@@ -133,8 +135,19 @@ def _train(conf: dict, cfg: Config, feed, n: int, rank: int, world: int, prepare
 
     loop = train_generator if conf["kind"] == "generator" else train_recognizer
     try:
-        loop(feed, n, _section(conf["kind"], cfg), cfg.seed, conf["out_dir"], rank=rank, world_size=world,
-             prepare=prepare, report=report, device=device, monitor=watch)  # fmt: skip
+        loop(
+            feed,
+            n,
+            _section(conf["kind"], cfg),
+            cfg.seed,
+            conf["out_dir"],
+            rank=rank,
+            world_size=world,
+            prepare=prepare,
+            report=report,
+            device=device,
+            monitor=watch,
+        )
     finally:
         if live is not None:
             live.flush()  # the points it sent are written before the worker ends
@@ -157,7 +170,9 @@ def _train_here(conf: dict, cfg: Config) -> dict:
         torch.set_num_threads(threads)
 
 
-def fit(ctx: RunContext, cfg: Config, kind: str, split_path: Path, out_dir: Path, synthetic: Path | None = None) -> dict:
+def fit(
+    ctx: RunContext, cfg: Config, kind: str, split_path: Path, out_dir: Path, synthetic: Path | None = None
+) -> dict:
     """Train (or resume) `kind` ("generator" or "recognizer") with `TorchTrainer`, or in this process where the
     context's executor says so; returns the last reported metrics. `synthetic`: the decoded synthetic image
     store added to the recognizer's training set. The curve goes to the context's run."""
@@ -177,27 +192,45 @@ def fit(ctx: RunContext, cfg: Config, kind: str, split_path: Path, out_dir: Path
     if stream:
         import ray
 
-        log.info("%s: %.0f MB of images > ray.cache_mb=%d: streaming through Ray Data", kind, images.nbytes / 2**20,
-                 cfg.ray.cache_mb)  # fmt: skip
+        log.info(
+            "%s: %.0f MB of images > ray.cache_mb=%d: streaming through Ray Data",
+            kind,
+            images.nbytes / 2**20,
+            cfg.ray.cache_mb,
+        )
         free = ray.cluster_resources().get("CPU", 0) - cfg.ray.num_workers * cfg.ray.cpus_per_worker
         if free < 0.5:  # Ray Data's read tasks take 0.5 CPU; with none left they wait for ever
-            log.warning("%s: streaming needs >= 0.5 CPU beside the Train workers, %.1f are free now: lower "
-                        "ray.cpus_per_worker, or raise ray.cache_mb to cache the data", kind, max(0.0, free))  # fmt: skip
+            log.warning(
+                "%s: streaming needs >= 0.5 CPU beside the Train workers, %.1f are free now: lower "
+                "ray.cpus_per_worker, or raise ray.cache_mb to cache the data",
+                kind,
+                max(0.0, free),
+            )
     stage = kind if kind == "generator" else ("augmented" if synthetic else "baseline")
-    conf = {"kind": kind, "config": cfg.model_dump(mode="json"), "split_path": str(split_path),
-            "out_dir": str(out_dir), "synthetic": str(synthetic) if synthetic else None, "stream": stream,
-            "stage": stage, "track": ctx.curve}  # fmt: skip
+    conf = {
+        "kind": kind,
+        "config": cfg.model_dump(mode="json"),
+        "split_path": str(split_path),
+        "out_dir": str(out_dir),
+        "synthetic": str(synthetic) if synthetic else None,
+        "stream": stream,
+        "stage": stage,
+        "track": ctx.curve,
+    }
     if not stream and ctx.in_process(cfg.ray.num_workers, cfg.ray.use_gpu):
         log.info("%s: training in this process (1 worker, CPU)", kind)
         return _train_here(conf, cfg)
     trainer = TorchTrainer(
         _worker,
         train_loop_config=conf,
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+            resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+        ),
         run_config=RunConfig(name=kind, storage_path=str(out_dir / "ray_train")),
         datasets=rank_datasets(kind, cfg, images, labels, out_dir) if stream else None,
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ingest_options(cfg)),
-    )  # fmt: skip
+    )
     result = trainer.fit()
     return dict(result.metrics or {})

@@ -108,14 +108,23 @@ class _Space:
         iu = np.triu_indices(len(x), 1)  # ranks of the pairwise cosine distances (ties averaged, as Spearman)
         ranks = np.zeros_like(cos)
         ranks[iu] = rankdata(1 - cos[iu])
-        self.mats = {"linear": lin, "linear_zd": _zero_diag(lin), "rbf_zd": _zero_diag(rbf_kernel(x)), "cos": cos,
-                     "knn": knn, "ranks": ranks + ranks.T}  # symmetric: a re-ordering moves pairs across the diagonal
+        self.mats = {
+            "linear": lin,
+            "linear_zd": _zero_diag(lin),
+            "rbf_zd": _zero_diag(rbf_kernel(x)),
+            "cos": cos,
+            "knn": knn,
+            "ranks": ranks + ranks.T,
+        }  # symmetric: a re-ordering moves pairs across the diagonal
         knn_cos = np.where(knn, cos, 0.0)
-        self.own = {"linear": _hsic_u(self.mats["linear_zd"], self.mats["linear_zd"]), "linear_b": _hsic_b(lin, lin),
-                    "rbf": _hsic_u(self.mats["rbf_zd"], self.mats["rbf_zd"]),
-                    "cknna": _hsic_u(knn_cos, knn_cos, symmetric=False)}  # fmt: skip
+        self.own = {
+            "linear": _hsic_u(self.mats["linear_zd"], self.mats["linear_zd"]),
+            "linear_b": _hsic_b(lin, lin),
+            "rbf": _hsic_u(self.mats["rbf_zd"], self.mats["rbf_zd"]),
+            "cknna": _hsic_u(knn_cos, knn_cos, symmetric=False),
+        }
 
-    def permuted(self, p: np.ndarray) -> "_Space":
+    def permuted(self, p: np.ndarray) -> _Space:
         return _Space(None, 0, {k: v[np.ix_(p, p)] for k, v in self.mats.items()}, self.own)
 
 
@@ -135,8 +144,11 @@ def _metrics(a: _Space, b: _Space, topk: int) -> dict:
         "cka_linear_biased": _ratio(_hsic_b(am["linear"], bm["linear"]), a.own["linear_b"], b.own["linear_b"]),
         "cka_rbf": _ratio(_hsic_u(am["rbf_zd"], bm["rbf_zd"]), a.own["rbf"], b.own["rbf"]),
         "mutual_knn": float(np.mean(mutual.sum(1) / topk)),
-        "cknna": _ratio(_hsic_u(np.where(mutual, am["cos"], 0.0), np.where(mutual, bm["cos"], 0.0), symmetric=False),
-                        a.own["cknna"], b.own["cknna"]),
+        "cknna": _ratio(
+            _hsic_u(np.where(mutual, am["cos"], 0.0), np.where(mutual, bm["cos"], 0.0), symmetric=False),
+            a.own["cknna"],
+            b.own["cknna"],
+        ),
         "distance_spearman": float(np.corrcoef(am["ranks"][iu], bm["ranks"][iu])[0, 1]),  # Pearson of ranks
     }
 
@@ -165,8 +177,14 @@ def metrics(x: np.ndarray, y: np.ndarray, topk: int) -> dict:
 MAX_CLASSES = 2000  # n x n float64 matrices: ~32 MB each at 2000 classes, ~800 MB at 10,000
 
 
-def alignment(x: np.ndarray, y: np.ndarray, topk: int | None = None, permutations: int = 100,
-              seed: int = 0, max_classes: int = MAX_CLASSES) -> dict:  # fmt: skip
+def alignment(
+    x: np.ndarray,
+    y: np.ndarray,
+    topk: int | None = None,
+    permutations: int = 100,
+    seed: int = 0,
+    max_classes: int = MAX_CLASSES,
+) -> dict:
     """All metrics, each with `<name>_null`: the mean over `permutations` random row orders of y (what the
     metric gives when the two spaces share nothing but their marginal geometry), and `<name>_p`: the
     one-sided permutation p-value (1 + #{null >= observed}) / (1 + permutations).

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-
 MAX_SIDE = 32  # features: images are block-averaged to at most 32 px a side (37k raw features at 112x112 RGB)
 
 

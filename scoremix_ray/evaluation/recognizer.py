@@ -8,8 +8,11 @@ import numpy as np
 
 from scoremix_ray.data import Split
 from scoremix_ray.evaluation.verification import (
-    closed_set_accuracy, pair_scores, rank1_accuracy, verification_metrics,
-)  # fmt: skip
+    closed_set_accuracy,
+    pair_scores,
+    rank1_accuracy,
+    verification_metrics,
+)
 from scoremix_ray.recognition.train import Recognizer, class_centres, embed, embed_batches
 
 
@@ -50,7 +53,9 @@ def evaluate_bin(net: Recognizer, path: str | Path, flip: bool = False) -> dict:
     batch = 512  # decoded a batch at a time: a 12,000-image set at 112 px RGB would be 450 MB at once
 
     def decoded(lo: int) -> np.ndarray:
-        return np.stack([decode(blobs[i], size, channels, f"{path} image {i}") for i in range(lo, min(lo + batch, len(blobs)))])
+        return np.stack(
+            [decode(blobs[i], size, channels, f"{path} image {i}") for i in range(lo, min(lo + batch, len(blobs)))]
+        )
 
     emb = np.concatenate([embed(net, decoded(lo), flip=flip) for lo in range(0, len(blobs), batch)])
     pairs = np.arange(len(blobs)).reshape(-1, 2)

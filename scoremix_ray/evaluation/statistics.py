@@ -24,8 +24,9 @@ def _bootstrap_means(d: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     return d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
 
 
-def paired_interval(diffs, confidence: float = 0.95, method: str = "t", resamples: int = 10_000,
-                    seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
+def paired_interval(
+    diffs, confidence: float = 0.95, method: str = "t", resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean, low, high) of the mean paired difference.
 
     t:          mean +- t_{n-1, (1+c)/2} * s / sqrt(n), s the sample std (ddof 1).

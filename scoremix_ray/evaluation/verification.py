@@ -40,7 +40,7 @@ def kfold_accuracies(scores: np.ndarray, issame: np.ndarray, folds: int = 10) ->
     accs = []
     for k in range(folds):
         test = np.zeros(n, bool)
-        test[bounds[k]:bounds[k + 1]] = True
+        test[bounds[k] : bounds[k + 1]] = True
         t = best_threshold(scores[~test], issame[~test])
         accs.append(np.mean((scores[test] > t) == issame[test]))
     return np.asarray(accs)
@@ -70,10 +70,14 @@ def roc_auc(scores: np.ndarray, issame: np.ndarray) -> float:
 def verification_metrics(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> dict:
     scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
     accs = kfold_accuracies(scores, issame, folds)
-    out: dict = {"verification_accuracy": float(np.mean(accs)), "verification_accuracy_std": float(np.std(accs)),
-                 "verification_accuracy_folds": accs.tolist(),  # for paired fold differences between recognizers
-                 "roc_auc": roc_auc(scores, issame), "pairs": int(len(scores)),
-                 "negative_pairs": int((~issame).sum())}  # fmt: skip
+    out: dict = {
+        "verification_accuracy": float(np.mean(accs)),
+        "verification_accuracy_std": float(np.std(accs)),
+        "verification_accuracy_folds": accs.tolist(),  # for paired fold differences between recognizers
+        "roc_auc": roc_auc(scores, issame),
+        "pairs": int(len(scores)),
+        "negative_pairs": int((~issame).sum()),
+    }
     notes = []
     for far in FAR_LEVELS:
         out[_far_key(far)] = tar_at_far(scores, issame, far)
@@ -106,8 +110,8 @@ def rank1_accuracy(emb: np.ndarray, labels: np.ndarray, chunk: int | None = None
     nearest = np.empty(len(emb), np.int64)
     chunk = chunk or max(64, min(2048, RANK1_BLOCK // max(1, len(emb))))
     for lo in range(0, len(emb), chunk):
-        sim = emb[lo:lo + chunk] @ emb.T
+        sim = emb[lo : lo + chunk] @ emb.T
         rows = np.arange(len(sim))
         sim[rows, lo + rows] = -np.inf  # not oneself
-        nearest[lo:lo + chunk] = sim.argmax(1)
+        nearest[lo : lo + chunk] = sim.argmax(1)
     return float(np.mean(labels[nearest][has_mate] == labels[has_mate]))

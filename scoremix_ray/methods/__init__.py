@@ -12,9 +12,10 @@ The generation path (`scoremix_ray.generation`, Ray Data in `scoremix_ray.distri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from scoremix_ray.config import Config
 from scoremix_ray.errors import ScoreMixError
@@ -74,8 +75,9 @@ class RenderContext:
 
     def _given(self, attr: str, need: str):
         if getattr(self, attr) is None:
-            raise ScoreMixError(f"this method uses '{need}' but was not given it: declare it in the method's "
-                                f"register(..., needs=...)")  # fmt: skip
+            raise ScoreMixError(
+                f"this method uses '{need}' but was not given it: declare it in the method's register(..., needs=...)"
+            )
         return getattr(self, attr)
 
 

@@ -34,10 +34,16 @@ def _plan(name: str):
         lam = [_share(s, ctx.cfg.generation.mix_alpha) for s in rows.column("seed").to_pylist()]
         if name == "cutmix":
             lam = [_pasted_share(v, ctx.split.train.images.shape[1:3]) for v in lam]
-        pairs = [[int(labels[a]), int(labels[b])] for a, b in zip(rows.column("source").to_numpy(), rows.column("partner").to_numpy())]
+        pairs = [
+            [int(labels[a]), int(labels[b])]
+            for a, b in zip(rows.column("source").to_numpy(), rows.column("partner").to_numpy())
+        ]
         rows = rows.set_column(rows.schema.get_field_index("classes"), "classes", pa.array(pairs, pa.list_(pa.int64())))
-        return rows.set_column(rows.schema.get_field_index("weights"), "weights",
-                               pa.array([[w, 1 - w] for w in lam], pa.list_(pa.float64())))  # fmt: skip
+        return rows.set_column(
+            rows.schema.get_field_index("weights"),
+            "weights",
+            pa.array([[w, 1 - w] for w in lam], pa.list_(pa.float64())),
+        )
 
     return plan
 

@@ -9,8 +9,13 @@ import torch
 
 from scoremix_ray.data.images import to_model
 from scoremix_ray.diffusion.sampler import (
-    heun_integrate, karras_sigmas, policy_denoiser, sample_seed, seeded_noise, to_images,
-)  # fmt: skip
+    heun_integrate,
+    karras_sigmas,
+    policy_denoiser,
+    sample_seed,
+    seeded_noise,
+    to_images,
+)
 from scoremix_ray.methods import PlanContext, RenderContext
 
 
@@ -33,21 +38,33 @@ def source_rows(ctx: PlanContext, name: str, partner: str | None = None) -> pa.T
     order = np.random.default_rng([ctx.cfg.seed, method_key(name)]).permutation(n)
     src = order[np.arange(total) % n]
     seeds = [sample_seed(ctx.cfg.seed, method_key(name), r) for r in range(total)]
-    cols = {"label": labels[src], "classes": [[int(labels[s])] for s in src], "weights": [[1.0]] * total,
-            "weights_end": [None] * total, "seed": seeds, "index": np.arange(total), "source": src}  # fmt: skip
+    cols = {
+        "label": labels[src],
+        "classes": [[int(labels[s])] for s in src],
+        "weights": [[1.0]] * total,
+        "weights_end": [None] * total,
+        "seed": seeds,
+        "index": np.arange(total),
+        "source": src,
+    }
     if partner is not None:
         by_class = np.argsort(labels, kind="stable")  # image indices grouped by class: one sort, O(log N) a row
         grouped = labels[by_class]
-        cols["partner"] = [draw_partner(grouped, by_class, int(s), int(labels[s]), seed, partner)
-                           for s, seed in zip(src, seeds)]  # fmt: skip
-    return pa.table({
-        "label": pa.array(cols["label"], pa.int64()), "classes": pa.array(cols["classes"], pa.list_(pa.int64())),
-        "weights": pa.array(cols["weights"], pa.list_(pa.float64())),
-        "weights_end": pa.array(cols["weights_end"], pa.list_(pa.float64())),
-        "seed": pa.array(cols["seed"], pa.int64()), "index": pa.array(cols["index"], pa.int64()),
-        "source": pa.array(cols["source"], pa.int64()),
-        **({"partner": pa.array(cols["partner"], pa.int64())} if partner else {}),
-    })  # fmt: skip
+        cols["partner"] = [
+            draw_partner(grouped, by_class, int(s), int(labels[s]), seed, partner) for s, seed in zip(src, seeds)
+        ]
+    return pa.table(
+        {
+            "label": pa.array(cols["label"], pa.int64()),
+            "classes": pa.array(cols["classes"], pa.list_(pa.int64())),
+            "weights": pa.array(cols["weights"], pa.list_(pa.float64())),
+            "weights_end": pa.array(cols["weights_end"], pa.list_(pa.float64())),
+            "seed": pa.array(cols["seed"], pa.int64()),
+            "index": pa.array(cols["index"], pa.int64()),
+            "source": pa.array(cols["source"], pa.int64()),
+            **({"partner": pa.array(cols["partner"], pa.int64())} if partner else {}),
+        }
+    )
 
 
 def draw_partner(grouped: np.ndarray, by_class: np.ndarray, s: int, c: int, seed: int, partner: str) -> int:
@@ -83,8 +100,9 @@ def strength_index(steps: int, strength: float) -> int:
 def class_denoiser(ctx: RenderContext, labels: np.ndarray, guided: bool = True, guidance_scale: float | None = None):
     """D(x; sigma, c) of each row's own class under the run's guidance policy (`sampler.guidance`)."""
     lab = torch.tensor(labels, dtype=torch.long)[:, None]
-    return policy_denoiser(ctx.net, lab, torch.ones(len(lab), 1), ctx.cfg.sampler, ctx.guide, guided=guided,
-                           guidance_scale=guidance_scale)  # fmt: skip
+    return policy_denoiser(
+        ctx.net, lab, torch.ones(len(lab), 1), ctx.cfg.sampler, ctx.guide, guided=guided, guidance_scale=guidance_scale
+    )
 
 
 def model_input(ctx: RenderContext, images: np.ndarray) -> torch.Tensor:
@@ -97,8 +115,9 @@ def schedule(ctx: RenderContext) -> torch.Tensor:
     return karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho)
 
 
-def renoise_and_denoise(ctx: RenderContext, images: np.ndarray, labels: np.ndarray, seeds: list[int],
-                        strength: float) -> np.ndarray:  # fmt: skip
+def renoise_and_denoise(
+    ctx: RenderContext, images: np.ndarray, labels: np.ndarray, seeds: list[int], strength: float
+) -> np.ndarray:
     """SDEdit on the EDM generator: x = image + sigma_k * noise, then Heun from sigma_k to 0 conditioned on
     the image's class: a generated counterpart that keeps the image's layout."""
     sig = schedule(ctx)
@@ -133,7 +152,9 @@ def patch_swap(a: np.ndarray, b: np.ndarray, grid: int, rng: np.random.Generator
     for i in range(grid):
         for j in range(grid):
             if rng.random() < p:
-                out[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = b[edges[i]:edges[i + 1], edges[j]:edges[j + 1]]
+                out[edges[i] : edges[i + 1], edges[j] : edges[j + 1]] = b[
+                    edges[i] : edges[i + 1], edges[j] : edges[j + 1]
+                ]
     return out
 
 
@@ -150,5 +171,5 @@ def paste_box(a: np.ndarray, b: np.ndarray, area: float, rng: np.random.Generato
     bh, bw = box_size(h, w, area)
     y, x = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
     out = a.copy()
-    out[y:y + bh, x:x + bw] = b[y:y + bh, x:x + bw]
+    out[y : y + bh, x : x + bw] = b[y : y + bh, x : x + bw]
     return out, 1 - bh * bw / (h * w)

@@ -49,15 +49,21 @@ def render(ctx: RenderContext, rows: pa.Table):
             break
         cand_seeds = [sample_seed(seeds[r], j, rnd) for r in todo for j in range(k)]  # k candidates per row
         cand_labels = np.repeat(labels[todo], k)
-        cands = generate(ctx.net, torch.as_tensor(cand_labels)[:, None], torch.ones(len(cand_labels), 1), cand_seeds,
-                         ctx.cfg.sampler.model_copy(update={"batch_size": len(cand_seeds)}), guide_net=ctx.guide)  # fmt: skip
+        cands = generate(
+            ctx.net,
+            torch.as_tensor(cand_labels)[:, None],
+            torch.ones(len(cand_labels), 1),
+            cand_seeds,
+            ctx.cfg.sampler.model_copy(update={"batch_size": len(cand_seeds)}),
+            guide_net=ctx.guide,
+        )
         cos, kept = keep_mask(ctx, cands, cand_labels)
         drawn, discarded = drawn + len(cand_seeds), discarded + int((~kept).sum())
         for i, r in enumerate(todo):
-            hits = np.flatnonzero(kept[i * k:(i + 1) * k])
+            hits = np.flatnonzero(kept[i * k : (i + 1) * k])
             if len(hits):
                 chosen[r] = cands[i * k + hits[0]]
-            j = int(np.argmax(cos[i * k:(i + 1) * k]))
+            j = int(np.argmax(cos[i * k : (i + 1) * k]))
             if cos[i * k + j] > best[r][0]:
                 best[r] = (cos[i * k + j], cands[i * k + j])
     out = []
@@ -66,8 +72,12 @@ def render(ctx: RenderContext, rows: pa.Table):
         rng = row_rng(seed)
         out.append(blend(nat, gen, rng.uniform(0.3, 0.7)) if rng.random() < 0.5 else patch_swap(nat, gen, 4, rng))
     passed = sum(c is not None for c in chosen)
-    stats = {"candidates": drawn, "discarded": discarded, "rows_passing_filter": passed,
-             "rows_below_tau": len(rows) - passed}  # fmt: skip
+    stats = {
+        "candidates": drawn,
+        "discarded": discarded,
+        "rows_passing_filter": passed,
+        "rows_below_tau": len(rows) - passed,
+    }
     return np.stack(out), stats
 
 

@@ -20,8 +20,14 @@ import torch
 from scoremix_ray.diffusion.sampler import heun_integrate, to_images
 from scoremix_ray.methods import PlanContext, RenderContext, register
 from scoremix_ray.methods.common import (
-    class_denoiser, images_of, model_input, row_rng, schedule, source_rows, strength_index,
-)  # fmt: skip
+    class_denoiser,
+    images_of,
+    model_input,
+    row_rng,
+    schedule,
+    source_rows,
+    strength_index,
+)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -51,8 +57,9 @@ def regenerate(ctx: RenderContext, z: torch.Tensor, labels: np.ndarray, k: int) 
     sig = schedule(ctx)[k:]
     split = int(round(ctx.cfg.generation.guided_fraction * (len(sig) - 1)))
     if split > 0:
-        z = heun_integrate(class_denoiser(ctx, labels, guidance_scale=ctx.cfg.generation.guidance_scale), z,
-                           sig[: split + 1])  # fmt: skip
+        z = heun_integrate(
+            class_denoiser(ctx, labels, guidance_scale=ctx.cfg.generation.guidance_scale), z, sig[: split + 1]
+        )
     return to_images(heun_integrate(class_denoiser(ctx, labels, guided=False), z, sig[split:]))
 
 

@@ -37,12 +37,16 @@ def plan(ctx: PlanContext) -> pa.Table:
             rows["weights_end"].append(w_end)
             rows["seed"].append(sample_seed(ctx.cfg.seed, key, i))
             rows["index"].append(i)
-    return pa.table({
-        "label": pa.array(rows["label"], pa.int64()), "classes": pa.array(rows["classes"], pa.list_(pa.int64())),
-        "weights": pa.array(rows["weights"], pa.list_(pa.float64())),
-        "weights_end": pa.array(rows["weights_end"], pa.list_(pa.float64())),
-        "seed": pa.array(rows["seed"], pa.int64()), "index": pa.array(rows["index"], pa.int64()),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "label": pa.array(rows["label"], pa.int64()),
+            "classes": pa.array(rows["classes"], pa.list_(pa.int64())),
+            "weights": pa.array(rows["weights"], pa.list_(pa.float64())),
+            "weights_end": pa.array(rows["weights_end"], pa.list_(pa.float64())),
+            "seed": pa.array(rows["seed"], pa.int64()),
+            "index": pa.array(rows["index"], pa.int64()),
+        }
+    )
 
 
 def render(ctx: RenderContext, rows: pa.Table) -> np.ndarray:

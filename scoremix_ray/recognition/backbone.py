@@ -24,22 +24,33 @@ class IBasicBlock(nn.Module):
             nn.BatchNorm2d(c_out, eps=1e-5),
         )
         self.shortcut = (
-            nn.Identity() if stride == 1 and c_in == c_out
+            nn.Identity()
+            if stride == 1 and c_in == c_out
             else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out, eps=1e-5))
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.shortcut(x)
 
 
 class IResNet(nn.Module):
-    def __init__(self, in_channels: int, image_size: int, widths: tuple[int, ...], blocks: tuple[int, ...],
-                 embedding_dim: int, dropout: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        widths: tuple[int, ...],
+        blocks: tuple[int, ...],
+        embedding_dim: int,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if len(widths) != len(blocks):
             raise ValueError("recognizer.widths and recognizer.blocks need the same length (one entry per stage)")
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(widths[0], eps=1e-5), nn.PReLU(widths[0]))  # fmt: skip
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0], eps=1e-5),
+            nn.PReLU(widths[0]),
+        )
         layers, c = [], widths[0]
         for w, n in zip(widths, blocks):
             layers += [IBasicBlock(c, w, 2)] + [IBasicBlock(w, w, 1) for _ in range(n - 1)]
@@ -48,8 +59,13 @@ class IResNet(nn.Module):
         side = image_size // 2 ** len(widths)
         if side < 1:
             raise ValueError(f"recognizer: {len(widths)} stride-2 stages are too many for {image_size}px images")
-        self.head = nn.Sequential(nn.BatchNorm2d(c, eps=1e-5), nn.Dropout(dropout), nn.Flatten(),
-                                  nn.Linear(c * side * side, embedding_dim), nn.BatchNorm1d(embedding_dim, eps=1e-5))
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(c, eps=1e-5),
+            nn.Dropout(dropout),
+            nn.Flatten(),
+            nn.Linear(c * side * side, embedding_dim),
+            nn.BatchNorm1d(embedding_dim, eps=1e-5),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))

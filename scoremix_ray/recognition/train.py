@@ -1,9 +1,9 @@
 """Recognizer training loop, free of Ray (`scoremix_ray.distributed.train` runs it on Ray Train workers).
 
 Recipe (insightface arcface_torch, scaled down): SGD with momentum 0.9 and weight decay, linear warmup
-for the first epoch then cosine decay to 0, margin-softmax loss on the head's logits. The batches come from a feed (`data/batches.py`): the
-training set cached in memory when it fits `ray.cache_mb`, else streamed by Ray Data; either way the rows
-of each step follow one seeded schedule, so a resumed run continues exactly.
+for the first epoch then cosine decay to 0, margin-softmax loss on the head's logits. The batches come from a
+feed (`data/batches.py`): the training set cached in memory when it fits `ray.cache_mb`, else streamed by Ray
+Data; either way the rows of each step follow one seeded schedule, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -22,8 +22,14 @@ from torch import nn
 
 from scoremix_ray import devices
 from scoremix_ray.checkpoints import (
-    Monitor, latest_checkpoint, load_state, log_progress, resume_history, save_checkpoint, step_generator,
-)  # fmt: skip
+    Monitor,
+    latest_checkpoint,
+    load_state,
+    log_progress,
+    resume_history,
+    save_checkpoint,
+    step_generator,
+)
 from scoremix_ray.config import RecognizerConfig
 from scoremix_ray.data.batches import schedule
 from scoremix_ray.data.images import to_model_tensor
@@ -40,8 +46,12 @@ class Recognizer(nn.Module):
 
     def __init__(self, cfg: RecognizerConfig, num_classes: int, image_size: int, channels: int):
         super().__init__()
-        self.meta = {"config": cfg.model_dump(mode="json"), "num_classes": num_classes,
-                     "image_size": image_size, "channels": channels}  # fmt: skip
+        self.meta = {
+            "config": cfg.model_dump(mode="json"),
+            "num_classes": num_classes,
+            "image_size": image_size,
+            "channels": channels,
+        }
         self.backbone = IResNet(channels, image_size, cfg.widths, cfg.blocks, cfg.embedding_dim, cfg.dropout)
         self.head = MarginHead(cfg.embedding_dim, num_classes, cfg.head, cfg.scale, cfg.margin)
 
@@ -56,7 +66,7 @@ class Recognizer(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "Recognizer":
+    def load(cls, path: str | Path, device: str = "cpu") -> Recognizer:
         from scoremix_ray.errors import ScoreMixError
 
         path = Path(path)
@@ -142,16 +152,33 @@ def train_recognizer(
         ckpt_dir = None
         at_checkpoint = epoch % cfg.checkpoint_every == 0 or epoch == last_epoch
         if rank == 0 and at_checkpoint:
-            ckpt_dir = save_checkpoint(ckpt_root, epoch, {
-                "net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                "config": cfg.model_dump(mode="json"),
-            })  # fmt: skip
+            ckpt_dir = save_checkpoint(
+                ckpt_root,
+                epoch,
+                {
+                    "net": net.state_dict(),
+                    "opt": opt.state_dict(),
+                    "epoch": epoch,
+                    "config": cfg.model_dump(mode="json"),
+                },
+            )
         dt = time.time() - t0
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "train_accuracy": correct / max(1, seen),
-                   "lr": opt.param_groups[0]["lr"], "images_per_s": seen * world_size / dt}  # fmt: skip
+        metrics = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "train_accuracy": correct / max(1, seen),
+            "lr": opt.param_groups[0]["lr"],
+            "images_per_s": seen * world_size / dt,
+        }
         if rank == 0:
-            log.info("recognizer: epoch %d/%d loss %.3f  train acc %.3f  %.0f img/s",
-                     epoch, cfg.epochs, metrics["loss"], metrics["train_accuracy"], metrics["images_per_s"])
+            log.info(
+                "recognizer: epoch %d/%d loss %.3f  train acc %.3f  %.0f img/s",
+                epoch,
+                cfg.epochs,
+                metrics["loss"],
+                metrics["train_accuracy"],
+                metrics["images_per_s"],
+            )
             log_progress(out_dir, metrics, epoch, monitor)
         if report is not None and at_checkpoint:  # a Ray Train report costs ~1 s here: not every epoch
             report(metrics, ckpt_dir)
@@ -173,7 +200,7 @@ def embed_batches(net: Recognizer, images, batch_size: int | None = None, flip: 
     device = devices.device_of(net)
     batch_size = batch_size or max(16, min(512, EMBED_PIXELS // (images.shape[1] * images.shape[2])))
     for i in range(0, len(images), batch_size):
-        x = to_model_tensor(torch.from_numpy(images[i:i + batch_size]), device)
+        x = to_model_tensor(torch.from_numpy(images[i : i + batch_size]), device)
         e = net(x)
         if flip:
             e = e + net(x.flip(3))
@@ -187,7 +214,7 @@ def embed(net: Recognizer, images, batch_size: int | None = None, flip: bool = F
     out = np.empty((len(images), net.head.weight.shape[1]), np.float32)
     lo = 0
     for e in embed_batches(net, images, batch_size, flip):
-        out[lo:lo + len(e)] = e
+        out[lo : lo + len(e)] = e
         lo += len(e)
     return out
 
@@ -199,7 +226,7 @@ def class_centres(emb, labels: np.ndarray, num_classes: int) -> np.ndarray:
     for e in [emb] if isinstance(emb, np.ndarray) else emb:
         if centres is None:
             centres = np.zeros((num_classes, e.shape[1]), np.float64)
-        np.add.at(centres, labels[start:start + len(e)], e)
+        np.add.at(centres, labels[start : start + len(e)], e)
         start += len(e)
     norms = np.linalg.norm(centres, axis=1, keepdims=True)
     return (centres / np.where(norms > 0, norms, 1)).astype(np.float32)

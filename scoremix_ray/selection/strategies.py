@@ -24,12 +24,11 @@ up to a budget, beyond which the best found is returned and the log says it is n
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import logging
 
 import numpy as np
 
@@ -161,7 +160,7 @@ def _triplets_from_pairs(dist: Distances, m: int, sign: float, budget: int = PAI
     cand, ckey = np.zeros((0, 3), np.int64), np.zeros(0)
     while True:
         for lo in range(done, p, 256):
-            ij, pk = pairs[lo:min(p, lo + 256)], pkeys[lo:min(p, lo + 256)]
+            ij, pk = pairs[lo : min(p, lo + 256)], pkeys[lo : min(p, lo + 256)]
             third = sign * (dist.rows(ij[:, 0]) + dist.rows(ij[:, 1])) + pk[:, None]  # key sum for every k
             rows = np.arange(len(ij))
             third[rows, ij[:, 0]] = third[rows, ij[:, 1]] = np.inf
@@ -190,8 +189,12 @@ def top_tuples(dist: Distances, k: int, m: int, largest: bool, exact_limit: int 
     elif k == 3:
         cand, key, certified = _triplets_from_pairs(dist, m, sign)
         if not certified:
-            log.warning("select: %d classes, triplet top-%d from the best %d pairs, not certified exact",
-                        len(dist), m, PAIR_BUDGET)  # fmt: skip
+            log.warning(
+                "select: %d classes, triplet top-%d from the best %d pairs, not certified exact",
+                len(dist),
+                m,
+                PAIR_BUDGET,
+            )
     else:
         raise ScoreMixError(f"ranked strategies support tuples of 2 or 3 classes, not selection.tuple_size={k}")
     return cand, sign * key
@@ -306,7 +309,7 @@ class Selection:
         return path
 
     @classmethod
-    def read(cls, path: str | Path) -> "Selection":
+    def read(cls, path: str | Path) -> Selection:
         import pyarrow.parquet as pq
 
         path = Path(path)
@@ -328,8 +331,9 @@ def tuple_size_of(strategy: str, tuple_size: int) -> int:
     return 3 if strategy.startswith("triplet") else tuple_size
 
 
-def check_feasible(strategy: str, num_classes: int, count: int, tuple_size: int = 2,
-                   max_uses: int | None = None) -> None:  # fmt: skip
+def check_feasible(
+    strategy: str, num_classes: int, count: int, tuple_size: int = 2, max_uses: int | None = None
+) -> None:
     """Whether `count` tuples can be drawn from `num_classes` training classes; run right after the data
     stage, so an impossible selection stops before any training (and again in `select`)."""
     if strategy not in STRATEGIES:
@@ -340,19 +344,24 @@ def check_feasible(strategy: str, num_classes: int, count: int, tuple_size: int 
     if max_uses is None and count > math.comb(n, k):
         raise ScoreMixError(f"selection.count={count} exceeds the {math.comb(n, k)} possible {k}-tuples of {n} classes")
     if max_uses is not None and count * k > n * max_uses:
-        raise ScoreMixError(f"selection.count={count} tuples of {k} use {count * k} class slots; {n} classes x "
-                            f"selection.max_uses_per_class={max_uses} allow {n * max_uses}")  # fmt: skip
+        raise ScoreMixError(
+            f"selection.count={count} tuples of {k} use {count * k} class slots; {n} classes x "
+            f"selection.max_uses_per_class={max_uses} allow {n * max_uses}"
+        )
 
 
-def select(strategy: str, spaces: Spaces, count: int, tuple_size: int = 2, max_uses: int | None = None,
-           seed: int = 0) -> Selection:  # fmt: skip
+def select(
+    strategy: str, spaces: Spaces, count: int, tuple_size: int = 2, max_uses: int | None = None, seed: int = 0
+) -> Selection:
     check_feasible(strategy, spaces.num_classes, count, tuple_size, max_uses)
     tuples, scores = STRATEGIES[strategy](spaces, Options(count, tuple_size, max_uses, seed))
     if len(tuples) < count:
         raise ScoreMixError(
             f"only {len(tuples)} tuples satisfy selection.max_uses_per_class={max_uses}; lower selection.count "
             f"({count}) or raise the limit"
-        )  # fmt: skip
-    dists = {w: tuple_distance(spaces.distances(w), tuples) if getattr(spaces, w) is not None else None
-             for w in ("embedding", "condition")}  # fmt: skip
+        )
+    dists = {
+        w: tuple_distance(spaces.distances(w), tuples) if getattr(spaces, w) is not None else None
+        for w in ("embedding", "condition")
+    }
     return Selection(strategy, tuples, np.asarray(scores, np.float64), dists["embedding"], dists["condition"])
