@@ -42,6 +42,9 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
 
 
+# report(metrics, checkpoint_dir or None): the caller's hook at each checkpoint (Ray Train's report, or nothing)
+Report = Callable[[dict, Path | None], None]
+
 HISTORY = "history.jsonl"
 # monitor(metrics, step): the caller's live view of training (MLflow through `tracking`), called on rank 0
 Monitor = Callable[[dict, int], None]

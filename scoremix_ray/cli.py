@@ -242,23 +242,13 @@ def delta_noise(baseline: dict, augmented: dict) -> str:
     )
 
 
-METRIC_ROWS = [
-    "verification_accuracy",
-    "verification_accuracy_std",
-    "roc_auc",
-    "tar_at_far_1e-1",
-    "tar_at_far_1e-2",
-    "tar_at_far_1e-3",
-    "rank1_accuracy",
-    "closed_set_accuracy",
-]
-
-
 def metrics_table(columns: dict[str, dict]) -> str:
     """Rows = metric names, one column per recognizer (or evaluation set); '-' where not measured."""
+    from scoremix_ray.pipeline import DELTA_KEYS  # the metrics a recognizer has, and the spread of its accuracy
+
     names = list(columns)
     lines = [f"{'metric':<28}" + "".join(f"{n:>14}" for n in names)]
-    for key in METRIC_ROWS:
+    for key in [DELTA_KEYS[0], "verification_accuracy_std", *DELTA_KEYS[1:]]:
         if not any(key in c for c in columns.values()):
             continue
         cells = [columns[n].get(key) for n in names]

@@ -19,6 +19,7 @@ import torch
 
 from scoremix_ray.checkpoints import (
     Monitor,
+    Report,
     latest_checkpoint,
     load_state,
     log_progress,
@@ -31,9 +32,6 @@ from scoremix_ray.data.images import to_model_tensor
 from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, edm_loss
 
 log = logging.getLogger("scoremix_ray")
-
-# report(metrics, checkpoint_dir or None): the caller's hook (Ray Train's report, or a plain logger).
-Report = Callable[[dict, Path | None], None]
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from torch import nn
 from scoremix_ray import devices
 from scoremix_ray.checkpoints import (
     Monitor,
+    Report,
     latest_checkpoint,
     load_state,
     log_progress,
@@ -37,8 +38,6 @@ from scoremix_ray.recognition.backbone import IResNet
 from scoremix_ray.recognition.heads import MarginHead
 
 log = logging.getLogger("scoremix_ray")
-
-Report = Callable[[dict, Path | None], None]
 
 
 class Recognizer(nn.Module):
