@@ -14,8 +14,9 @@ frozen, picklable value: a sweep hands it to its trials, a trial derives its own
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from scoremix_ray.config import Config
 from scoremix_ray.tracking import Tracker
@@ -58,14 +59,23 @@ class RunContext:
 
     def ray(self) -> None:
         """Join or start the context's Ray (a no-op once it is up): the executors call it before Ray work."""
-        from scoremix_ray.distributed.runtime import ensure_ray
-
         ensure_ray(self.address)
 
     def in_process(self, workers: int, gpus: float) -> bool:
         """Whether work for `workers` Train workers or generation actors (`gpus`: the GPUs they use) runs in
         this process: under the "process" executor, 1 of them on the CPU."""
         return self.executor == "process" and workers == 1 and not gpus
+
+    def on_device(self, cfg: Config, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args, device)` where the run computes: in this process on the CPU, or, when the run uses GPUs, as a
+        Ray task holding one GPU (the driver of `ray job submit` often sits on a CPU head node, and a Tune trial
+        holds no GPU of its own). `fn` must be a module-level function (Ray ships it by reference)."""
+        if not resolved(cfg).ray.use_gpu:
+            return fn(*args, "cpu")
+        import ray
+
+        self.ray()
+        return ray.get(ray.remote(num_gpus=1, num_cpus=1)(fn).remote(*args, "cuda"))
 
     @property
     def curve(self) -> dict | None:
@@ -80,9 +90,35 @@ def start(cfg: Config, ray: bool = False, executor: Executor = "ray") -> tuple[R
     a cluster (its GPUs decide 'auto') or when `ray` says the command needs it at once (a tracked job's MLflow
     writer, a sweep); otherwise a local Ray starts with the first work that needs it (a cached stage needs
     none), and 'auto' counts this machine's GPUs, the ones that Ray would find."""
-    from scoremix_ray.distributed.runtime import cluster_gpus, ensure_ray
-
     if ray or cfg.ray.address:
         ensure_ray(cfg.ray.address)
     ctx = RunContext(gpus=cluster_gpus(), address=cfg.ray.address, executor=executor)
     return ctx, ctx.devices(cfg)
+
+
+def ensure_ray(address: str | None) -> None:
+    """Join `address` ("auto" inside `ray job submit`) or start a local Ray (None); no-op if already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, log_to_driver=True, configure_logging=False)
+    log.info("ray: %s", ray.cluster_resources())
+
+
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster this process is part of; without Ray, those a local Ray would find here."""
+    import ray
+
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get("GPU", 0.0))
+    import torch
+
+    return float(torch.cuda.device_count())
+
+
+def resolved(cfg: Config) -> Config:
+    """`cfg` itself, once its devices are resolved: the Ray layer must never read 'auto' as a GPU."""
+    if "auto" in (cfg.ray.use_gpu, cfg.generation.actor_gpus):
+        raise ValueError("devices not resolved: pass the config through RunContext.devices where the command starts")
+    return cfg

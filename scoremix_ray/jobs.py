@@ -136,7 +136,6 @@ def sample(
 
     from scoremix_ray.data.images import save_grid
     from scoremix_ray.diffusion.sampler import sample_seed
-    from scoremix_ray.distributed.runtime import on_device
 
     ctx, cfg = start(cfg)
     split, data_dir = pipeline.data_stage(cfg)
@@ -148,8 +147,7 @@ def sample(
         labels += [ids] * per_class
         wts += [w] * per_class
         seeds += [sample_seed(cfg.seed, ids[0] if key is None else key, i) for i in range(per_class)]
-    images = on_device(
-        ctx,
+    images = ctx.on_device(
         cfg,
         pipeline.sample_images,
         cfg,

@@ -164,7 +164,6 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     """
     from scoremix_ray.diffusion.train import check_guidance
     from scoremix_ray.distributed import train
-    from scoremix_ray.distributed.runtime import on_device
 
     d = GENERATOR.dir(cfg)
     if GENERATOR.done(d):
@@ -173,7 +172,7 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     if not (d / "train.json").is_file():
         (d / "train.json").write_text(json.dumps(train.fit(ctx, cfg, "generator", data_dir / "split.npz", d), indent=2))
     check_guidance(cfg.sampler, d)
-    quality = on_device(ctx, cfg, generator_quality, cfg, data_dir / "split.npz", d)
+    quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d)
     quality["train"] = json.loads((d / "train.json").read_text())
     (d / "quality.json").write_text(json.dumps(quality, indent=2))
     log.info("generator: class accuracy of samples %.3f (grid %s)", quality["class_accuracy"], d / "samples.png")
@@ -226,7 +225,6 @@ def recognizer_stage(
     """
     from scoremix_ray.data.store import ImageStore
     from scoremix_ray.distributed import train
-    from scoremix_ray.distributed.runtime import on_device
     from scoremix_ray.evaluation.recognizer import evaluate_recognizer
 
     d = out or BASELINE.dir(cfg)
@@ -234,7 +232,7 @@ def recognizer_stage(
         return d, json.loads((d / "metrics.json").read_text())
     d.mkdir(parents=True, exist_ok=True)
     train_metrics = train.fit(ctx, cfg, "recognizer", data_dir / "split.npz", d, synthetic)
-    metrics = on_device(ctx, cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
+    metrics = ctx.on_device(cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
     metrics["train"] = train_metrics
     rows = len(split.train.labels) + (len(ImageStore(synthetic)) if synthetic else 0)
     metrics["optimizer_steps"], metrics["epochs"] = optimizer_steps(cfg, rows), cfg.recognizer.epochs

@@ -209,8 +209,7 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
 
 
 def test_devices_resolve_auto_and_keep_explicit_values():
-    from scoremix_ray.context import RunContext
-    from scoremix_ray.distributed.runtime import cluster_gpus
+    from scoremix_ray.context import RunContext, cluster_gpus
 
     resolve_devices = RunContext(gpus=cluster_gpus()).devices  # what `context.start` does
 

@@ -206,11 +206,11 @@ def run_sweep(
 
         cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
         configs = [fit_to_cluster(ctx.devices(c), cpus) for c in configs]
-        data: dict[str, tuple] = {}  # every trial's checks on the data, in seconds, before any training
+        data: dict[Path, tuple] = {}  # every trial's checks on the data, in seconds, before any training
         for c in configs:
-            data_key = section_hash(c, "data", seed=False)
-            data[data_key] = data[data_key] if data_key in data else pipeline.data_stage(c)
-            check_with_data(c, data[data_key][0])
+            d = pipeline.DATA.dir(c)
+            data[d] = data[d] if d in data else pipeline.data_stage(c)
+            check_with_data(c, data[d][0])
         parent_cfg = base.model_copy(update={"name": name})
         tags = {
             "scoremix.kind": "sweep",
@@ -227,18 +227,16 @@ def run_sweep(
                 )
                 # their curves go to the parent run, one set per (fold, seed) when there are several
                 prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
-                split, data_dir = data[section_hash(c, "data", seed=False)]
+                split, data_dir = data[pipeline.DATA.dir(c)]
                 pipeline.shared_stages(
                     ctx.reporting_to(tracker, parent, prefix), widen_for_driver(c, cpus), split, data_dir
                 )
             # trials do their own 1-worker CPU work only when each one's training set is cached in memory
             # (streaming needs Ray Data's readers beside the trainer, and the trial would hold their CPUs)
-            inline = all(
-                inline_trial(c) and fits_in_cache(c, data[section_hash(c, "data", seed=False)][0]) for c in configs
-            )
-            trials = RunContext(ctx.gpus, ctx.address, "process" if inline else "ray", tracker, parent)
+            inline = all(inline_trial(c) and fits_in_cache(c, data[pipeline.DATA.dir(c)][0]) for c in configs)
+            trial_ctx = RunContext(ctx.gpus, ctx.address, "process" if inline else "ray", tracker, parent)
             try:
-                results = _tune(configs, name, base, cpus, gpus, trials)
+                results = _tune(configs, name, base, cpus, gpus, trial_ctx)
             except KeyboardInterrupt:  # the trials' runs end with the sweep's (theirs cannot see the signal)
                 for rid, status in tracking.children(tracker, parent).values():
                     if status == "RUNNING":

@@ -76,7 +76,7 @@ def generate_shards(
     import ray
     from ray.data import ActorPoolStrategy
 
-    from scoremix_ray.distributed.runtime import resolved
+    from scoremix_ray.context import resolved
     from scoremix_ray.generation import missing_units, write_manifest, write_plan
 
     g = resolved(cfg).generation

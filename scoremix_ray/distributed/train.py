@@ -179,7 +179,7 @@ def fit(
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from scoremix_ray.distributed.runtime import resolved
+    from scoremix_ray.context import resolved
 
     cfg = resolved(cfg)
     out_dir = Path(out_dir).resolve()
