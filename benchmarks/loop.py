@@ -102,7 +102,7 @@ def main() -> None:
     # cached for both, not timed; as the earlier command that cached them, it leaves an MLflow store behind
     ctx, cfg = start(base)
     with tracking.writer(cfg) as tracker, tracking.live_run(cfg.model_copy(update={"name": "setup"}), tracker):
-        shared = jobs.shared(ctx, cfg)
+        shared = pipeline.shared(ctx, cfg)
     pipeline.alignment_stage(cfg, shared)
     inproc = in_process(cfg, shared, out / "plain")
     t0 = time.perf_counter()

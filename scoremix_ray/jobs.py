@@ -11,20 +11,12 @@ import time
 from pathlib import Path
 
 from scoremix_ray import pipeline
+from scoremix_ray.checks import check_with_data
 from scoremix_ray.config import Config
-from scoremix_ray.context import RunContext, start
+from scoremix_ray.context import start
 from scoremix_ray.errors import ScoreMixError
 
 log = logging.getLogger("scoremix_ray")
-
-
-def shared(ctx: RunContext, cfg: Config) -> pipeline.Shared:
-    """Stages 1-3, the config checked against the data before any training."""
-    from scoremix_ray.checks import check_with_data
-
-    split, data_dir = pipeline.data_stage(cfg)
-    check_with_data(cfg, split)
-    return pipeline.shared_stages(ctx, cfg, split, data_dir)
 
 
 def experiment(cfg: Config) -> tuple[dict, dict, str, float]:
@@ -80,7 +72,7 @@ def evaluate(cfg: Config, recognizer: Path, bin_path: Path | None) -> tuple[dict
 def select(cfg: Config):
     """Stage 4 on stages 1-3: (selection, pairs file, training class names)."""
     ctx, cfg = start(cfg)
-    sh = shared(ctx, cfg)
+    sh = pipeline.shared(ctx, cfg)
     sel, path = pipeline.select_stage(cfg, sh)
     return sel, path, sh.split.train.class_names
 
@@ -100,10 +92,8 @@ def generate(cfg: Config, pairs: Path | None) -> Path:
             f"pairs file {pairs} names class {sel.tuples.max()}; the data has "
             f"{split.train.num_classes} training classes"
         )
-    if sel is None and method.new_classes:
-        from scoremix_ray.checks import check_with_data
-
-        check_with_data(cfg, split)
+    if sel is None:
+        check_with_data(cfg, split)  # the selection made below
     sh = pipeline.shared_stages(ctx, cfg, split, data_dir)
     if sel is None and method.new_classes:
         sel, _ = pipeline.select_stage(cfg, sh)
@@ -114,7 +104,7 @@ def align(cfg: Config) -> tuple[dict, Path]:
     """The alignment of the generator's condition space with the baseline's class centres, merged into the run's
     metrics.json: (alignment, that file)."""
     ctx, cfg = start(cfg)
-    a = pipeline.alignment_stage(cfg, shared(ctx, cfg))
+    a = pipeline.alignment_stage(cfg, pipeline.shared(ctx, cfg))
     path = cfg.run_dir / "metrics.json"
     pipeline.merge_json(path, alignment=a)
     return a, path

@@ -167,6 +167,7 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
 
     d = GENERATOR.dir(cfg)
     if GENERATOR.done(d):
+        check_guidance(cfg.sampler, d)  # what the run's guidance needs, before anything samples from it
         return d, json.loads((d / "quality.json").read_text())
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "train.json").is_file():
@@ -267,6 +268,15 @@ def shared_stages(ctx: RunContext, cfg: Config, split: Split, data_dir: Path) ->
     return Shared(split, data_dir, gen_dir, rec_dir, quality, baseline)
 
 
+def shared(ctx: RunContext, cfg: Config) -> Shared:
+    """Stages 1-3, the config checked against the data (`checks.check_with_data`) before any training."""
+    from scoremix_ray.checks import check_with_data
+
+    split, data_dir = data_stage(cfg)
+    check_with_data(cfg, split)
+    return shared_stages(ctx, cfg, split, data_dir)
+
+
 def class_spaces(shared: Shared):
     """The generator's condition vectors and the baseline recognizer's class centres, same class order."""
     from scoremix_ray.diffusion.train import load_generator
@@ -296,7 +306,6 @@ def generate_stage(ctx: RunContext, cfg: Config, shared: Shared, method, selecti
     generation resumes in place. Actor counts are not in the key: they do not change the bytes.
     """
     from scoremix_ray.config import settings
-    from scoremix_ray.diffusion.train import check_guidance
     from scoremix_ray.distributed.generate import generate_shards
     from scoremix_ray.generation import plan_digest, preview
     from scoremix_ray.methods import PlanContext
@@ -311,8 +320,6 @@ def generate_stage(ctx: RunContext, cfg: Config, shared: Shared, method, selecti
     d = GENERATE.dir(cfg, upstream, sampler=sampler, plan=plan_digest(plan))
     if GENERATE.done(d) and json.loads((d / "manifest.json").read_text())["complete"]:
         return d
-    if "guide" in uses:
-        check_guidance(cfg.sampler, shared.gen_dir)  # before any actor starts
     manifest = generate_shards(ctx, cfg, method.name, plan, shared.gen_dir, shared.data_dir / "split.npz", d, rec_dir)
     (d / "generation.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}, indent=2))
     preview(d, split.train.images.shape[1], split.train.images.shape[3])
@@ -429,35 +436,32 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
     """One experiment (`cfg` checked: `checks.check_config`): stages 1-3 (shared, cached), then select,
     generate, augmented recognizer, evaluate. Returns (stage summary, metrics), written to `<run>/stages.json`
     and `<run>/metrics.json` ({baseline, augmented, delta, alignment})."""
-    from scoremix_ray.checks import check_with_data
     from scoremix_ray.methods import get_method
 
     method = get_method(cfg.generation.method)
-    split, data_dir = data_stage(cfg)
-    check_with_data(cfg, split)  # a selection the data cannot give fails before any training
-    shared = shared_stages(ctx, cfg, split, data_dir)
-    baseline = {k: v for k, v in shared.baseline.items() if k != "train"}
+    sh = shared(ctx, cfg)
+    baseline = {k: v for k, v in sh.baseline.items() if k != "train"}
     sel = None
     result = {
-        "data": {"dir": str(data_dir), **split.summary()},
-        "generator": {"dir": str(shared.gen_dir), "class_accuracy": shared.quality["class_accuracy"]},
-        "recognizer": {"dir": str(shared.rec_dir)},
+        "data": {"dir": str(sh.data_dir), **sh.split.summary()},
+        "generator": {"dir": str(sh.gen_dir), "class_accuracy": sh.quality["class_accuracy"]},
+        "recognizer": {"dir": str(sh.rec_dir)},
     }
     if method.new_classes:
-        sel, pairs_path = select_stage(cfg, shared)
+        sel, pairs_path = select_stage(cfg, sh)
         result["select"] = {"pairs": str(pairs_path), "tuples": sel.tuples.tolist()}
     else:  # a label-preserving method selects nothing: no stale table from an earlier run of this name
         (cfg.run_dir / "pairs.parquet").unlink(missing_ok=True)
-    synth_dir = generate_stage(ctx, cfg, shared, method, sel)
+    synth_dir = generate_stage(ctx, cfg, sh, method, sel)
     result["generate"] = {"dir": str(synth_dir), "grid": str(synth_dir / "samples.png")}
-    aug_dir, augmented = augmented_stage(ctx, cfg, shared, synth_dir)
+    aug_dir, augmented = augmented_stage(ctx, cfg, sh, synth_dir)
     augmented = {k: v for k, v in augmented.items() if k != "train"}
     result["augmented"] = {"dir": str(aug_dir)}
     metrics = {
         "baseline": baseline,
         "augmented": augmented,
         "delta": deltas(baseline, augmented),
-        "alignment": alignment_stage(cfg, shared),
+        "alignment": alignment_stage(cfg, sh),
     }
     result["metrics"] = str(cfg.run_dir / "metrics.json")
     merge_json(cfg.run_dir / "metrics.json", **metrics)

@@ -176,7 +176,7 @@ def check_guidance(scfg, stage_dir: str | Path) -> None:
 
 
 def load_for_sampling(stage_dir: str | Path, scfg, device: str = "cpu") -> tuple[EDMDenoiser, EDMDenoiser | None]:
-    """(generator, guide): the guide is loaded only when `sampler.guidance` is autoguidance, once per caller."""
-    check_guidance(scfg, stage_dir)
+    """(generator, guide): the guide is loaded only when `sampler.guidance` is autoguidance, once per caller
+    (`check_guidance` has passed: the generator stage runs it before it hands its folder on)."""
     guide = load_generator(stage_dir, "guide", device) if scfg.guidance == "autoguidance" else None
     return load_generator(stage_dir, "final", device), guide
