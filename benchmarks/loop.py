@@ -91,7 +91,7 @@ def main() -> None:
 
     import ray
 
-    from scoremix_ray import jobs, pipeline, tracking
+    from scoremix_ray import pipeline, tracking
     from scoremix_ray.config import load_config
     from scoremix_ray.context import start
     from tuning.sweep import run_sweep
