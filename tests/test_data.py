@@ -9,7 +9,7 @@ from PIL import Image
 from scoremix_ray.config import DataConfig
 from scoremix_ray.data import load_labelled, make_split
 from scoremix_ray.data.images import from_model, to_model
-from scoremix_ray.data.readers import read_folder, read_parquet, scan_recordio
+from scoremix_ray.data.readers import scan_recordio
 from scoremix_ray.data.recordio import pack, read_bin, write_bin, write_indexed
 from scoremix_ray.errors import ScoreMixError
 
@@ -44,7 +44,7 @@ def test_folder_reader(tmp_path):
         for i in range(3):
             (tmp_path / c / f"{i}.png").write_bytes(_png(v + i, mode="RGB"))
     (tmp_path / "bob" / "notes.txt").write_text("ignored")
-    d = read_folder(tmp_path, 8, 3)
+    d = load_labelled("folder", tmp_path, 8, 3)
     assert d.class_names == ["alice", "bob"] and d.images.shape == (6, 8, 8, 3)
     assert list(d.labels) == [0, 0, 0, 1, 1, 1]
     assert d.images[3, 0, 0, 0] == 200
@@ -52,41 +52,41 @@ def test_folder_reader(tmp_path):
 
 def test_folder_errors(tmp_path):
     with pytest.raises(ScoreMixError, match="image folder not found"):
-        read_folder(tmp_path / "nope", 8, 1)
+        load_labelled("folder", tmp_path / "nope", 8, 1)
     with pytest.raises(ScoreMixError, match="no class sub-folders"):
-        read_folder(tmp_path, 8, 1)
+        load_labelled("folder", tmp_path, 8, 1)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.png").write_bytes(_png(1))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScoreMixError, match=r"class folder .*empty holds no images"):
-        read_folder(tmp_path, 8, 1)
+        load_labelled("folder", tmp_path, 8, 1)
     (tmp_path / "empty" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(ScoreMixError, match=r"cannot decode image .*broken\.png"):
-        read_folder(tmp_path, 8, 1)
+        load_labelled("folder", tmp_path, 8, 1)
 
 
 def test_parquet_reader(tmp_path):
     table = pa.table({"image": [_png(5), _png(6), _jpg(100)], "label": [7, 7, 3]})
     pq.write_table(table, tmp_path / "part-0.parquet")
     pq.write_table(pa.table({"image": [{"bytes": _png(9), "path": None}], "label": [3]}), tmp_path / "part-1.parquet")
-    d = read_parquet(tmp_path, 8, 1)
+    d = load_labelled("parquet", tmp_path, 8, 1)
     assert d.class_names == ["3", "7"] and len(d.labels) == 4
     assert sorted(d.labels.tolist()) == [0, 0, 1, 1]
 
 
 def test_parquet_errors(tmp_path):
     with pytest.raises(ScoreMixError, match="Parquet path not found"):
-        read_parquet(tmp_path / "x.parquet", 8, 1)
+        load_labelled("parquet", tmp_path / "x.parquet", 8, 1)
     f = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"img": [_png(1)], "label": [0]}), f)
     with pytest.raises(ScoreMixError, match=r"bad.parquet has no 'image' column \(columns: img, label\)"):
-        read_parquet(f, 8, 1)
+        load_labelled("parquet", f, 8, 1)
     f.write_bytes(b"not parquet")
     with pytest.raises(ScoreMixError, match="cannot read Parquet file"):
-        read_parquet(f, 8, 1)
+        load_labelled("parquet", f, 8, 1)
     pq.write_table(pa.table({"image": [b"garbage"], "label": [0]}), f)
     with pytest.raises(ScoreMixError, match=r"cannot decode image .*bad.parquet row 0"):
-        read_parquet(f, 8, 1)
+        load_labelled("parquet", f, 8, 1)
 
 
 def _insightface_rec(tmp_path, labels):

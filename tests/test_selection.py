@@ -8,7 +8,7 @@ import pytest
 from scoremix_ray.errors import ScoreMixError
 from scoremix_ray.evaluation.alignment import alignment, cka, cknna, linear_kernel, metrics, mutual_knn, rbf_kernel
 from scoremix_ray.selection import STRATEGIES, Selection, select
-from scoremix_ray.selection.strategies import Distances, Spaces, cosine_distance, top_tuples
+from scoremix_ray.selection.strategies import Distances, Spaces, top_tuples
 
 
 def _angles(deg):
@@ -61,7 +61,7 @@ def test_random_is_seeded_and_distinct():
 @pytest.mark.parametrize("largest", [True, False])
 def test_triplet_top_n_equals_brute_force(largest, exact_limit):
     x = np.random.default_rng(1).normal(size=(23, 6))
-    d = cosine_distance(x)
+    d = Distances(x).rows(slice(None))
     got, scores = top_tuples(Distances(x), 3, 15, largest, exact_limit=exact_limit)
     brute = sorted(
         ((d[i, j] + d[i, k] + d[j, k], (i, j, k)) for i, j, k in itertools.combinations(range(23), 3)), reverse=largest
@@ -81,7 +81,7 @@ def test_scalable_searches_equal_exact_on_small_n(largest):
     rng = np.random.default_rng(7)
     x = rng.normal(size=(12, 16))[rng.integers(0, 12, 150)] + 0.3 * rng.normal(size=(150, 16))
     dist = Distances(x)
-    d = cosine_distance(x)
+    d = Distances(x).rows(slice(None))
     i, j = np.triu_indices(150, 1)
     order = np.lexsort([j, i, -d[i, j] if largest else d[i, j]])[:40]
     pairs, pscores = top_tuples(dist, 2, 40, largest)

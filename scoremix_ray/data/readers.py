@@ -284,14 +284,6 @@ def load_labelled(source: str, path: Path | None, size: int, channels: int) -> L
     return scan(source, path).load(size, channels)
 
 
-def read_folder(root: str | Path, size: int, channels: int) -> LabelledImages:
-    return scan_folder(root).load(size, channels)
-
-
-def read_parquet(path: str | Path, size: int, channels: int) -> LabelledImages:
-    return scan_parquet(path).load(size, channels)
-
-
 def decode_synthetic(path: str | Path, folder: str | Path, size: int, channels: int):
     """Synthetic Parquet shards (`generation.SCHEMA`) decoded into an image store in `folder`, one row group at a
     time. Labels as written (new classes keep their ids `num_real_classes + rank`; label-preserving methods keep

@@ -96,11 +96,6 @@ def register(name: str) -> Callable[[Strategy], Strategy]:
     return deco
 
 
-def cosine_distance(x: np.ndarray) -> np.ndarray:
-    """The full n x n matrix (small n: tests, plots)."""
-    return Distances(x).rows(slice(None))
-
-
 def tuple_distance(dist: Distances, tuples: np.ndarray) -> np.ndarray:
     """Sum of pairwise distances within each tuple."""
     return sum(dist.pairs(tuples[:, a], tuples[:, b]) for a, b in itertools.combinations(range(tuples.shape[1]), 2))
