@@ -1,1 +1,2 @@
-"""The thin layer that maps the Ray-free core onto Ray Train / Data / Tune. Only this package imports Ray."""
+"""The thin layer that maps the Ray-free training loops and generation onto Ray Train and Ray Data (the run
+context, `scoremix_ray.context`, says whether they run there or in the calling process)."""
