@@ -32,6 +32,8 @@ Executor = Literal["ray", "process"]
 
 @dataclass(frozen=True)
 class RunContext:
+    """Where a command's work runs and where it logs, decided once where the command starts (`start`)."""
+
     gpus: float = 0.0  # the cluster's GPUs when the command started: what `ray.use_gpu: auto` resolves to
     address: str | None = None  # the Ray cluster to join (`ray.address`); None: a local Ray, started when needed
     executor: Executor = "ray"
