@@ -6,17 +6,14 @@ checked (`checks.check_config`, run once as the command loads it).
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 from scoremix_ray import pipeline
 from scoremix_ray.checks import check_with_data
 from scoremix_ray.config import Config
-from scoremix_ray.context import start
+from scoremix_ray.context import RunContext, start
 from scoremix_ray.errors import ScoreMixError
-
-log = logging.getLogger("scoremix_ray")
 
 
 def experiment(cfg: Config) -> tuple[dict, dict, str, float]:
@@ -47,11 +44,13 @@ def train_recognizer(cfg: Config) -> tuple[Path, dict]:
 def evaluate(cfg: Config, recognizer: Path, bin_path: Path | None) -> tuple[dict, Path]:
     """A trained recognizer on the config's verification pairs (and a .bin set), in this process; the metrics
     merged into the `metrics.json` beside the model: ({"pairs": ..., "bin": ...}, that file)."""
+    import torch
+
     from scoremix_ray.devices import local_device
     from scoremix_ray.evaluation.recognizer import evaluate_bin, evaluate_split
     from scoremix_ray.recognition.train import Recognizer
 
-    _, cfg = start(cfg)
+    cfg = RunContext(gpus=torch.cuda.device_count()).devices(cfg)  # it computes here: this machine's GPUs
     model_dir = recognizer / "final" if (recognizer / "final" / "recognizer.json").is_file() else recognizer
     net = Recognizer.load(model_dir, local_device(cfg.ray.use_gpu))
     split, _ = pipeline.data_stage(cfg)
