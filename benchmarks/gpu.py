@@ -194,10 +194,10 @@ def quality_figures(gen_dir: Path, config: Path | None, device: torch.device, pe
     from scoremix_ray.diffusion.sampler import generate, sample_seed
     from scoremix_ray.diffusion.train import load_generator
     from scoremix_ray.evaluation.quality import class_accuracy, pixel_classifier
-    from scoremix_ray.pipeline import DATA
+    from scoremix_ray.pipeline import data_stage_dir
 
     cfg = load_config(config)
-    data = gen_dir.parent / DATA.dir(cfg).name / "split.npz"  # the config's data stage, beside the generator
+    data = gen_dir.parent / data_stage_dir(cfg).name / "split.npz"  # the config's data stage, beside the generator
     if not data.is_file():
         raise SystemExit(f"no data stage of this config beside {gen_dir} (expected {data}); pass its --config")
     split = Split.load(data)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scoremix_ray.errors import ScoreMixError
+
 KEEP = 2
 
 
@@ -34,7 +36,37 @@ def save_checkpoint(root: Path, step: int, state: dict) -> Path:
 
 
 def load_state(ckpt: Path, device: str = "cpu") -> dict:
-    return torch.load(Path(ckpt) / "state.pt", map_location=device, weights_only=False)
+    return load_weights(Path(ckpt) / "state.pt", device)
+
+
+def load_weights(path: Path, device: str = "cpu"):
+    """A torch file read with weights_only=True: tensors, dicts, lists, numbers and strings, never code (a
+    pickle in a .pt can call anything); a missing or corrupt file is one line naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise ScoreMixError(f"weights file not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 -- torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise ScoreMixError(f"cannot read weights {path}: {first_line(e)}") from None
+
+
+def read_meta(path: Path) -> dict:
+    """A model's JSON metadata; a missing or corrupt file is one line naming it."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ScoreMixError(f"metadata file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise ScoreMixError(f"cannot read metadata {path}: {first_line(e)}") from None
+    if not isinstance(meta, dict):
+        raise ScoreMixError(f"cannot read metadata {path}: it holds a {type(meta).__name__}, not an object")
+    return meta
+
+
+def first_line(e: Exception) -> str:
+    """An exception's first line (torch's and Ray's run to pages), for a one-line error."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:

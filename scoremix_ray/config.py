@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from scoremix_ray.errors import ScoreMixError
 
@@ -25,11 +26,37 @@ class ConfigError(ScoreMixError):
 
 Precision = Literal["fp32", "bf16"]  # bf16: autocast of the network's forward pass (CUDA; CPU works, slower)
 Auto = Literal["auto"]
+Seed = Annotated[int, Field(ge=0)]  # numpy's seed sequences take non-negative integers only
+
+
+def _scalar_kinds(annotation: Any) -> set:
+    """The scalar types a field's annotation admits (through Optional, Annotated, tuples and Literals)."""
+    from typing import get_args, get_origin
+
+    if annotation in (bool, int, float, str):
+        return {annotation}
+    if get_origin(annotation) is Literal:
+        return {type(v) for v in get_args(annotation)}
+    return set().union(*(_scalar_kinds(a) for a in get_args(annotation) if a is not Ellipsis))
 
 
 class _Section(BaseModel):
     # Unknown keys are errors, not silently ignored typos.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers_and_booleans(cls, value: Any, info) -> Any:
+        """pydantic's lax mode reads `true` as 1 and `1` or "yes" as true; a typo must not train 1 step."""
+        kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(v, bool) and bool not in kinds and kinds & {int, float}:
+                raise PydanticCustomError("strict", "expects a number, not a boolean")
+            if kinds == {bool} and not isinstance(v, bool):
+                raise PydanticCustomError("strict", "expects true or false")
+            if bool in kinds and not isinstance(v, (bool, str)):  # bool | "auto"
+                raise PydanticCustomError("strict", "expects true, false or auto")
+        return value
 
 
 EMBEDDED = ("digits", "glyphs")  # sources shipped with the package: 16x16 grey by default (minutes on 2 cores)
@@ -49,7 +76,7 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # closed-set: share of each class's images held out
     num_pairs: int = Field(3000, ge=20)  # verification pairs, half same, half different (1500 different
     # pairs make TAR at FAR 1e-3 measurable)
-    split_seed: int = 0  # which classes are unseen / which images are held out (the "fold")
+    split_seed: Seed = 0  # which classes are unseen / which images are held out (the "fold")
     verification_bin: Path | None = None  # optional InsightFace .bin set evaluated besides the pairs
     # An image that does not decode: "error" stops the data stage naming its file; "skip" first decodes every
     # image once (a second pass over the data), leaves the bad ones out and logs how many and which
@@ -199,8 +226,16 @@ class StudyConfig(_Section):
     """A study: every condition (method x strategy) on every fold x seed, compared with the real-only baseline
     of the same fold and seed. Fixed in a committed config before it runs; the report shows every condition."""
 
-    folds: tuple[int, ...] = (0, 1, 2, 3)  # data.split_seed values: different train/unseen class partitions
-    seeds: tuple[int, ...] = (0, 1)  # per fold: generator, recognizer and sampling seed (a generator each)
+    folds: tuple[Annotated[int, Field(ge=0)], ...] = (
+        0,
+        1,
+        2,
+        3,
+    )  # data.split_seed values: different train/unseen class partitions
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = (
+        0,
+        1,
+    )  # per fold: generator, recognizer and sampling seed (a generator each)
     strategies: tuple[str, ...] = Field(default_factory=_pair_strategies)  # for methods making new classes
     methods: tuple[str, ...] = Field(default_factory=_all_methods)
     metrics: tuple[str, ...] = ("verification_accuracy", "roc_auc", "tar_at_far_1e-2", "rank1_accuracy")
@@ -225,7 +260,7 @@ class StudyConfig(_Section):
 
 class Config(_Section):
     name: str = Field("default", pattern=r"^[^'\"/\s]+$")  # a folder under out_dir and an MLflow run name (found by it)
-    seed: int = 0  # model initialisation, training order, sampling noise
+    seed: Seed = 0  # model initialisation, training order, sampling noise
     out_dir: Path = Path("runs")
     data: DataConfig = DataConfig()
     generator: GeneratorConfig = GeneratorConfig()
@@ -348,9 +383,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(tree).__name__}")
     for text in overrides:
@@ -380,12 +420,13 @@ def to_yaml(cfg: Config) -> str:
 # Settings that say how a job runs, not what it computes: in no stage's cache key and not in a sweep's resume
 # key, so the same work from another folder, launcher or cluster size is the same work (None: the whole section).
 # data.on_bad_image: "error" completes only when no image is bad, which is when "skip" writes the same stores;
+# data.verification_bin: read after training, its results kept with the file's fingerprint (`pipeline.with_bin`);
 # sampler.batch_size: generation batches are the plan's fixed work units (generation.unit_size).
 RUN_ONLY: dict[str, tuple[str, ...] | None] = {
     "out_dir": None,
     "ray": None,
     "tracking": None,
-    "data": ("on_bad_image",),
+    "data": ("on_bad_image", "verification_bin"),
     "sampler": ("batch_size",),
     "generation": ("num_actors", "actor_cpus", "actor_gpus", "threads_per_actor"),
 }

@@ -46,9 +46,13 @@ def evaluate(cfg: Config, recognizer: Path, bin_path: Path | None) -> tuple[dict
     merged into the `metrics.json` beside the model: ({"pairs": ..., "bin": ...}, that file)."""
     import torch
 
+    from scoremix_ray.data.recordio import check_bin_header
     from scoremix_ray.devices import local_device
     from scoremix_ray.evaluation.recognizer import evaluate_bin, evaluate_split
     from scoremix_ray.recognition.train import Recognizer
+
+    if bin_path is not None:
+        check_bin_header(bin_path)  # before the data stage and the split's evaluation, not after
 
     cfg = RunContext(gpus=torch.cuda.device_count()).devices(cfg)  # it computes here: this machine's GPUs
     model_dir = recognizer / "final" if (recognizer / "final" / "recognizer.json").is_file() else recognizer

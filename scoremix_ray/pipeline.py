@@ -66,12 +66,12 @@ DATA = Stage(
 )  # the uint8 image stores of data/store.py
 GENERATOR = Stage(
     "generator",
-    ("data", "generator"),
-    (),
+    ("generator",),
+    ("data",),
     ("checkpoints/", "final/", "guide/", "history.jsonl", "train.json", "samples.png", "quality.json"),
 )
 BASELINE = Stage(
-    "recognizer", ("data", "recognizer"), (), ("checkpoints/", "final/", "history.jsonl", "centres.npy", "metrics.json")
+    "recognizer", ("recognizer",), ("data",), ("checkpoints/", "final/", "history.jsonl", "centres.npy", "metrics.json")
 )
 GENERATE = Stage(
     "generate",
@@ -80,7 +80,7 @@ GENERATE = Stage(
     ("plan.parquet", "shards/", "samples.png", "generation.json", "manifest.json"),
     seed=False,
 )
-AUGMENTED = Stage("augmented", ("data", "recognizer"), ("generate",), BASELINE.writes)
+AUGMENTED = Stage("augmented", ("recognizer",), ("data", "generate"), BASELINE.writes)
 ALIGNMENT = Stage("alignment", (), ("generator", "recognizer"), ("alignment.json",))
 
 
@@ -112,6 +112,14 @@ def image_shape(dc, catalog) -> tuple[int, int]:
     return size, channels
 
 
+def data_stage_dir(cfg: Config) -> Path:
+    """The data stage's folder: its settings and the source's fingerprint as it is now (`readers.fingerprint`:
+    names, sizes and times of its files), so a changed source is a new stage and every stage after it too."""
+    from scoremix_ray.data.readers import fingerprint
+
+    return DATA.dir(cfg, source=fingerprint(cfg.data.source, cfg.data.path))
+
+
 def data_stage(cfg: Config) -> tuple[Split, Path]:
     """Stage 1: scan the source, split by labels, then stream it once into decoded uint8 image stores
     (`train/`, `test/`; layout in data/store.py) a batch at a time. Cached by the data settings alone (the
@@ -119,7 +127,7 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
     from scoremix_ray.data import scan, write_split
     from scoremix_ray.data.images import BadImage
 
-    d = DATA.dir(cfg)
+    d = data_stage_dir(cfg)
     if DATA.done(d):
         return Split.load(d / "split.npz"), d
     dc = cfg.data
@@ -165,7 +173,7 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     from scoremix_ray.diffusion.train import check_guidance
     from scoremix_ray.distributed import train
 
-    d = GENERATOR.dir(cfg)
+    d = GENERATOR.dir(cfg, {"data": data_dir})
     if GENERATOR.done(d):
         check_guidance(cfg.sampler, d)  # what the run's guidance needs, before anything samples from it
         return d, json.loads((d / "quality.json").read_text())
@@ -228,9 +236,9 @@ def recognizer_stage(
     from scoremix_ray.distributed import train
     from scoremix_ray.evaluation.recognizer import evaluate_recognizer
 
-    d = out or BASELINE.dir(cfg)
+    d = out or BASELINE.dir(cfg, {"data": data_dir})
     if (AUGMENTED if out else BASELINE).done(d):
-        return d, json.loads((d / "metrics.json").read_text())
+        return d, with_bin(ctx, cfg, d, json.loads((d / "metrics.json").read_text()))
     d.mkdir(parents=True, exist_ok=True)
     train_metrics = train.fit(ctx, cfg, "recognizer", data_dir / "split.npz", d, synthetic)
     metrics = ctx.on_device(cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
@@ -245,7 +253,24 @@ def recognizer_stage(
         metrics["roc_auc"],
         d,
     )
-    return d, metrics
+    return d, with_bin(ctx, cfg, d, metrics)
+
+
+def with_bin(ctx: RunContext, cfg: Config, rec_dir: Path, metrics: dict) -> dict:
+    """`metrics` with "bin": the recognizer in `rec_dir` on `data.verification_bin` as the file is now. The .bin
+    is in no stage's key (it is read after training): its results are kept in metrics.json with the file's
+    fingerprint, and a new or changed file is evaluated again, never trained again."""
+    from scoremix_ray.data.readers import file_fingerprint
+    from scoremix_ray.evaluation.recognizer import evaluate_bin_file
+
+    path = cfg.data.verification_bin
+    if path is None:
+        return {k: v for k, v in metrics.items() if k != "bin"}
+    source = file_fingerprint(path)
+    if metrics.get("bin", {}).get("source") != source:
+        found = ctx.on_device(cfg, evaluate_bin_file, cfg, rec_dir / "final", path)
+        metrics = merge_json(rec_dir / "metrics.json", bin={**found, "source": source})
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -333,7 +358,7 @@ def augmented_stage(ctx: RunContext, cfg: Config, shared: Shared, synth_dir: Pat
 
     store = synthetic_store(shared.split, synth_dir)
     matched = matched_epochs(cfg, len(shared.split.train.labels), len(ImageStore(store)))
-    d = AUGMENTED.dir(cfg, {"generate": synth_dir})
+    d = AUGMENTED.dir(cfg, {"data": shared.data_dir, "generate": synth_dir})
     return recognizer_stage(ctx, matched, shared.split, shared.data_dir, d, store)
 
 

@@ -186,7 +186,7 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     split.save(data_dir / "split.npz")
-    d = pipeline.GENERATOR.dir(cfg)
+    d = pipeline.GENERATOR.dir(cfg, {"data": data_dir})
     shutil.copytree(gen_dir, d)
     (d / "train.json").write_text(json.dumps({"step": 120}))  # trained; its quality check never finished
 

@@ -23,18 +23,55 @@ class BadImage(ScoreMixError):
     """An image whose bytes do not decode (`data.on_bad_image` says what the data stage does about it)."""
 
 
-def decode(data: bytes, size: int, channels: int, name: str) -> np.ndarray:
+def decode(data: bytes | BadImage, size: int, channels: int, name: str) -> np.ndarray:
     """Encoded image bytes -> uint8 (size, size, channels). `name` is what an error message blames."""
+    return prepare(open_image(data, name), size, channels)
+
+
+def open_image(data: bytes | BadImage, name: str) -> Image.Image:
+    """Encoded image bytes -> a loaded PIL image. A reader that could not read an image (a broken link, a
+    record cut short) passes the `BadImage` saying why."""
+    if isinstance(data, BadImage):
+        raise data
+    if not data:
+        raise BadImage(f"cannot decode image {name}: empty file")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:  # its message is the BytesIO's repr, which names nothing
+        raise BadImage(f"cannot decode image {name}: not an image format PIL reads") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data; SyntaxError from some plugins
         raise BadImage(f"cannot decode image {name}: {e}") from None
-    return prepare(img, size, channels)
+    return img
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit grey (I;16*, I) and float (F) images as 8-bit grey, scaled by their type's range:
+    PIL's convert("L") clips them at 255 instead, which turns a 16-bit photo almost white. F is taken to
+    be in [0, 1] when its values are, else in [0, 255]."""
+    if not (img.mode.startswith("I") or img.mode == "F"):
+        return img
+    arr = np.asarray(img)
+    if img.mode == "F":
+        scale = 255.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 1.0
+    else:  # I;16 holds 0..65535; I (int32) too, when it came from a 16-bit file (PNG, TIFF)
+        scale = 255.0 / 65535.0 if int(arr.max(initial=0)) > 255 or img.mode.startswith("I;16") else 1.0
+    return Image.fromarray(np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8))
+
+
+def square(img: Image.Image) -> Image.Image:
+    """The centred square of a non-square image: faces and glyphs are centred, so the crop keeps the subject
+    where a resize would stretch it."""
+    w, h = img.size
+    if w == h:
+        return img
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s))
 
 
 def prepare(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = square(to_8bit(img)).convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from scoremix_ray.data.images import BadImage, decode, prepare
+from scoremix_ray.data.images import BadImage, decode, open_image, prepare
 from scoremix_ray.data.recordio import MAGIC, index_mismatch, read_index, record_at, unpack
 from scoremix_ray.errors import ScoreMixError
 
@@ -45,7 +45,7 @@ class Catalog:
 
     labels: np.ndarray  # int64 (N,), 0..C-1
     class_names: list[str]
-    encoded: Callable[[np.ndarray], Iterator[tuple[bytes, str]]] | None = None
+    encoded: Callable[[np.ndarray], Iterator[tuple[bytes | BadImage, str]]] | None = None
     pixels: np.ndarray | None = None  # sources already in memory (the embedded ones): uint8 (N, h, w)
 
     def __len__(self) -> int:
@@ -53,18 +53,10 @@ class Catalog:
 
     def native_shape(self) -> tuple[int, int, int]:
         """(height, width, channels) of the first image: the default image size and channels."""
-        from io import BytesIO
-
-        from PIL import Image
-
         if self.pixels is not None:
             return (*self.pixels.shape[1:3], 1)
-        data, name = next(self.encoded(np.array([0])))
-        try:
-            img = Image.open(BytesIO(data))
-        except Exception as e:  # noqa: BLE001 -- PIL raises several types for a bad file
-            raise BadImage(f"cannot decode image {name}: {e}") from None
-        return img.height, img.width, 1 if img.mode in ("L", "I", "I;16", "1", "F") else 3
+        img = open_image(*next(self.encoded(np.array([0]))))
+        return img.height, img.width, 1 if img.mode in ("L", "LA", "1", "F") or img.mode.startswith("I") else 3
 
     def decoded(self, rows: np.ndarray, size: int, channels: int, batch: int = 256) -> Iterator[np.ndarray]:
         """uint8 (<=batch, size, size, channels) arrays of `rows` (ascending), decoded a batch at a time."""
@@ -148,28 +140,39 @@ def scan_glyphs() -> Catalog:
     return Catalog(labels, names, pixels=pixels)
 
 
-def scan_folder(root: str | Path) -> Catalog:
-    """`root/<class>/*.png|jpg|...`; class names are the sub-folder names, in sorted order."""
-    root = Path(root)
+def _folder_listing(root: Path) -> list[list[str]]:
+    """The image file names (sorted) of each class folder of `root` (class folders sorted by name); a broken
+    link is listed, so that reading it is a bad image that `data.on_bad_image` decides about."""
     if not root.is_dir():
         raise ScoreMixError(f"image folder not found: {root}")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ScoreMixError(f"image folder {root} has no class sub-folders (expected root/<class>/*.png)")
-    files, labels = [], []
-    for c, d in enumerate(class_dirs):
-        found = sorted(f.name for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    listing = []
+    for d in class_dirs:
+        found = sorted(f"{d.name}/{f.name}" for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise ScoreMixError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        files += [f"{d.name}/{f}" for f in found]
-        labels += [c] * len(found)
+        listing.append(found)
+    return listing
+
+
+def scan_folder(root: str | Path) -> Catalog:
+    """`root/<class>/*.png|jpg|...`; class names are the sub-folder names, in sorted order."""
+    root = Path(root)
+    listing = _folder_listing(root)
+    files = [f for found in listing for f in found]
+    labels = np.repeat(np.arange(len(listing)), [len(found) for found in listing])
 
     def encoded(rows):
         for r in rows:
             p = root / files[r]
-            yield p.read_bytes(), str(p)
+            try:
+                yield p.read_bytes(), str(p)
+            except OSError as e:  # a broken link, a file gone or unreadable: a bad image, not a crash
+                yield BadImage(f"cannot read image {p}: {e.strerror or e}"), str(p)
 
-    return Catalog(np.array(labels, np.int64), [d.name for d in class_dirs], encoded)
+    return Catalog(labels.astype(np.int64), [found[0].split("/")[0] for found in listing], encoded)
 
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -258,7 +261,11 @@ def scan_recordio(rec_path: str | Path) -> Catalog:
         with open(rec_path, "rb") as f:
             for r in rows:
                 key = keys[r]
-                _, img = unpack(record_at(f, offsets[key], rec_path, key))
+                try:
+                    _, img = unpack(record_at(f, offsets[key], rec_path, key))
+                except BadImage as e:
+                    yield e, f"{rec_path}#{key}"
+                    continue
                 yield img, f"{rec_path}#{key}"
 
     labels, names = _renumber(raw)
@@ -277,6 +284,43 @@ def scan(source: str, path: Path | None) -> Catalog:
     if source == "recordio":
         return scan_recordio(path)
     raise ScoreMixError(f"unknown data source '{source}' (valid: digits, glyphs, folder, parquet, recordio)")
+
+
+def fingerprint(source: str, path: Path | None) -> str:
+    """The source as it is now, without decoding anything: a digest of every file's name, size and modification
+    time (an image folder's listing, the Parquet files, the .rec and its .idx), or of the package versions an
+    embedded source is made with. Part of the data stage's key, so a fixed image or a new class folder is a
+    new data stage, not a silently reused old one."""
+    if source in ("digits", "glyphs"):
+        from importlib.metadata import version
+
+        return f"{source}-{version('scikit-learn' if source == 'digits' else 'matplotlib')}"
+    root = Path(path)
+    if source == "folder":
+        files = [root / f for found in _folder_listing(root) for f in found]
+    elif source == "parquet":
+        files = _parquet_files(root)
+    else:
+        files = [root, root.with_suffix(".idx")]
+    return file_fingerprint(*files)
+
+
+def file_fingerprint(*files: str | Path) -> str:
+    """A digest of the files' names, sizes and modification times: a changed file is a new digest, read in
+    microseconds (no content is read). A broken link counts as itself; a missing file is an error."""
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            st = os.stat(f)
+        except FileNotFoundError:
+            if not os.path.lexists(f):
+                raise ScoreMixError(f"file not found: {f}") from None
+            st = os.lstat(f)  # a broken link: repairing it is a change
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def load_labelled(source: str, path: Path | None, size: int, channels: int) -> LabelledImages:

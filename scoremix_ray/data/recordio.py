@@ -94,8 +94,12 @@ def record_at(f, offset: int, rec_path: Path, key: int) -> bytes:
     if lrec >> 29:
         raise ScoreMixError(f"{rec_path}: key {key} is a multi-part record, which is not supported")
     payload = f.read(lrec & _LEN_MASK)
-    if len(payload) < lrec & _LEN_MASK:
-        raise index_mismatch(rec_path, key, offset)
+    if len(payload) < lrec & _LEN_MASK:  # a download cut short: that image is bad, the others are fine
+        from scoremix_ray.data.images import BadImage
+
+        raise BadImage(
+            f"{rec_path}#{key}: record cut short ({len(payload)} of {lrec & _LEN_MASK} bytes; truncated file?)"
+        )
     return payload
 
 
@@ -106,17 +110,56 @@ def write_bin(path: str | Path, images: list[bytes], issame: list[bool]) -> None
         pickle.dump((images, issame), f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
-    """InsightFace verification set -> (encoded images, issame bool array)."""
+class _BinUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a `.bin` set holds: lists and tuples of bytes and booleans. Python 3
+    pickles bytes at protocol 2 (the format's usual one) as `_codecs.encode(text, "latin1")` and bytearrays as
+    `builtins.bytearray`; those two are the only names it resolves, so a crafted file cannot run code (a
+    pickle's only way to call anything is through a name it looks up here)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1
+        if (module, name) == ("builtins", "bytearray"):
+            return bytearray
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a .bin set never holds")
+
+
+def _latin1(text: str, encoding: str = "utf-8") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"it encodes text as {encoding!r}, which a .bin set never does")
+    return text.encode("latin1")
+
+
+def check_bin_header(path: str | Path) -> Path:
+    """The cheap check before any work: `path` is a file that starts like a pickle of protocol >= 2."""
     path = Path(path)
     if not path.is_file():
         raise ScoreMixError(f"verification .bin file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        raise ScoreMixError(f"{path} is not an InsightFace .bin set (a pickle of (images, issame)): bad header")
+    return path
+
+
+def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
+    """InsightFace verification set -> (encoded images, issame bool array), read by `_BinUnpickler`."""
+    path = check_bin_header(path)
+    what = f"{path} is not an InsightFace .bin set (a pickle of (images, issame))"
     try:
         with open(path, "rb") as f:
-            bins, issame = pickle.load(f, encoding="bytes")
-    except Exception as e:  # noqa: BLE001 -- any unpickling failure means "not a .bin set"
-        raise ScoreMixError(f"{path} is not an InsightFace .bin set (pickled (images, issame)): {e}") from None
-    issame = np.asarray(issame, dtype=bool)
+            obj = _BinUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise ScoreMixError(f"{what}: refused, {e}") from None
+    except Exception as e:  # noqa: BLE001 -- any other unpickling failure means "not a .bin set"
+        raise ScoreMixError(f"{what}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2 or not all(isinstance(o, (tuple, list)) for o in obj):
+        raise ScoreMixError(f"{what}: it holds a {type(obj).__name__}")
+    bins, issame = obj
+    if not all(isinstance(b, (bytes, bytearray)) for b in bins):
+        raise ScoreMixError(f"{what}: an image entry is not bytes")
+    if not all(isinstance(v, bool) for v in issame):
+        raise ScoreMixError(f"{what}: an issame entry is not a boolean")
     if len(bins) != 2 * len(issame):
         raise ScoreMixError(f"{path}: {len(bins)} images for {len(issame)} pairs (need exactly two per pair)")
-    return [bytes(b) for b in bins], issame
+    return [bytes(b) for b in bins], np.asarray(issame, dtype=bool)

@@ -9,6 +9,7 @@ closed-set accuracy is measurable because the test classes are training classes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 from scoremix_ray.config import DataConfig
 from scoremix_ray.data.readers import LabelledImages
 from scoremix_ray.errors import ScoreMixError
+
+log = logging.getLogger("scoremix_ray")
 
 
 @dataclass
@@ -88,26 +91,100 @@ def rows_by_class(labels: np.ndarray, n: int) -> list[np.ndarray]:
 
 
 def make_pairs(labels: np.ndarray, num_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced verification pairs: num_pairs // 2 same-class, the rest different-class, distinct images."""
+    """Balanced verification pairs, each pair of images at most once: num_pairs // 2 same-class (a class drawn
+    uniformly among those with pairs left, then two of its images), the rest different-class (two classes, an
+    image of each). A small test set caps each half at the distinct pairs it holds, and says so: repeated pairs
+    would make the metrics look surer than they are."""
     present = np.unique(labels)
     grouped = rows_by_class(labels, int(present.max()) + 1 if len(present) else 0)
-    by_class = {c: grouped[c] for c in present}
-    multi = [c for c, idx in by_class.items() if len(idx) >= 2]
-    classes = list(by_class)
-    if not multi or len(classes) < 2:
+    by_class = [grouped[c] for c in present]
+    sizes = np.array([len(idx) for idx in by_class], np.int64)
+    if not (sizes >= 2).any() or len(by_class) < 2:
         raise ScoreMixError(
-            f"verification pairs need >= 2 classes and one with >= 2 images; test split has {len(classes)} classes"
+            f"verification pairs need >= 2 classes and one with >= 2 images; test split has {len(by_class)} classes"
         )
-    n_same = num_pairs // 2
-    pairs = []
-    for c in rng.choice(multi, n_same):
-        pairs.append(rng.choice(by_class[c], 2, replace=False))
-    for _ in range(num_pairs - n_same):
-        a, b = rng.choice(classes, 2, replace=False)
-        pairs.append((rng.choice(by_class[a]), rng.choice(by_class[b])))
-    issame = np.arange(num_pairs) < n_same
-    order = rng.permutation(num_pairs)
-    return np.asarray(pairs, np.int64)[order], issame[order]
+    n = int(sizes.sum())
+    same_total = int((sizes * (sizes - 1) // 2).sum())
+    diff_total = n * (n - 1) // 2 - same_total
+    want_same, want_diff = num_pairs // 2, num_pairs - num_pairs // 2
+    n_same, n_diff = min(want_same, same_total), min(want_diff, diff_total)
+    if (n_same, n_diff) != (want_same, want_diff):
+        log.warning(
+            "data: the test split's %d images in %d classes hold %d distinct same-class and %d different-class "
+            "pairs: %d verification pairs instead of data.num_pairs=%d",
+            n,
+            len(by_class),
+            same_total,
+            diff_total,
+            n_same + n_diff,
+            num_pairs,
+        )
+    same = _distinct_pairs(rng, n_same, same_total, _same_pair(rng, by_class), _all_same(by_class))
+    diff = _distinct_pairs(rng, n_diff, diff_total, _diff_pair(rng, by_class), _all_diff(by_class))
+    pairs = np.concatenate([np.asarray(same, np.int64).reshape(-1, 2), np.asarray(diff, np.int64).reshape(-1, 2)])
+    issame = np.arange(len(pairs)) < n_same
+    order = rng.permutation(len(pairs))
+    return pairs[order], issame[order]
+
+
+def _distinct_pairs(rng, want: int, total: int, draw, enumerate_all) -> list[tuple[int, int]]:
+    """`want` distinct pairs of the `total` a kind has: drawn (`draw(seen)`) and deduplicated while at most half
+    are wanted, else sampled without replacement from all of them (`total` is then at most 2 x want, so listing
+    them is cheap)."""
+    if 2 * want > total:
+        every = enumerate_all()
+        return [every[i] for i in np.sort(rng.choice(len(every), want, replace=False))]
+    seen: dict[tuple[int, int], None] = {}
+    while len(seen) < want:
+        a, b = draw(seen)
+        seen.setdefault((min(a, b), max(a, b)))
+    return list(seen)
+
+
+def _same_pair(rng, by_class):
+    """Draws of a same-class pair: a class uniformly among those with pairs not yet taken, two of its images."""
+    open_ = [c for c, idx in enumerate(by_class) if len(idx) >= 2]
+    left = {c: len(by_class[c]) * (len(by_class[c]) - 1) // 2 for c in open_}
+
+    def draw(seen) -> tuple[int, int]:
+        while True:
+            k = int(rng.integers(len(open_)))
+            a, b = sorted(int(r) for r in rng.choice(by_class[open_[k]], 2, replace=False))
+            if (a, b) not in seen:
+                left[open_[k]] -= 1
+                if not left[open_[k]]:  # a class whose pairs are all taken is drawn no more
+                    open_.pop(k)
+                return a, b
+
+    return draw
+
+
+def _diff_pair(rng, by_class):
+    """Draws of a different-class pair: two classes uniformly, an image of each."""
+
+    def draw(seen) -> tuple[int, int]:
+        a, b = rng.choice(len(by_class), 2, replace=False)
+        return int(rng.choice(by_class[a])), int(rng.choice(by_class[b]))
+
+    return draw
+
+
+def _all_same(by_class):
+    return lambda: [(int(a), int(b)) for idx in by_class for i, a in enumerate(idx) for b in idx[i + 1 :]]
+
+
+def _all_diff(by_class):
+    def every():
+        label = np.concatenate([np.full(len(idx), c) for c, idx in enumerate(by_class)])
+        rows = np.concatenate(by_class)
+        return [
+            (int(rows[i]), int(rows[j]))
+            for i in range(len(rows))
+            for j in range(i + 1, len(rows))
+            if label[i] != label[j]
+        ]
+
+    return every
 
 
 def _take_per_class(idx: np.ndarray, k: int | None, name: str, rng: np.random.Generator) -> np.ndarray:

@@ -77,9 +77,14 @@ class EDMDenoiser(nn.Module):
         path = Path(path)
         if not (path / "edm.json").is_file():
             raise ScoreMixError(f"no trained generator at {path} (missing edm.json)")
-        meta = json.loads((path / "edm.json").read_text())
-        unet = UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)  # no `accelerate` needed
-        return cls(unet, meta["num_classes"], meta["sigma_data"], meta["null_label"]).to(device).eval()
+        from scoremix_ray.checkpoints import first_line, read_meta
+
+        meta = read_meta(path / "edm.json")
+        try:  # diffusers reads safetensors (no pickle); a corrupt file or config is one line naming the folder
+            unet = UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)  # no `accelerate` needed
+            return cls(unet, meta["num_classes"], meta["sigma_data"], meta["null_label"]).to(device).eval()
+        except Exception as e:  # noqa: BLE001 -- safetensors, json and torch raise many types
+            raise ScoreMixError(f"generator in {path} does not load: {type(e).__name__}: {first_line(e)}") from None
 
 
 def build_denoiser(cfg: GeneratorConfig, num_classes: int, image_size: int, channels: int) -> EDMDenoiser:

@@ -18,16 +18,13 @@ from scoremix_ray.recognition.train import Recognizer, class_centres, embed, emb
 
 def evaluate_recognizer(cfg, split_path: str | Path, rec_dir: str | Path, device: str = "cpu") -> dict:
     """A trained recognizer stage on `device`: writes `centres.npy` (class centres of the training images, for
-    selection) and returns the verification metrics on the split's pairs (and on `data.verification_bin`)."""
+    selection) and returns the verification metrics on the split's pairs."""
     rec_dir, flip = Path(rec_dir), cfg.recognizer.hflip
     split = Split.load(split_path)
     net = Recognizer.load(rec_dir / "final", device)
     emb = embed_batches(net, split.train.images, flip=flip)  # images and embeddings stream into the sums
     np.save(rec_dir / "centres.npy", class_centres(emb, split.train.labels, split.train.num_classes))
-    metrics = evaluate_split(net, split, flip=flip)
-    if cfg.data.verification_bin is not None:
-        metrics["bin"] = evaluate_bin(net, cfg.data.verification_bin, flip=flip)
-    return metrics
+    return evaluate_split(net, split, flip=flip)
 
 
 def evaluate_split(net: Recognizer, split: Split, flip: bool = False) -> dict:
@@ -41,6 +38,11 @@ def evaluate_split(net: Recognizer, split: Split, flip: bool = False) -> dict:
         centres = class_centres(train_emb, split.train.labels, split.train.num_classes)
         out["closed_set_accuracy"] = closed_set_accuracy(emb, split.test.labels, centres)
     return out
+
+
+def evaluate_bin_file(cfg, model_dir: str | Path, path: str | Path, device: str = "cpu") -> dict:
+    """The recognizer in `model_dir` on the `.bin` set at `path`, on `device` (`RunContext.on_device`)."""
+    return evaluate_bin(Recognizer.load(model_dir, device), path, flip=cfg.recognizer.hflip)
 
 
 def evaluate_bin(net: Recognizer, path: str | Path, flip: bool = False) -> dict:

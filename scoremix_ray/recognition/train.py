@@ -24,9 +24,12 @@ from scoremix_ray import devices
 from scoremix_ray.checkpoints import (
     Monitor,
     Report,
+    first_line,
     latest_checkpoint,
     load_state,
+    load_weights,
     log_progress,
+    read_meta,
     resume_history,
     save_checkpoint,
     step_generator,
@@ -71,9 +74,12 @@ class Recognizer(nn.Module):
         path = Path(path)
         if not (path / "recognizer.json").is_file():
             raise ScoreMixError(f"no recognizer in {path} (expected recognizer.json and model.pt)")
-        meta = json.loads((path / "recognizer.json").read_text())
-        net = cls(RecognizerConfig(**meta["config"]), meta["num_classes"], meta["image_size"], meta["channels"])
-        net.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
+        meta = read_meta(path / "recognizer.json")
+        try:
+            net = cls(RecognizerConfig(**meta["config"]), meta["num_classes"], meta["image_size"], meta["channels"])
+            net.load_state_dict(load_weights(path / "model.pt", device))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # metadata and weights that do not match
+            raise ScoreMixError(f"recognizer in {path} does not load: {type(e).__name__}: {first_line(e)}") from None
         return net.to(device).eval()
 
 
