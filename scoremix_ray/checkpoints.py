@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scoremix_ray.errors import ScoreMixError
+from scoremix_ray.errors import ScoreMixError, first_line
 
 KEEP = 2
 
@@ -61,12 +61,6 @@ def read_meta(path: Path) -> dict:
     if not isinstance(meta, dict):
         raise ScoreMixError(f"cannot read metadata {path}: it holds a {type(meta).__name__}, not an object")
     return meta
-
-
-def first_line(e: Exception) -> str:
-    """An exception's first line (torch's and Ray's run to pages), for a one-line error."""
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:

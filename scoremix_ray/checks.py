@@ -1,14 +1,19 @@
 """Checks that fail a run in seconds, before any training, in one line naming the key.
 
-Two moments: `check_config` right after a config is loaded (every CLI command, every sweep trial, `pipeline.run`),
-against the registries of strategies and methods; `check_with_data` right after the data stage, against the
+Three moments: `check_config` right after a config is loaded (every CLI command, every sweep trial, `pipeline.run`),
+against the registries of strategies and methods; `check_inputs` next, where a command starts (what it will read
+and write outside its stages: the output folder, the .bin set, the data path, the tracking server), each first
+contact bounded by `connect_timeout_s`; `check_with_data` right after the data stage, against the
 training classes. (What pydantic can check of one config alone is in `config.py`; the split refuses a
 data.per_class above a class's images and a side with fewer than 2 classes, from the labels, before decoding.)
 """
 
 from __future__ import annotations
 
-from scoremix_ray.config import Config, ConfigError
+import os
+from pathlib import Path
+
+from scoremix_ray.config import EMBEDDED, Config, ConfigError
 
 
 def check_config(cfg: Config) -> Config:
@@ -53,3 +58,67 @@ def check_with_data(cfg: Config, split) -> None:
     sc = cfg.selection
     if get_method(cfg.generation.method).new_classes:
         check_feasible(sc.strategy, split.train.num_classes, sc.count, sc.tuple_size, sc.max_uses_per_class)
+
+
+def check_inputs(cfg: Config) -> Config:
+    """Before any work: `out_dir` is a folder this process can write (created if missing), `data.path` exists,
+    `data.verification_bin` is a file that starts like a .bin set, and an HTTP tracking server answers. A
+    hung mount or a dead server fails after `connect_timeout_s` seconds, in one line naming it."""
+    from scoremix_ray.data.recordio import check_bin_header
+
+    within(cfg.connect_timeout_s, f"out_dir {cfg.out_dir}", lambda: writable_dir(Path(cfg.out_dir)))
+    if cfg.data.source not in EMBEDDED and not Path(cfg.data.path).exists():
+        raise ConfigError(f"data.path not found: {cfg.data.path}")
+    if cfg.data.verification_bin is not None:
+        check_bin_header(cfg.data.verification_bin)
+    uri = cfg.tracking.tracking_uri
+    if uri and uri.startswith(("http://", "https://")):
+        answers(uri, cfg.connect_timeout_s)
+    return cfg
+
+
+def writable_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"out_dir {out} is not a writable folder: {e.strerror or e}") from None
+
+
+def within(seconds: float, what: str, fn) -> None:
+    """`fn()` in a helper thread, given up on after `seconds` (a stat on a hung network mount never returns:
+    the thread is left behind, the command ends with the error)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        pool.submit(fn).result(timeout=seconds)
+    except Timeout:
+        raise ConfigError(
+            f"{what}: no answer within {seconds:g} s (a hung network mount?); the limit is connect_timeout_s"
+        ) from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def answers(uri: str, seconds: float) -> None:
+    """An MLflow server at `uri` answers an HTTP request within `seconds` (any status: it is there)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=seconds).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(
+            f"tracking server {uri} does not answer ({reason}; waited up to {seconds:g} s): check that "
+            f"`mlflow server` runs there and the address and port (tracking.tracking_uri; the limit is "
+            f"connect_timeout_s)"
+        ) from None

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -31,29 +34,50 @@ UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow track
 
 
 def _cfg(
-    config: Path | None, sets: list[str] | None, out: Path | None = None, uri: str | None = None, check: bool = True
+    config: Path | None,
+    sets: list[str] | None,
+    out: Path | None = None,
+    uri: str | None = None,
+    check: bool = True,
+    inputs: bool = True,
 ) -> Config:
     """The config, checked against the registries (`checks.check_config`) unless it is a sweep's base, whose
-    trials (other strategies and methods) are each checked instead."""
+    trials (other strategies and methods) are each checked instead; then what the command will read and write
+    (`checks.check_inputs`), before any work. From here the command's log also goes to `<out_dir>/logs/`."""
     overrides = list(sets or [])
     if out is not None:
         overrides.append(f"out_dir={out}")
     if uri is not None:
         overrides.append(f"tracking.tracking_uri={uri}")
-    from scoremix_ray.checks import check_config
+    from scoremix_ray.checks import check_config, check_inputs
 
     cfg = load_config(config, overrides)
-    return check_config(cfg) if check else cfg
+    cfg = check_config(cfg) if check else cfg
+    if inputs:
+        check_inputs(cfg)
+        _log_to(Path(cfg.out_dir) / "logs")
+    return cfg
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+_FORMAT = "%(asctime)s %(message)s"
+_log_file: Path | None = None  # this command's log: its lines and, on an error, the traceback
+
+
+def _log_to(folder: Path) -> None:
+    global _log_file
+    logging.basicConfig(level=logging.INFO, format=_FORMAT, datefmt="%H:%M:%S")
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "scoremix-ray")
+    _log_file = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}.log"
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(_log_file)
+    handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%d %H:%M:%S"))
+    logging.getLogger().addHandler(handler)
 
 
 @config_app.command("show")
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved config as YAML."""
-    typer.echo(to_yaml(_cfg(config, set_)), nl=False)
+    typer.echo(to_yaml(_cfg(config, set_, inputs=False)), nl=False)
 
 
 @data_app.command("inspect")
@@ -90,7 +114,6 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
     select, generate, augmented recognizer, evaluate; prints baseline vs augmented and logs to MLflow."""
     from scoremix_ray import jobs, tracking
 
-    _setup_logging()
     cfg = _cfg(config, set_, out, tracking_uri)
     result, metrics, run_id, seconds = jobs.experiment(cfg)
     typer.echo(
@@ -132,7 +155,6 @@ def sweep(
     """Ray Tune sweep over strategies x methods x seeds (x --grid axes); one MLflow child run per trial."""
     from tuning.sweep import parse_grid, run_sweep
 
-    _setup_logging()
     cfg = _cfg(config, set_, out, tracking_uri, check=False)
     try:
         seed_list = [int(s) for s in _list(seeds)]
@@ -179,7 +201,6 @@ def study(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tra
     differences to the real-only baseline and their confidence intervals."""
     from tuning.study import run_study
 
-    _setup_logging()
     cfg = _cfg(config, set_, out, tracking_uri)
     summary = run_study(cfg)
     typer.echo(Path(summary["report"]["markdown"]).read_text())
@@ -220,7 +241,6 @@ def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutO
     """Train (or resume) the class-conditional EDM generator with Ray Train; prints sample quality."""
     from scoremix_ray import jobs
 
-    _setup_logging()
     d, q = jobs.train_generator(_cfg(config, set_, out))
     typer.echo(f"generator: {d / 'final'}")
     typer.echo(f"class accuracy of samples (pixel classifier): {q['class_accuracy']:.3f}; grid: {d / 'samples.png'}")
@@ -262,7 +282,6 @@ def train_recognizer_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
     """Train (or resume) the baseline recognizer on the real training split with Ray Train; evaluate it."""
     from scoremix_ray import jobs
 
-    _setup_logging()
     d, metrics = jobs.train_recognizer(_cfg(config, set_, out))
     typer.echo(metrics_table({"pairs": metrics} | ({"bin": metrics["bin"]} if "bin" in metrics else {})))
     typer.echo(f"recognizer: {d / 'final'}; metrics: {d / 'metrics.json'}")
@@ -280,7 +299,6 @@ def evaluate(
     next to the model."""
     from scoremix_ray import jobs
 
-    _setup_logging()
     cols, path = jobs.evaluate(_cfg(config, set_, out), recognizer, bin_)
     typer.echo(metrics_table(cols))
     typer.echo(f"metrics: {path}")
@@ -300,7 +318,6 @@ def select_cmd(
     """Rank class tuples with a strategy (stages 1-3 are computed or reused); writes pairs.parquet."""
     from scoremix_ray import jobs
 
-    _setup_logging()
     sets = (
         list(set_ or [])
         + ([f"selection.strategy={strategy}"] if strategy else [])
@@ -332,7 +349,6 @@ def generate(
     """Render the synthetic classes with the Ray Data actor pool into Parquet shards (resumes if interrupted)."""
     from scoremix_ray import jobs
 
-    _setup_logging()
     cfg = _cfg(config, list(set_ or []) + ([f"generation.per_tuple={per_tuple}"] if per_tuple else []), out)
     d = jobs.generate(cfg, pairs)
     info = json.loads((d / "generation.json").read_text()) if (d / "generation.json").is_file() else {}
@@ -346,7 +362,6 @@ def align(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> 
     metric's permutation null; written to metrics.json under "alignment"."""
     from scoremix_ray import jobs
 
-    _setup_logging()
     a, path = jobs.align(_cfg(config, set_, out))
     typer.echo(
         f"{'metric':<20}{'value':>10}{'null':>10}   ({a['classes']} classes, k={a['topk']}, "
@@ -386,19 +401,82 @@ def sample(
     given_w = _floats(weights, "--weights") if weights else None
     if given_w is not None and not convex(given_w):  # reject before any work is done
         raise ScoreMixError(f"--weights must be non-negative and sum to 1, got {given_w}")
-    _setup_logging()
     rows, path = jobs.sample(cfg, classes, mix, given_w, per_class, sweep_weights, png)
     for row in rows:
         typer.echo(f"row: {row}")
     typer.echo(f"grid: {path}")
 
 
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, print its traceback here too (it always goes to the log).")
+    ] = False,
+) -> None:
+    """`--debug` is read by `main` wherever it stands on the line; this lists it in --help."""
+
+
 def main() -> None:
+    from scoremix_ray.context import sigterm_interrupts
+
+    debug = "--debug" in sys.argv or os.environ.get("SCOREMIX_DEBUG") == "1"
+    sys.argv = [a for a in sys.argv if a != "--debug"]
+    sigterm_interrupts()  # from the start: a `kill` during the imports or the first contact says "stopped" too
     try:
         app()
-    except ScoreMixError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`ray job stop`): open MLflow runs are already marked KILLED
-        typer.echo("stopped; rerun the same command to go on (every finished stage is kept)", err=True)
-        sys.exit(130)
+        _stopped()
+    except SystemExit as e:
+        if e.code in (15, 130):  # typer turns Ctrl-C into exit 130; a SIGTERM handler of Ray's exits with 15
+            _stopped()
+        raise
+    except Exception as e:  # noqa: BLE001 -- every error ends in one line; the traceback goes to the log
+        culprit = user_error(e)
+        path = _write_traceback(e)
+        typer.echo(f"error: {culprit} (traceback: {path})", err=True)
+        if debug:
+            traceback.print_exception(e)
+        sys.exit(2 if isinstance(culprit, ScoreMixError) else 1)
+
+
+def _stopped() -> None:
+    typer.echo("stopped; rerun the same command to go on (every finished stage is kept)", err=True)
+    sys.exit(130)
+
+
+def user_error(e: BaseException) -> BaseException | str:
+    """The error to show: the first of ours (`ScoreMixError`, which names the file, key or value) in the chain
+    of causes, through Ray's wrappers (a task's `cause`, a Train run's worker failures); else the innermost
+    error's type and first line."""
+    from scoremix_ray.errors import first_line
+
+    queue, seen, innermost = [e], set(), None
+    while queue:
+        x = queue.pop(0)
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        wrapped = getattr(x, "cause", None)  # a RayTaskError: its message carries the remote traceback
+        if isinstance(x, ScoreMixError) and not isinstance(wrapped, BaseException):
+            return x
+        failures = getattr(x, "worker_failures", None)
+        nested = [wrapped, x.__cause__, x.__context__, *(failures.values() if isinstance(failures, dict) else ())]
+        nested = [n for n in nested if isinstance(n, BaseException)]
+        queue += nested
+        innermost = x if innermost is None and not nested else innermost  # the first error with no cause
+    innermost = innermost or e
+    return f"{type(innermost).__name__}: {first_line(innermost)}"
+
+
+def _write_traceback(e: BaseException) -> Path:
+    """The traceback appended to this command's log (or, before there is one, to a file in the temp folder)."""
+    import tempfile
+
+    path = _log_file or Path(tempfile.gettempdir()) / "scoremix-ray" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write("".join(traceback.format_exception(e)))
+    except OSError:
+        return Path("(unwritable log; rerun with --debug)")
+    return path

@@ -262,6 +262,9 @@ class Config(_Section):
     name: str = Field("default", pattern=r"^[^'\"/\s]+$")  # a folder under out_dir and an MLflow run name (found by it)
     seed: Seed = 0  # model initialisation, training order, sampling noise
     out_dir: Path = Path("runs")
+    # seconds a first contact may take (the Ray cluster, the tracking server, the output folder) before the
+    # command fails in one line naming it, instead of hanging in retries
+    connect_timeout_s: float = Field(20.0, gt=0)
     data: DataConfig = DataConfig()
     generator: GeneratorConfig = GeneratorConfig()
     sampler: SamplerConfig = SamplerConfig()
@@ -424,6 +427,7 @@ def to_yaml(cfg: Config) -> str:
 # sampler.batch_size: generation batches are the plan's fixed work units (generation.unit_size).
 RUN_ONLY: dict[str, tuple[str, ...] | None] = {
     "out_dir": None,
+    "connect_timeout_s": None,
     "ray": None,
     "tracking": None,
     "data": ("on_bad_image", "verification_bin"),

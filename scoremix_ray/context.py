@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from scoremix_ray.config import Config
+from scoremix_ray.errors import ScoreMixError, first_line
 from scoremix_ray.tracking import Tracker
 
 log = logging.getLogger("scoremix_ray")
@@ -40,6 +41,7 @@ class RunContext:
     tracker: Tracker | None = None  # where MLflow writes go; None: nothing is tracked
     run_id: str | None = None  # the open MLflow run the stages' curves go to (a new run is opened under it)
     prefix: str = ""  # before the curves' metric names (a sweep's shared stages: one set per fold and seed)
+    connect_timeout_s: float = 20.0  # how long joining `address` may take (`connect_timeout_s`)
 
     def devices(self, cfg: Config) -> Config:
         """`ray.use_gpu: auto` -> whether the cluster has GPUs; `generation.actor_gpus: auto` -> 1 GPU per actor
@@ -61,7 +63,7 @@ class RunContext:
 
     def ray(self) -> None:
         """Join or start the context's Ray (a no-op once it is up): the executors call it before Ray work."""
-        ensure_ray(self.address)
+        ensure_ray(self.address, self.connect_timeout_s)
 
     def in_process(self, workers: int, gpus: float) -> bool:
         """Whether work for `workers` Train workers or generation actors (`gpus`: the GPUs they use) runs in
@@ -93,19 +95,70 @@ def start(cfg: Config, ray: bool = False, executor: Executor = "ray") -> tuple[R
     writer, a sweep); otherwise a local Ray starts with the first work that needs it (a cached stage needs
     none), and 'auto' counts this machine's GPUs, the ones that Ray would find."""
     if ray or cfg.ray.address:
-        ensure_ray(cfg.ray.address)
-    ctx = RunContext(gpus=cluster_gpus(), address=cfg.ray.address, executor=executor)
+        ensure_ray(cfg.ray.address, cfg.connect_timeout_s)
+    ctx = RunContext(
+        gpus=cluster_gpus(), address=cfg.ray.address, executor=executor, connect_timeout_s=cfg.connect_timeout_s
+    )
     return ctx, ctx.devices(cfg)
 
 
-def ensure_ray(address: str | None) -> None:
-    """Join `address` ("auto" inside `ray job submit`) or start a local Ray (None); no-op if already up."""
+def ensure_ray(address: str | None, timeout_s: float = 20.0) -> None:
+    """Join `address` ("auto" inside `ray job submit`) or start a local Ray (None); no-op if already up. A
+    cluster that does not answer within `timeout_s` is one line naming it (Ray itself retries for minutes)."""
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(address=address, log_to_driver=True, configure_logging=False)
+    if address:
+        reach_ray(address, timeout_s)
+    try:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    except ConnectionError as e:  # "auto" with no cluster running here
+        raise ScoreMixError(f"cannot join the Ray cluster at ray.address={address}: {first_line(e)}") from None
+    sigterm_interrupts()  # ray.init's handler exits at once (and its core worker's dumps stacks)
     log.info("ray: %s", ray.cluster_resources())
+
+
+def reach_ray(address: str, timeout_s: float) -> None:
+    """The GCS port of `address` (host:port, ray://host:port, or "auto" through RAY_ADDRESS and the address
+    file of the cluster started on this machine) accepts a connection within `timeout_s`."""
+    import os
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    target = address.removeprefix("ray://")
+    if target == "auto":
+        target = os.environ.get("RAY_ADDRESS", "")
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if not target and current.is_file():
+            target = current.read_text().strip()
+        if not target or target == "auto":
+            return  # Ray says in one line that no cluster runs here
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ScoreMixError(f"ray.address={address}: expected host:port (or auto, or ray://host:port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ScoreMixError(
+            f"cannot reach the Ray cluster at {target} ({e.strerror or e}, waited up to {timeout_s:g} s): check "
+            f"that it is up (`ray status` on its head node) and ray.address (the head's GCS port, 6379 by "
+            f"default); the limit is connect_timeout_s"
+        ) from None
+
+
+def sigterm_interrupts() -> None:
+    """SIGTERM (`ray job stop`, a scheduler, `kill`) raised as Ctrl-C in the main thread, so every command ends
+    on its one "stopped" line and marks its open runs KILLED (a no-op outside the main thread)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def cluster_gpus() -> float:

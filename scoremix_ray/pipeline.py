@@ -95,10 +95,19 @@ def class_grid(images, labels: np.ndarray, per_class: int, path: Path) -> Path:
 
 def image_shape(dc, catalog) -> tuple[int, int]:
     """(image size, channels): the configured ones, else the embedded digits' 16 x 1, else the data's own (the
-    first image's shorter side and colour). Warns in one line when images are shrunk more than 2x."""
+    first image's shorter side and colour). Warns in one line when images are shrunk more than 2x, and when
+    they are not square (`images.square` crops them)."""
     h, w, c = catalog.native_shape()
     default = (16, 1) if dc.source in EMBEDDED else (min(h, w), c)
     size, channels = dc.image_size or default[0], dc.channels or default[1]
+    if h != w:
+        log.warning(
+            "data: %s images are %dx%d px (not square): each is centre-cropped to its middle square before "
+            "it is resized, not stretched",
+            dc.source,
+            w,
+            h,
+        )
     if min(h, w) > 2 * size:
         log.warning(
             "data: %s images are %dx%d px, data.image_size=%d shrinks them %.1fx (set data.image_size to keep "

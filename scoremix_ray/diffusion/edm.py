@@ -72,13 +72,12 @@ class EDMDenoiser(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> EDMDenoiser:
-        from scoremix_ray.errors import ScoreMixError
+        from scoremix_ray.checkpoints import read_meta
+        from scoremix_ray.errors import ScoreMixError, first_line
 
         path = Path(path)
         if not (path / "edm.json").is_file():
             raise ScoreMixError(f"no trained generator at {path} (missing edm.json)")
-        from scoremix_ray.checkpoints import first_line, read_meta
-
         meta = read_meta(path / "edm.json")
         try:  # diffusers reads safetensors (no pickle); a corrupt file or config is one line naming the folder
             unet = UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)  # no `accelerate` needed

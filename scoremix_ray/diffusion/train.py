@@ -30,6 +30,7 @@ from scoremix_ray.config import GeneratorConfig
 from scoremix_ray.data.batches import schedule
 from scoremix_ray.data.images import to_model_tensor
 from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, edm_loss
+from scoremix_ray.progress import Progress
 
 log = logging.getLogger("scoremix_ray")
 
@@ -87,6 +88,7 @@ def train_generator(
     per_rank = sched.per_rank
     batches = feed.batches(sched, step)
     t0, seen, losses = time.time(), 0, []
+    progress = Progress("generator", cfg.steps, "steps").begin_at(step)  # between `log_every` lines, however slow
     while step < cfg.steps:
         _, gen = sched.draw(step)  # the step's stream after its rows were drawn: the loss's noise comes next
         images, labels = next(batches)
@@ -105,6 +107,8 @@ def train_generator(
         step += 1
         seen += per_rank * world_size
         losses.append(loss.item())
+        if rank == 0:
+            progress.tick(step)
         ckpt_dir = None
         if rank == 0 and step == guide_step:
             ema.save(out_dir / "guide")  # the weaker, earlier model for autoguidance

@@ -8,11 +8,13 @@ import numpy as np
 
 from scoremix_ray.data import Split
 from scoremix_ray.evaluation.verification import (
+    FOLDS,
     closed_set_accuracy,
     pair_scores,
     rank1_accuracy,
     verification_metrics,
 )
+from scoremix_ray.progress import Progress
 from scoremix_ray.recognition.train import Recognizer, class_centres, embed, embed_batches
 
 
@@ -49,8 +51,11 @@ def evaluate_bin(net: Recognizer, path: str | Path, flip: bool = False) -> dict:
     """An InsightFace verification `.bin` (image pairs stored consecutively), decoded to the model's size."""
     from scoremix_ray.data.images import decode
     from scoremix_ray.data.recordio import read_bin
+    from scoremix_ray.errors import ScoreMixError
 
     blobs, issame = read_bin(path)
+    if len(issame) < FOLDS:
+        raise ScoreMixError(f"{path}: {len(issame)} pairs are too few for {FOLDS}-fold verification accuracy")
     size, channels = net.meta["image_size"], net.meta["channels"]
     batch = 512  # decoded a batch at a time: a 12,000-image set at 112 px RGB would be 450 MB at once
 
@@ -59,6 +64,7 @@ def evaluate_bin(net: Recognizer, path: str | Path, flip: bool = False) -> dict:
             [decode(blobs[i], size, channels, f"{path} image {i}") for i in range(lo, min(lo + batch, len(blobs)))]
         )
 
-    emb = np.concatenate([embed(net, decoded(lo), flip=flip) for lo in range(0, len(blobs), batch)])
+    progress = Progress(f"evaluate {Path(path).name}", len(blobs))
+    emb = np.concatenate([embed(net, decoded(lo), flip=flip) for lo in progress.over(range(0, len(blobs), batch))])
     pairs = np.arange(len(blobs)).reshape(-1, 2)
     return verification_metrics(pair_scores(emb, pairs), issame)

@@ -30,7 +30,10 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     return float(cands[np.argmax(diff_below + same_above)])
 
 
-def kfold_accuracies(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> np.ndarray:
+FOLDS = 10  # the LFW protocol's folds
+
+
+def kfold_accuracies(scores: np.ndarray, issame: np.ndarray, folds: int = FOLDS) -> np.ndarray:
     """LFW protocol: contiguous folds; each fold is scored at the threshold best on the other folds."""
     scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
     n = len(scores)
@@ -67,7 +70,7 @@ def roc_auc(scores: np.ndarray, issame: np.ndarray) -> float:
     return float(mannwhitneyu(same, diff).statistic / (len(same) * len(diff)))
 
 
-def verification_metrics(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> dict:
+def verification_metrics(scores: np.ndarray, issame: np.ndarray, folds: int = FOLDS) -> dict:
     scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
     accs = kfold_accuracies(scores, issame, folds)
     out: dict = {

@@ -24,7 +24,6 @@ from scoremix_ray import devices
 from scoremix_ray.checkpoints import (
     Monitor,
     Report,
-    first_line,
     latest_checkpoint,
     load_state,
     load_weights,
@@ -37,6 +36,7 @@ from scoremix_ray.checkpoints import (
 from scoremix_ray.config import RecognizerConfig
 from scoremix_ray.data.batches import schedule
 from scoremix_ray.data.images import to_model_tensor
+from scoremix_ray.progress import Progress
 from scoremix_ray.recognition.backbone import IResNet
 from scoremix_ray.recognition.heads import MarginHead
 
@@ -69,7 +69,7 @@ class Recognizer(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Recognizer:
-        from scoremix_ray.errors import ScoreMixError
+        from scoremix_ray.errors import ScoreMixError, first_line
 
         path = Path(path)
         if not (path / "recognizer.json").is_file():
@@ -130,6 +130,8 @@ def train_recognizer(
     model = prepare(net)
     batches = feed.batches(sched, epoch * steps_per_epoch)
     last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, epoch + stop_after_epochs)
+    batch = sched.per_rank * world_size
+    progress = Progress("recognizer", total * batch).begin_at(epoch * steps_per_epoch * batch)
     while epoch < last_epoch:
         t0, losses, correct, seen = time.time(), [], 0, 0
         flip_gen = step_generator(seed, rank + 1, epoch)
@@ -153,6 +155,8 @@ def train_recognizer(
             losses.append(loss.item())
             correct += int((logits.detach().argmax(1) == y).sum())  # with the margin: a pessimistic accuracy
             seen += len(y)
+            if rank == 0:  # within the epoch: one of 80,000 faces takes minutes
+                progress.tick((step + 1) * batch, f"epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}")
         epoch += 1
         ckpt_dir = None
         at_checkpoint = epoch % cfg.checkpoint_every == 0 or epoch == last_epoch
@@ -204,7 +208,7 @@ def embed_batches(net: Recognizer, images, batch_size: int | None = None, flip: 
     net.eval()
     device = devices.device_of(net)
     batch_size = batch_size or max(16, min(512, EMBED_PIXELS // (images.shape[1] * images.shape[2])))
-    for i in range(0, len(images), batch_size):
+    for i in Progress("embed", len(images)).over(range(0, len(images), batch_size)):
         x = to_model_tensor(torch.from_numpy(images[i : i + batch_size]), device)
         e = net(x)
         if flip:
