@@ -90,20 +90,28 @@ def writable_dir(out: Path) -> None:
 
 
 def within(seconds: float, what: str, fn) -> None:
-    """`fn()` in a helper thread, given up on after `seconds` (a stat on a hung network mount never returns:
-    the thread is left behind, the command ends with the error)."""
-    from concurrent.futures import ThreadPoolExecutor
-    from concurrent.futures import TimeoutError as Timeout
+    """`fn()` in a daemon thread, given up on after `seconds`: a stat on a hung network mount never returns,
+    and the thread is left behind (a daemon: it does not hold the exit) while the command ends in one line."""
+    import threading
 
-    pool = ThreadPoolExecutor(1)
-    try:
-        pool.submit(fn).result(timeout=seconds)
-    except Timeout:
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 -- handed to the caller's thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=call, daemon=True, name=f"check {what}")
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
         raise ConfigError(
             f"{what}: no answer within {seconds:g} s (a hung network mount?); the limit is connect_timeout_s"
-        ) from None
-    finally:
-        pool.shutdown(wait=False)
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def answers(uri: str, seconds: float) -> None:

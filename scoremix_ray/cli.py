@@ -417,7 +417,7 @@ def _options(
 
 
 def main() -> None:
-    from scoremix_ray.context import sigterm_interrupts
+    from scoremix_ray.context import STOP_REQUESTED, sigterm_interrupts
 
     debug = "--debug" in sys.argv or os.environ.get("SCOREMIX_DEBUG") == "1"
     sys.argv = [a for a in sys.argv if a != "--debug"]
@@ -431,6 +431,9 @@ def main() -> None:
             _stopped()
         raise
     except Exception as e:  # noqa: BLE001 -- every error ends in one line; the traceback goes to the log
+        if STOP_REQUESTED.is_set() or _interrupted(e):  # an interrupt a library wrapped (pydantic, Ray) is a stop
+            _write_traceback(e)
+            _stopped()
         culprit = user_error(e)
         path = _write_traceback(e)
         typer.echo(f"error: {culprit} (traceback: {path})", err=True)
@@ -442,6 +445,18 @@ def main() -> None:
 def _stopped() -> None:
     typer.echo("stopped; rerun the same command to go on (every finished stage is kept)", err=True)
     sys.exit(130)
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether Ctrl-C is what `e` wraps: a KeyboardInterrupt among its causes, or named by an error raised from
+    compiled code that keeps no cause (pydantic's serializer: "Error calling function ...: KeyboardInterrupt")."""
+    for _ in range(20):
+        if isinstance(e, KeyboardInterrupt) or "KeyboardInterrupt" in str(e).split("\n", 1)[0]:
+            return True
+        if e.__cause__ is None and e.__context__ is None:
+            return False
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def user_error(e: BaseException) -> BaseException | str:

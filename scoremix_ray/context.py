@@ -14,6 +14,7 @@ frozen, picklable value: a sweep hands it to its trials, a trial derives its own
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -148,13 +149,16 @@ def reach_ray(address: str, timeout_s: float) -> None:
         ) from None
 
 
+STOP_REQUESTED = threading.Event()  # set by SIGTERM: whatever a library wraps the interrupt in, it was a stop
+
+
 def sigterm_interrupts() -> None:
     """SIGTERM (`ray job stop`, a scheduler, `kill`) raised as Ctrl-C in the main thread, so every command ends
     on its one "stopped" line and marks its open runs KILLED (a no-op outside the main thread)."""
     import signal
-    import threading
 
     def interrupt(signum, frame):
+        STOP_REQUESTED.set()
         raise KeyboardInterrupt()
 
     if threading.current_thread() is threading.main_thread():

@@ -438,6 +438,7 @@ def alignment_stage(cfg: Config, shared: Shared) -> dict:
 
     path = ALIGNMENT.dir(cfg, {"generator": shared.gen_dir, "recognizer": shared.rec_dir}) / "alignment.json"
     if path.is_file():
+        log.info("alignment: reusing %s", path.parent)
         return json.loads(path.read_text())
     sp = class_spaces(shared)
     result = alignment(sp.condition, sp.embedding, seed=cfg.seed)

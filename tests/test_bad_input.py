@@ -108,7 +108,7 @@ def test_config_file_errors_name_the_line(tmp_path):
 
 
 def test_inputs_are_checked_before_any_work(tmp_path):
-    from scoremix_ray.checks import check_inputs
+    from scoremix_ray.checks import check_inputs, within
 
     def check(*sets):
         return check_inputs(load_config(None, [f"out_dir={tmp_path / 'out'}", *sets]))
@@ -128,6 +128,8 @@ def test_inputs_are_checked_before_any_work(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match=r"tracking server http://127.0.0.1:1 does not answer"):
         check("tracking.tracking_uri=http://127.0.0.1:1", "connect_timeout_s=3")
+    with pytest.raises(ConfigError, match=r"out_dir /mnt/hung: no answer within 0.5 s"):  # a hung mount
+        within(0.5, "out_dir /mnt/hung", lambda: time.sleep(60))
     assert time.monotonic() - t0 < 10
 
 

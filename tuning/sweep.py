@@ -209,14 +209,14 @@ def run_sweep(
         data: dict[Path, tuple] = {}  # every trial's checks on the data, in seconds, before any training
         dirs: dict[str, Path] = {}  # the source fingerprinted once per data setting, not once per trial
 
-        def data_dir(c: Config) -> Path:
+        def stage_of(c: Config) -> Path:
             k = json.dumps(settings(c, "data"), sort_keys=True)
             if k not in dirs:
                 dirs[k] = pipeline.data_stage_dir(c)
             return dirs[k]
 
         for c in configs:
-            d = data_dir(c)
+            d = stage_of(c)
             data[d] = data[d] if d in data else pipeline.data_stage(c)
             check_with_data(c, data[d][0])
         parent_cfg = base.model_copy(update={"name": name})
@@ -235,13 +235,13 @@ def run_sweep(
                 )
                 # their curves go to the parent run, one set per (fold, seed) when there are several
                 prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
-                split, data_dir = data[data_dir(c)]
+                split, data_dir = data[stage_of(c)]
                 pipeline.shared_stages(
                     ctx.reporting_to(tracker, parent, prefix), widen_for_driver(c, cpus), split, data_dir
                 )
             # trials do their own 1-worker CPU work only when each one's training set is cached in memory
             # (streaming needs Ray Data's readers beside the trainer, and the trial would hold their CPUs)
-            inline = all(inline_trial(c) and fits_in_cache(c, data[data_dir(c)][0]) for c in configs)
+            inline = all(inline_trial(c) and fits_in_cache(c, data[stage_of(c)][0]) for c in configs)
             trial_ctx = RunContext(ctx.gpus, ctx.address, "process" if inline else "ray", tracker, parent)
             try:
                 results = _tune(configs, name, base, cpus, gpus, trial_ctx)
