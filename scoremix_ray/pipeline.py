@@ -131,8 +131,9 @@ def data_stage_dir(cfg: Config) -> Path:
 
 def data_stage(cfg: Config) -> tuple[Split, Path]:
     """Stage 1: scan the source, split by labels, then stream it once into decoded uint8 image stores
-    (`train/`, `test/`; layout in data/store.py) a batch at a time. Cached by the data settings alone (the
-    split has its own seed); `split.npz` is written last, so an interrupted stage is redone, never half-read."""
+    (`train/`, `test/`; layout in data/store.py) a batch at a time. Cached by the data settings and the source's
+    fingerprint (`data_stage_dir`; the split has its own seed); `split.npz` is written last, so an interrupted
+    stage is redone, never half-read."""
     from scoremix_ray.data import scan, write_split
     from scoremix_ray.data.images import BadImage
 
