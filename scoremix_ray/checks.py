@@ -62,15 +62,18 @@ def check_with_data(cfg: Config, split) -> None:
 
 def check_inputs(cfg: Config) -> Config:
     """Before any work: `out_dir` is a folder this process can write (created if missing), `data.path` exists,
-    `data.verification_bin` is a file that starts like a .bin set, and an HTTP tracking server answers. A
-    hung mount or a dead server fails after `connect_timeout_s` seconds, in one line naming it."""
-    from scoremix_ray.data.recordio import check_bin_header
+    every benchmark's layout is there (a .bin starts like one), `recognizer.pretrained` is a file, and an HTTP
+    tracking server answers. A hung mount or a dead server fails after `connect_timeout_s` seconds, in one line
+    naming it."""
+    from scoremix_ray.evaluation import benchmarks
 
     within(cfg.connect_timeout_s, f"out_dir {cfg.out_dir}", lambda: writable_dir(Path(cfg.out_dir)))
     if cfg.data.source not in EMBEDDED and not Path(cfg.data.path).exists():
         raise ConfigError(f"data.path not found: {cfg.data.path}")
-    if cfg.data.verification_bin is not None:
-        check_bin_header(cfg.data.verification_bin)
+    for b in cfg.evaluation.benchmarks:
+        benchmarks.check(b)
+    if cfg.recognizer.pretrained is not None and not Path(cfg.recognizer.pretrained).is_file():
+        raise ConfigError(f"recognizer.pretrained not found: {cfg.recognizer.pretrained}")
     uri = cfg.tracking.tracking_uri
     if uri and uri.startswith(("http://", "https://")):
         answers(uri, cfg.connect_timeout_s)

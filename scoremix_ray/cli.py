@@ -264,15 +264,18 @@ def delta_noise(baseline: dict, augmented: dict) -> str:
 
 def metrics_table(columns: dict[str, dict]) -> str:
     """Rows = metric names, one column per recognizer (or evaluation set); '-' where not measured."""
+    from scoremix_ray.evaluation.benchmarks import numbers
     from scoremix_ray.pipeline import DELTA_KEYS  # the metrics a recognizer has, and the spread of its accuracy
 
     names = list(columns)
-    lines = [f"{'metric':<28}" + "".join(f"{n:>14}" for n in names)]
-    for key in [DELTA_KEYS[0], "verification_accuracy_std", *DELTA_KEYS[1:]]:
+    columns = {n: {**c, **numbers(c)} for n, c in columns.items()}  # the benchmarks' headline numbers as rows
+    bench = list(dict.fromkeys(k for c in columns.values() for k in c if "." in k))  # "<benchmark>.<metric>"
+    lines = [f"{'metric':<32}" + "".join(f"{n:>14}" for n in names)]
+    for key in [DELTA_KEYS[0], "verification_accuracy_std", *DELTA_KEYS[1:], *bench]:
         if not any(key in c for c in columns.values()):
             continue
         cells = [columns[n].get(key) for n in names]
-        lines.append(f"{key:<28}" + "".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in cells))
+        lines.append(f"{key:<32}" + "".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in cells))
     notes = sorted({note for c in columns.values() for note in c.get("notes", [])})
     return "\n".join(lines + [f"note: {n}" for n in notes])
 
@@ -283,25 +286,49 @@ def train_recognizer_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
     from scoremix_ray import jobs
 
     d, metrics = jobs.train_recognizer(_cfg(config, set_, out))
-    typer.echo(metrics_table({"pairs": metrics} | ({"bin": metrics["bin"]} if "bin" in metrics else {})))
+    typer.echo(metrics_table({"recognizer": metrics}))
     typer.echo(f"recognizer: {d / 'final'}; metrics: {d / 'metrics.json'}")
 
 
 @app.command()
 def evaluate(
     recognizer: Annotated[Path, typer.Option("--recognizer", help="Recognizer folder (a stage folder or its final/).")],
-    bin_: Annotated[Path | None, typer.Option("--bin", help="InsightFace verification .bin file.")] = None,
+    bin_: Annotated[
+        list[Path] | None, typer.Option("--bin", help="InsightFace verification .bin file (repeatable).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
 ) -> None:
-    """Evaluate a trained recognizer on the config's verification pairs (and a .bin set); writes metrics.json
-    next to the model."""
+    """Evaluate a trained recognizer on the config's verification pairs and its benchmarks
+    (evaluation.benchmarks, plus each --bin); writes metrics.json next to the model."""
     from scoremix_ray import jobs
 
-    cols, path = jobs.evaluate(_cfg(config, set_, out), recognizer, bin_)
+    sets = list(set_ or []) + [f"evaluation.benchmarks={jobs.with_bins(config, set_, bin_)}"] if bin_ else set_
+    cols, path = jobs.evaluate(_cfg(config, sets, out), recognizer)
     typer.echo(metrics_table(cols))
     typer.echo(f"metrics: {path}")
+
+
+@app.command()
+def export(
+    recognizer: Annotated[Path, typer.Option("--recognizer", help="Recognizer folder (a stage folder or its final/).")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to write backbone.pth, model.onnx, export.json into.")],
+) -> None:
+    """Write a trained recognizer for insightface's tools: backbone.pth (insightface's parameter names, loads
+    into arcface_torch's IResNet with strict=True when the architecture is one of its) and model.onnx (input
+    N x 3 x 112 x 112 RGB, (x - 127.5) / 127.5, dynamic batch), checked against onnxruntime."""
+    from scoremix_ray.jobs import model_folder
+    from scoremix_ray.recognition.insightface import export as export_model
+
+    info = export_model(model_folder(recognizer), to)
+    arch = info["arcface_torch"] or "not an arcface_torch IResNet: insightface's names, its classes cannot build it"
+    typer.echo(f"backbone: {to / info['backbone']} ({arch})")
+    diff = info["onnx_max_abs_diff"]
+    typer.echo(
+        f"onnx: {to / info['onnx']} (input {info['input']['shape']}; onnxruntime - torch: "
+        + ("not checked, onnxruntime is not installed)" if diff is None else f"{diff:.1e})")
+    )
 
 
 @app.command("select")

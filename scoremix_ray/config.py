@@ -77,10 +77,19 @@ class DataConfig(_Section):
     num_pairs: int = Field(3000, ge=20)  # verification pairs, half same, half different (1500 different
     # pairs make TAR at FAR 1e-3 measurable)
     split_seed: Seed = 0  # which classes are unseen / which images are held out (the "fold")
-    verification_bin: Path | None = None  # optional InsightFace .bin set evaluated besides the pairs
     # An image that does not decode: "error" stops the data stage naming its file; "skip" first decodes every
     # image once (a second pass over the data), leaves the bad ones out and logs how many and which
     on_bad_image: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "verification_bin" in values:
+            raise ValueError(
+                "data.verification_bin moved to evaluation.benchmarks: a list of {name, kind: bin, path} "
+                "(any number of .bin sets, IJB-B/C, TinyFace)"
+            )
+        return values
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
@@ -135,6 +144,10 @@ class SamplerConfig(_Section):
 
 
 class RecognizerConfig(_Section):
+    # an arcface_torch backbone.pth (insightface's parameter names) used as the baseline recognizer: stage 3
+    # loads it instead of training (the widths/blocks/embedding_dim below and data.image_size/channels must
+    # describe it: IResNet-50 is widths 64,128,256,512, blocks 3,4,14,3, embedding 512 at 112 px RGB)
+    pretrained: Path | None = None
     widths: tuple[int, ...] = (16, 32, 64)  # one IResNet stage per entry
     blocks: tuple[int, ...] = (1, 1, 1)
     embedding_dim: int = Field(64, ge=2)
@@ -190,9 +203,43 @@ class GenerationConfig(_Section):
     threads_per_actor: int | None = Field(None, ge=1)  # torch CPU threads; None = CPU cores // num_actors
 
 
+class BenchmarkConfig(_Section):
+    """One evaluation benchmark, read from its published layout (README: "Benchmarks")."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")  # in metric names: "<name>.<metric>"
+    kind: Literal["bin", "ijb", "tinyface"]  # an InsightFace .bin set, an IJB-B/C folder, a TinyFace folder
+    path: Path
+    flip: bool = True  # embeddings of the image plus its mirror (the protocols' habit for faces)
+    norm_score: bool = True  # ijb: keep each face's embedding norm as its quality weight (insightface's N1)
+    detector_score: bool = True  # ijb: weight each face by its detector score (insightface's D1)
+
+
+class EvaluationConfig(_Section):
+    benchmarks: tuple[BenchmarkConfig, ...] = ()  # evaluated for every recognizer after it trains
+    bin_every_steps: int | None = Field(None, ge=1)  # during recognizer training: the .bin benchmarks every N
+    # optimizer steps, as MLflow curves "<name>.verification_accuracy" (insightface's verification callback)
+    batch_size: int = Field(128, ge=1)  # faces an embedding batch holds (IJB, TinyFace)
+    num_actors: int = Field(1, ge=1)  # Ray Data actors embedding IJB / TinyFace faces (one GPU each with GPUs)
+    actor_cpus: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _names(self) -> EvaluationConfig:
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluation.benchmarks: names repeat: {names}")
+        if BIN_MEAN in names:
+            raise ValueError(f"evaluation.benchmarks: '{BIN_MEAN}' is the name of the .bin sets' mean")
+        return self
+
+
+BIN_MEAN = "bins"  # "bins.verification_accuracy": the mean accuracy over the .bin benchmarks
+
+
 class TrackingConfig(_Section):
     tracking_uri: str | None = None  # None = sqlite:///<out>/mlflow.db
     experiment: str = "scoremix-ray"
+    log_models: bool = True  # recognizers (and the generator) as MLflow models with a signature
+    registered_model: str | None = None  # register them as <name> (augmented), <name>-baseline, <name>-generator
 
 
 class RayConfig(_Section):
@@ -271,6 +318,7 @@ class Config(_Section):
     recognizer: RecognizerConfig = RecognizerConfig()
     selection: SelectionConfig = SelectionConfig()
     generation: GenerationConfig = GenerationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     study: StudyConfig | None = None  # set by a study config (configs/study-digits.yaml); `report` then
@@ -423,14 +471,17 @@ def to_yaml(cfg: Config) -> str:
 # Settings that say how a job runs, not what it computes: in no stage's cache key and not in a sweep's resume
 # key, so the same work from another folder, launcher or cluster size is the same work (None: the whole section).
 # data.on_bad_image: "error" completes only when no image is bad, which is when "skip" writes the same stores;
-# data.verification_bin: read after training, its results kept with the file's fingerprint (`pipeline.with_bin`);
+# evaluation: read after training, its results kept with the benchmark's fingerprint (`evaluation.benchmarks`);
+# recognizer.pretrained: the baseline's key holds the file's fingerprint instead of its path (`pipeline`);
 # sampler.batch_size: generation batches are the plan's fixed work units (generation.unit_size).
 RUN_ONLY: dict[str, tuple[str, ...] | None] = {
     "out_dir": None,
     "connect_timeout_s": None,
     "ray": None,
     "tracking": None,
-    "data": ("on_bad_image", "verification_bin"),
+    "evaluation": None,
+    "data": ("on_bad_image",),
+    "recognizer": ("pretrained",),
     "sampler": ("batch_size",),
     "generation": ("num_actors", "actor_cpus", "actor_gpus", "threads_per_actor"),
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 from scoremix_ray import pipeline
 from scoremix_ray.checks import check_with_data
 from scoremix_ray.config import Config
-from scoremix_ray.context import RunContext, start
+from scoremix_ray.context import start
 from scoremix_ray.errors import ScoreMixError
 
 
@@ -41,21 +41,35 @@ def train_recognizer(cfg: Config) -> tuple[Path, dict]:
     return pipeline.recognizer_stage(ctx, cfg, split, data_dir)
 
 
-def evaluate(cfg: Config, recognizer: Path, bin_path: Path | None) -> tuple[dict, Path]:
-    """A trained recognizer on the config's verification pairs (and a .bin set), in this process; the metrics
-    merged into the `metrics.json` beside the model: ({"pairs": ..., "bin": ...}, that file)."""
-    import torch
+def with_bins(config: Path | None, sets: list[str] | None, bins: list[Path]) -> str:
+    """`evaluation.benchmarks` of the config plus a .bin benchmark per file (named by its stem), as the
+    JSON text of a `--set` override."""
+    import json
+    import re
 
-    from scoremix_ray.data.recordio import check_bin_header
+    from scoremix_ray.config import load_config
+
+    have = [b.model_dump(mode="json") for b in load_config(config, sets or []).evaluation.benchmarks]
+    return json.dumps(
+        have + [{"name": re.sub(r"[^A-Za-z0-9_-]", "_", Path(b).stem), "kind": "bin", "path": str(b)} for b in bins]
+    )
+
+
+def model_folder(recognizer: Path) -> Path:
+    """A recognizer's model folder: `recognizer` itself, or its `final/` for a stage folder."""
+    return recognizer / "final" if (recognizer / "final" / "recognizer.json").is_file() else recognizer
+
+
+def evaluate(cfg: Config, recognizer: Path) -> tuple[dict, Path]:
+    """A trained recognizer on the config's verification pairs and its benchmarks, the metrics merged into the
+    `metrics.json` beside the model: ({"pairs": ..., "<benchmark>": ...}, that file)."""
     from scoremix_ray.devices import local_device
-    from scoremix_ray.evaluation.recognizer import evaluate_bin, evaluate_split
+    from scoremix_ray.evaluation.benchmarks import with_benchmarks
+    from scoremix_ray.evaluation.recognizer import evaluate_split
     from scoremix_ray.recognition.train import Recognizer
 
-    if bin_path is not None:
-        check_bin_header(bin_path)  # before the data stage and the split's evaluation, not after
-
-    cfg = RunContext(gpus=torch.cuda.device_count()).devices(cfg)  # it computes here: this machine's GPUs
-    model_dir = recognizer / "final" if (recognizer / "final" / "recognizer.json").is_file() else recognizer
+    ctx, cfg = start(cfg)
+    model_dir = model_folder(recognizer)
     net = Recognizer.load(model_dir, local_device(cfg.ray.use_gpu))
     split, _ = pipeline.data_stage(cfg)
     _, size, _, channels = split.train.images.shape
@@ -64,12 +78,12 @@ def evaluate(cfg: Config, recognizer: Path, bin_path: Path | None) -> tuple[dict
             f"recognizer {model_dir} expects {net.meta['image_size']}px x {net.meta['channels']} channel(s), the "
             f"config's data is {size}px x {channels}; pass the config it was trained with"
         )
-    cols = {"pairs": evaluate_split(net, split, cfg.recognizer.hflip)}
-    if bin_path is not None:
-        cols["bin"] = evaluate_bin(net, bin_path, cfg.recognizer.hflip)
-    path = (model_dir.parent if model_dir.name == "final" else model_dir) / "metrics.json"
-    pipeline.merge_json(path, **cols["pairs"], **({"bin": cols["bin"]} if bin_path else {}))
-    return cols, path
+    pairs = evaluate_split(net, split, cfg.recognizer.hflip)
+    rec_dir = model_dir.parent if model_dir.name == "final" else model_dir
+    path = rec_dir / "metrics.json"
+    old = pipeline.merge_json(path, **pairs)
+    found = with_benchmarks(ctx, cfg, rec_dir, old, model_dir)["benchmarks"]
+    return {"pairs": pairs, **found}, path
 
 
 def select(cfg: Config):

@@ -70,8 +70,13 @@ GENERATOR = Stage(
     ("data",),
     ("checkpoints/", "final/", "guide/", "history.jsonl", "train.json", "samples.png", "quality.json"),
 )
+# IResNet's parameters carry insightface's names since layout "iresnet-insightface": older folders are not read
 BASELINE = Stage(
-    "recognizer", ("recognizer",), ("data",), ("checkpoints/", "final/", "history.jsonl", "centres.npy", "metrics.json")
+    "recognizer",
+    ("recognizer",),
+    ("data",),
+    ("final/", "centres.npy", "metrics.json"),
+    layout="iresnet-insightface",
 )
 GENERATE = Stage(
     "generate",
@@ -80,7 +85,7 @@ GENERATE = Stage(
     ("plan.parquet", "shards/", "samples.png", "generation.json", "manifest.json"),
     seed=False,
 )
-AUGMENTED = Stage("augmented", ("recognizer",), ("data", "generate"), BASELINE.writes)
+AUGMENTED = Stage("augmented", ("recognizer",), ("data", "generate"), BASELINE.writes, layout=BASELINE.layout)
 ALIGNMENT = Stage("alignment", (), ("generator", "recognizer"), ("alignment.json",))
 
 
@@ -244,13 +249,18 @@ def recognizer_stage(
     """
     from scoremix_ray.data.store import ImageStore
     from scoremix_ray.distributed import train
+    from scoremix_ray.evaluation.benchmarks import with_benchmarks
     from scoremix_ray.evaluation.recognizer import evaluate_recognizer
 
-    d = out or BASELINE.dir(cfg, {"data": data_dir})
+    pretrained = cfg.recognizer.pretrained if out is None else None  # the augmented recognizer always trains
+    d = out or baseline_dir(cfg, data_dir)
     if (AUGMENTED if out else BASELINE).done(d):
-        return d, with_bin(ctx, cfg, d, json.loads((d / "metrics.json").read_text()))
+        return d, with_benchmarks(ctx, cfg, d, json.loads((d / "metrics.json").read_text()))
     d.mkdir(parents=True, exist_ok=True)
-    train_metrics = train.fit(ctx, cfg, "recognizer", data_dir / "split.npz", d, synthetic)
+    if pretrained is not None:
+        train_metrics = from_pretrained(cfg, split, pretrained, d / "final")
+    else:
+        train_metrics = train.fit(ctx, cfg, "recognizer", data_dir / "split.npz", d, synthetic)
     metrics = ctx.on_device(cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
     metrics["train"] = train_metrics
     rows = len(split.train.labels) + (len(ImageStore(synthetic)) if synthetic else 0)
@@ -263,24 +273,31 @@ def recognizer_stage(
         metrics["roc_auc"],
         d,
     )
-    return d, with_bin(ctx, cfg, d, metrics)
+    return d, with_benchmarks(ctx, cfg, d, metrics)
 
 
-def with_bin(ctx: RunContext, cfg: Config, rec_dir: Path, metrics: dict) -> dict:
-    """`metrics` with "bin": the recognizer in `rec_dir` on `data.verification_bin` as the file is now. The .bin
-    is in no stage's key (it is read after training): its results are kept in metrics.json with the file's
-    fingerprint, and a new or changed file is evaluated again, never trained again."""
+def baseline_dir(cfg: Config, data_dir: Path) -> Path:
+    """Stage 3's folder: keyed by the recognizer settings, or, with `recognizer.pretrained`, by the checkpoint's
+    fingerprint (its path is run-only: the same file elsewhere is the same baseline, a changed one a new one)."""
     from scoremix_ray.data.readers import file_fingerprint
-    from scoremix_ray.evaluation.recognizer import evaluate_bin_file
 
-    path = cfg.data.verification_bin
-    if path is None:
-        return {k: v for k, v in metrics.items() if k != "bin"}
-    source = file_fingerprint(path)
-    if metrics.get("bin", {}).get("source") != source:
-        found = ctx.on_device(cfg, evaluate_bin_file, cfg, rec_dir / "final", path)
-        metrics = merge_json(rec_dir / "metrics.json", bin={**found, "source": source})
-    return metrics
+    path = cfg.recognizer.pretrained
+    return BASELINE.dir(cfg, {"data": data_dir}, **({"pretrained": file_fingerprint(path)} if path else {}))
+
+
+def from_pretrained(cfg: Config, split: Split, path: Path, final: Path) -> dict:
+    """Stage 3 without training: the configured IResNet with the arcface_torch checkpoint at `path` as its
+    backbone, saved as the stage's model (centres and evaluation follow as for a trained one)."""
+    from scoremix_ray.data.readers import file_fingerprint
+    from scoremix_ray.recognition.insightface import arcface_name, load_pretrained
+    from scoremix_ray.recognition.train import Recognizer
+
+    _, size, _, channels = split.train.images.shape
+    net = Recognizer(cfg.recognizer, split.train.num_classes, size, channels)
+    load_pretrained(net, path)
+    net.eval().save(final)
+    log.info("recognizer: loaded %s (%s) as the baseline, no training", path, arcface_name(net.meta) or "IResNet")
+    return {"pretrained": str(path), "source": file_fingerprint(path)}
 
 
 @dataclass(frozen=True)
@@ -423,12 +440,13 @@ DELTA_KEYS = [
 
 
 def deltas(baseline: dict, augmented: dict) -> dict:
-    """augmented - baseline for each metric both have."""
-    return {
-        k: augmented[k] - baseline[k]
-        for k in DELTA_KEYS
-        if baseline.get(k) is not None and augmented.get(k) is not None
-    }
+    """augmented - baseline for each metric both have, the benchmarks' headline numbers included
+    ("lfw.verification_accuracy", "ijbc.tar_at_far_1e-6", ...)."""
+    from scoremix_ray.evaluation.benchmarks import numbers
+
+    b, a = {**baseline, **numbers(baseline)}, {**augmented, **numbers(augmented)}
+    keys = DELTA_KEYS + list(numbers(baseline))
+    return {k: a[k] - b[k] for k in keys if b.get(k) is not None and a.get(k) is not None}
 
 
 def alignment_stage(cfg: Config, shared: Shared) -> dict:
@@ -501,6 +519,10 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
     }
     result["metrics"] = str(cfg.run_dir / "metrics.json")
     merge_json(cfg.run_dir / "metrics.json", **metrics)
+    from scoremix_ray.evaluation.benchmarks import roc_plot
+
+    pair = {"baseline": (sh.rec_dir, baseline), "augmented": (aug_dir, augmented)}
+    result["roc"] = [str(p) for p in roc_plot(cfg, pair, lambda name: cfg.run_dir / f"roc-{name}.png")]
     write_json(cfg.run_dir / "stages.json", result)
     return result, metrics
 
@@ -519,4 +541,5 @@ def run_tracked(ctx: RunContext, cfg: Config) -> tuple[dict, dict, str]:
             for name, key in (("generator", "generator"), ("baseline", "recognizer"), ("augmented", "augmented"))
         }
         tracking.log_results(ctx.tracker, rid, metrics, tracking.run_artifacts(cfg, result), stages)
+        tracking.log_models(ctx.tracker, cfg, rid, stages)
     return result, metrics, rid

@@ -278,7 +278,7 @@ def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str,
                 f"| {r.contrast} | {r.cells} | {_fmt(r.diff, True)} [{_fmt(r.low, True)}, {_fmt(r.high, True)}] "
                 f"| {r.verdict} | {_fmt(r.p_holm)} | {r.holm} |"
             )
-    others = [m for m in st.metrics[1:] if m in tables]
+    others = [m for m in tables if m != first]  # the configured metrics, then the benchmarks' headline numbers
     if others:
         lines += [
             "",
@@ -355,6 +355,14 @@ def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
     return path
 
 
+def benchmark_metrics(cfg: Config, runs) -> list[str]:
+    """The benchmarks' headline numbers the trials logged ("lfw.verification_accuracy", "ijbc.tar_at_far_1e-6",
+    ...: `evaluation.benchmarks`), beyond the study's configured metrics."""
+    prefix = "metrics.delta."
+    found = [c.removeprefix(prefix) for c in runs.columns if c.startswith(prefix) and "." in c.removeprefix(prefix)]
+    return [m for m in sorted(found) if m not in cfg.study.metrics]
+
+
 def write_study_report(cfg: Config) -> dict[str, Path]:
     """`<out>/<name>/report.md`, `differences.png` and `study.json` for the latest study named `cfg.name`."""
     import json
@@ -362,7 +370,7 @@ def write_study_report(cfg: Config) -> dict[str, Path]:
     parent, runs = study_runs(cfg)
     if len(runs) == 0:
         raise ScoreMixError(f"study '{cfg.name}' (MLflow run {parent.info.run_id}) has no trial runs yet")
-    tables = {m: study_table(cfg, runs, m) for m in cfg.study.metrics}
+    tables = {m: study_table(cfg, runs, m) for m in [*cfg.study.metrics, *benchmark_metrics(cfg, runs)]}
     alignment = alignment_by_fold(runs)
     contrasts = contrast_table(cfg, runs, cfg.study.metrics[0])
     d = cfg.run_dir

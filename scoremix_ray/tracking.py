@@ -63,9 +63,12 @@ def experiment_id(mc, name: str) -> str:
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """{"baseline": {"roc_auc": 0.8}} -> {"baseline.roc_auc": 0.8}; numbers only (None = not measurable)."""
+    from scoremix_ray.evaluation.benchmarks import numbers
+
     out = {}
     for section in METRIC_SECTIONS:
-        for k, v in (metrics.get(section) or {}).items():
+        values = metrics.get(section) or {}
+        for k, v in {**values, **numbers(values)}.items():  # the benchmarks' headline numbers too
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[f"{section}.{k}".replace("@", "_at_")] = float(v)
     return out
@@ -297,7 +300,7 @@ class _Curve:
         self.prefix = f"{track['prefix']}train.{stage}."
 
     def __call__(self, metrics: dict, step: int) -> None:
-        values = {self.prefix + k: metrics[k] for k in CURVES if k in metrics}
+        values = {self.prefix + k: v for k, v in metrics.items() if k in CURVES or "." in k}  # "lfw.verification_..."
         self.tracker.do(_log_metrics, self.run_id, values, step, wait=False)
 
     def flush(self) -> None:
@@ -319,12 +322,41 @@ def log_results(tracker: Tracker, run_id: str, metrics: dict, artifacts: list[Pa
     tracker.do(_results, run_id, flat_metrics(metrics), [str(p) for p in artifacts if Path(p).is_file()], curves)
 
 
+def _log_model(mc, run_id: str, path: str, name: str, registered: str | None) -> None:
+    """A saved MLflow model folder into the run's artifacts at `name`, and a new version of `registered`."""
+    from mlflow.exceptions import MlflowException
+
+    mc.log_artifacts(run_id, path, name)
+    if registered:
+        try:
+            mc.create_registered_model(registered)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        mc.create_model_version(registered, source=f"runs:/{run_id}/{name}", run_id=run_id)
+
+
+def log_models(tracker: Tracker, cfg: Config, run_id: str, stages: dict[str, Path]) -> None:
+    """The run's models (`stages`: generator, baseline, augmented folders) as MLflow models with signatures
+    (`mlflow_models`), at artifact paths "<stage>_model"; registered, when `tracking.registered_model` names
+    it, as <name> (the augmented recognizer), <name>-baseline and <name>-generator."""
+    from scoremix_ray.mlflow_models import generator_model, recognizer_model
+
+    if not cfg.tracking.log_models:
+        return
+    name = cfg.tracking.registered_model
+    for stage, d in stages.items():
+        path = generator_model(d) if stage == "generator" else recognizer_model(d)
+        registered = None if name is None else name if stage == "augmented" else f"{name}-{stage}"
+        tracker.do(_log_model, run_id, str(path), f"{stage}_model", registered)
+
+
 def run_artifacts(cfg: Config, result: dict | None = None) -> list[Path]:
-    """The files a run logs: resolved config, metrics, pairs table, the synthetic sample grid."""
+    """The files a run logs: resolved config, metrics, pairs table, the synthetic sample grid, the ROC plots."""
     files = [cfg.run_dir / "config.yaml", cfg.run_dir / "metrics.json", cfg.run_dir / "pairs.parquet"]
     if result and "generate" in result:
         files.append(Path(result["generate"]["grid"]))
-    return files
+    return files + [Path(p) for p in (result or {}).get("roc", [])]
 
 
 def log_run(

@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import time
+from pathlib import Path
 
 from scoremix_ray.config import Config, ConfigError, to_yaml, with_overrides
 
@@ -89,4 +90,23 @@ def run_study(base: Config) -> dict:
     mc.set_tag(summary["parent_run_id"], "scoremix.machine", machine())
     summary["wall_time_s"] = wall
     summary["report"] = {k: str(v) for k, v in write_study_report(base).items()}
+    log_differences(mc, summary["parent_run_id"], summary["report"])
     return summary
+
+
+def log_differences(mc, parent: str, report: dict[str, str]) -> None:
+    """The report's files on the study's MLflow run, and each condition's paired difference per metric (the
+    benchmarks' too) as metrics "diff.<condition>.<metric>" with its interval ("low." / "high.")."""
+    import json
+    import math
+
+    for path in report.values():
+        mc.log_artifact(parent, path)
+    tables = json.loads(Path(report["json"]).read_text())["tables"]
+    for metric, rows in tables.items():
+        for r in rows:
+            for key in ("diff", "low", "high"):
+                value = r.get(key)
+                if r["verdict"] != "reference" and value is not None and not math.isnan(value):
+                    name = f"{key}.{r['condition'].replace(' / ', '.')}.{metric}".replace("@", "_at_")
+                    mc.log_metric(parent, name, float(value))

@@ -128,12 +128,14 @@ def _train(conf: dict, cfg: Config, feed, n: int, rank: int, world: int, prepare
     last: dict = {}
 
     def watch(metrics: dict, step: int) -> None:
-        last.clear()
-        last.update(metrics)
+        if "loss" in metrics:  # an epoch's metrics, not a benchmark check's
+            last.clear()
+            last.update(metrics)
         if live is not None:
             live(metrics, step)
 
     loop = train_generator if conf["kind"] == "generator" else train_recognizer
+    extra = {"check": bin_check(cfg)} if conf["kind"] == "recognizer" and bin_check(cfg) else {}
     try:
         loop(
             feed,
@@ -147,11 +149,29 @@ def _train(conf: dict, cfg: Config, feed, n: int, rank: int, world: int, prepare
             report=report,
             device=device,
             monitor=watch,
+            **extra,
         )
     finally:
         if live is not None:
             live.flush()  # the points it sent are written before the worker ends
     return last
+
+
+def bin_check(cfg: Config):
+    """(N, fn) for the recognizer loop's `check`: the .bin benchmarks every `evaluation.bin_every_steps` steps,
+    as "<name>.verification_accuracy" (insightface's verification callback); None when off or no .bin is set."""
+    from scoremix_ray.evaluation.recognizer import evaluate_bin
+
+    every, bins = cfg.evaluation.bin_every_steps, [b for b in cfg.evaluation.benchmarks if b.kind == "bin"]
+    if every is None or not bins:
+        return None
+
+    def check(net) -> dict:
+        return {
+            f"{b.name}.verification_accuracy": evaluate_bin(net, b.path, b.flip)["verification_accuracy"] for b in bins
+        }
+
+    return every, check
 
 
 def _train_here(conf: dict, cfg: Config) -> dict:

@@ -1,4 +1,4 @@
-"""A trained recognizer against the split's seed-fixed pairs and, optionally, an InsightFace `.bin` set."""
+"""A trained recognizer against the split's seed-fixed pairs, and an InsightFace `.bin` set."""
 
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ def evaluate_split(net: Recognizer, split: Split, flip: bool = False) -> dict:
     return out
 
 
-def evaluate_bin_file(cfg, model_dir: str | Path, path: str | Path, device: str = "cpu") -> dict:
+def evaluate_bin_file(path: str | Path, model_dir: str | Path, flip: bool, device: str = "cpu") -> dict:
     """The recognizer in `model_dir` on the `.bin` set at `path`, on `device` (`RunContext.on_device`)."""
-    return evaluate_bin(Recognizer.load(model_dir, device), path, flip=cfg.recognizer.hflip)
+    return evaluate_bin(Recognizer.load(model_dir, device), path, flip=flip)
 
 
 def evaluate_bin(net: Recognizer, path: str | Path, flip: bool = False) -> dict:

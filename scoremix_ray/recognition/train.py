@@ -104,11 +104,14 @@ def train_recognizer(
     device: str = "cpu",
     stop_after_epochs: int | None = None,
     monitor: Monitor | None = None,
+    check: tuple[int, Callable[[nn.Module], dict]] | None = None,
 ) -> Path:
     """Train (or resume) on a feed of uint8 images (`data.batches`: InMemory or Streamed); returns the final
     model folder. Rank 0 writes checkpoints and the curve (`history.jsonl`, per epoch: loss, train accuracy,
     learning rate, images/s; also handed to `monitor`). `stop_after_epochs` ends this call early (as an
-    interruption would), for tests of resume.
+    interruption would), for tests of resume. `check` = (N, fn): every N optimizer steps rank 0 hands
+    fn(network)'s numbers (the .bin benchmarks) to `monitor` at that step; the eval-mode pass changes nothing
+    that training reads (no batch-norm statistics, no random numbers).
     """
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
@@ -157,6 +160,12 @@ def train_recognizer(
             seen += len(y)
             if rank == 0:  # within the epoch: one of 80,000 faces takes minutes
                 progress.tick((step + 1) * batch, f"epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}")
+            if check is not None and rank == 0 and (step + 1) % check[0] == 0:
+                found = check[1](net)
+                model.train()
+                log.info("recognizer: step %d: %s", step + 1, ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
+                if monitor is not None:
+                    monitor(found, step + 1)
         epoch += 1
         ckpt_dir = None
         at_checkpoint = epoch % cfg.checkpoint_every == 0 or epoch == last_epoch
@@ -207,13 +216,25 @@ def embed_batches(net: Recognizer, images, batch_size: int | None = None, flip: 
     test-time habit, only where mirroring is meaningful). Default batch: EMBED_PIXELS pixels, at most 512."""
     net.eval()
     device = devices.device_of(net)
-    batch_size = batch_size or max(16, min(512, EMBED_PIXELS // (images.shape[1] * images.shape[2])))
+    batch_size = batch_size or embed_batch_size(images.shape[1])
     for i in Progress("embed", len(images)).over(range(0, len(images), batch_size)):
-        x = to_model_tensor(torch.from_numpy(images[i : i + batch_size]), device)
-        e = net(x)
-        if flip:
-            e = e + net(x.flip(3))
-        yield devices.to_numpy(F.normalize(e, dim=1))
+        yield embed_images(net, images[i : i + batch_size], device, flip)
+
+
+def embed_batch_size(size: int) -> int:
+    """Images an embedding batch holds at `size` px: EMBED_PIXELS pixels, between 16 and 512."""
+    return max(16, min(512, EMBED_PIXELS // (size * size)))
+
+
+@torch.no_grad()
+def embed_images(net: Recognizer, images: np.ndarray, device, flip: bool = False, normalize: bool = True) -> np.ndarray:
+    """One batch of uint8 (N, H, W, C) images -> (N, D) embeddings: with `flip`, the sum of the image's and its
+    mirror's; L2-normalised unless `normalize` is False (IJB keeps the norm as a face's quality weight)."""
+    x = to_model_tensor(torch.from_numpy(np.ascontiguousarray(images)), device)
+    e = net(x)
+    if flip:
+        e = e + net(x.flip(3))
+    return devices.to_numpy(F.normalize(e, dim=1) if normalize else e.float())
 
 
 def embed(net: Recognizer, images, batch_size: int | None = None, flip: bool = False) -> np.ndarray:
