@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -67,6 +68,7 @@ def _log_to(folder: Path) -> None:
     global _log_file
     logging.basicConfig(level=logging.INFO, format=_FORMAT, datefmt="%H:%M:%S")
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), "scoremix-ray")
+    command = re.sub(r"[^A-Za-z0-9_-]", "_", command)[:40]  # a name, not a path (argv may hold anything)
     _log_file = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}.log"
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(_log_file)

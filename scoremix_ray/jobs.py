@@ -62,7 +62,7 @@ def model_folder(recognizer: Path) -> Path:
 
 def evaluate(cfg: Config, recognizer: Path) -> tuple[dict, Path]:
     """A trained recognizer on the config's verification pairs and its benchmarks, the metrics merged into the
-    `metrics.json` beside the model: ({"pairs": ..., "<benchmark>": ...}, that file)."""
+    `metrics.json` beside the model: ({"recognizer": pairs' metrics and "benchmarks"}, that file)."""
     from scoremix_ray.devices import local_device
     from scoremix_ray.evaluation.benchmarks import with_benchmarks
     from scoremix_ray.evaluation.recognizer import evaluate_split
@@ -83,7 +83,7 @@ def evaluate(cfg: Config, recognizer: Path) -> tuple[dict, Path]:
     path = rec_dir / "metrics.json"
     old = pipeline.merge_json(path, **pairs)
     found = with_benchmarks(ctx, cfg, rec_dir, old, model_dir)["benchmarks"]
-    return {"pairs": pairs, **found}, path
+    return {"recognizer": {**pairs, "benchmarks": found}}, path
 
 
 def select(cfg: Config):

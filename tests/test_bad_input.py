@@ -119,10 +119,16 @@ def test_inputs_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="out_dir /proc/scoremix is not a writable folder"):
         check("out_dir=/proc/scoremix")
     with pytest.raises(ScoreMixError, match="verification .bin file not found: .*nope.bin"):
-        check(f"data.verification_bin={tmp_path / 'nope.bin'}")
+        check(f"evaluation.benchmarks=[{{name: lfw, kind: bin, path: {tmp_path / 'nope.bin'}}}]")
     (tmp_path / "junk.bin").write_bytes(b"junk")
     with pytest.raises(ScoreMixError, match="junk.bin is not an InsightFace .bin set"):
-        check(f"data.verification_bin={tmp_path / 'junk.bin'}")
+        check(f"evaluation.benchmarks=[{{name: lfw, kind: bin, path: {tmp_path / 'junk.bin'}}}]")
+    with pytest.raises(ScoreMixError, match="benchmarks 'ijbc': .*meta/ijbc_template_pair_label.txt is missing"):
+        (tmp_path / "IJBC" / "meta").mkdir(parents=True)
+        (tmp_path / "IJBC" / "meta" / "ijbc_face_tid_mid.txt").write_text("")
+        check(f"evaluation.benchmarks=[{{name: ijbc, kind: ijb, path: {tmp_path / 'IJBC'}}}]")
+    with pytest.raises(ConfigError, match="recognizer.pretrained not found: .*r50.pth"):
+        check(f"recognizer.pretrained={tmp_path / 'r50.pth'}")
     with pytest.raises(ConfigError, match="data.path not found"):
         check("data.source=folder", f"data.path={tmp_path / 'none'}")
     t0 = time.monotonic()
@@ -308,7 +314,7 @@ def test_a_new_bin_is_evaluated_not_trained_again(tmp_path, tiny_recognizer, tin
     from scoremix_ray.context import RunContext
     from scoremix_ray.data.images import encode_png
     from scoremix_ray.data.recordio import write_bin
-    from scoremix_ray.pipeline import with_bin
+    from scoremix_ray.evaluation.benchmarks import with_benchmarks
 
     d = tmp_path / "rec"
     shutil.copytree(tiny_recognizer, d)
@@ -316,12 +322,14 @@ def test_a_new_bin_is_evaluated_not_trained_again(tmp_path, tiny_recognizer, tin
     test = tiny_generator[2].test
     rows = np.arange(40) % len(test.images)
     write_bin(tmp_path / "a.bin", [encode_png(test.images[i]) for i in rows], [bool(i % 2) for i in range(20)])
-    cfg = load_config(None, [f"data.verification_bin={tmp_path / 'a.bin'}", "ray.use_gpu=false"])
-    first = with_bin(RunContext(), cfg, d, json.loads((d / "metrics.json").read_text()))
-    assert 0 <= first["bin"]["verification_accuracy"] <= 1 and first["verification_accuracy"] == 0.5
-    assert json.loads((d / "metrics.json").read_text())["bin"] == first["bin"]
+    bench = f"evaluation.benchmarks=[{{name: a, kind: bin, path: {tmp_path / 'a.bin'}}}]"
+    cfg = load_config(None, [bench, "ray.use_gpu=false"])
+    first = with_benchmarks(RunContext(), cfg, d, json.loads((d / "metrics.json").read_text()))
+    assert 0 <= first["benchmarks"]["a"]["verification_accuracy"] <= 1 and first["verification_accuracy"] == 0.5
+    assert json.loads((d / "metrics.json").read_text())["benchmarks"] == first["benchmarks"]
     os.utime(tmp_path / "a.bin", ns=(1, 1))  # the same path, another file
-    assert with_bin(RunContext(), cfg, d, first)["bin"]["source"] != first["bin"]["source"]
+    again = with_benchmarks(RunContext(), cfg, d, first)["benchmarks"]["a"]
+    assert again["source"] != first["benchmarks"]["a"]["source"]
 
 
 def test_training_shows_progress_within_an_epoch(digits_split, tmp_path, caplog, monkeypatch):

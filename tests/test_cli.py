@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from face_fixtures import make_ijb
 
 
 def _cli(*args, cwd=None):
@@ -137,11 +138,34 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     split = Split.load(next(tmp_path.glob("stages/data-*")) / "split.npz")
     blobs = [encode_png(split.test.images[i]) for pair in split.pairs[:100] for i in pair]
     write_bin(tmp_path / "digits.bin", blobs, split.issame[:100].tolist())
-    r = _in_process("evaluate", "--recognizer", stage, "--bin", tmp_path / "digits.bin", "--out", tmp_path, *rec)
+    # and an IJB-C folder: its 42 faces embedded by the Ray Data actor pool (the "ray" executor of a command)
+    make_ijb(tmp_path / "IJBC")
+    ijbc = f"evaluation.benchmarks=[{{name: ijbc, kind: ijb, path: {tmp_path / 'IJBC'}}}]"
+    r = _in_process(
+        "evaluate", "--recognizer", stage, "--bin", tmp_path / "digits.bin", "--out", tmp_path, *rec, "--set", ijbc
+    )
     assert r.exit_code == 0, r.output[-2000:]
     m = json.loads((stage / "metrics.json").read_text())
-    assert m["bin"]["pairs"] == 100 and 0 <= m["bin"]["roc_auc"] <= 1
+    assert m["benchmarks"]["digits"]["pairs"] == 100 and 0 <= m["benchmarks"]["digits"]["roc_auc"] <= 1
+    assert m["benchmarks"]["ijbc"]["templates"] == 20 and "ijbc.tar_at_far_1e-3" in r.output
+    assert "digits.verification_accuracy" in r.output and "bins.verification_accuracy" in r.output
     assert m["verification_accuracy"] > 0.5 and m["train"]["epoch"] == 3
+    # export for insightface's tools, then the same weights as a pretrained baseline: no training, same metrics
+    r = _in_process("export", "--recognizer", stage, "--to", tmp_path / "exported")
+    assert r.exit_code == 0 and "onnxruntime - torch: " in r.output, r.output[-2000:]
+    r = _in_process(
+        "train-recognizer",
+        "--out",
+        tmp_path,
+        *rec,
+        "--set",
+        f"recognizer.pretrained={tmp_path / 'exported' / 'backbone.pth'}",
+    )
+    assert r.exit_code == 0, r.output[-2000:]
+    loaded = [d for d in tmp_path.glob("stages/recognizer-*") if d != stage]
+    assert len(loaded) == 1 and not (loaded[0] / "checkpoints").exists()
+    got = json.loads((loaded[0] / "metrics.json").read_text())
+    assert got["verification_accuracy"] == m["verification_accuracy"] and got["train"]["pretrained"].endswith(".pth")
     r = _cli("evaluate", "--recognizer", str(stage), "--out", str(tmp_path), "--set", "data.image_size=16")
     assert r.returncode == 2 and "expects 8px" in r.stderr
     # stage 4 and the alignment on the same (cached) stages: only the generator is new work
