@@ -12,7 +12,9 @@ scoremix-ray is installed (pyfunc's single-input `predict` does not fit it).
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +35,12 @@ def _save(module, signature, stage_dir: Path, **how) -> Path:
     path = Path(stage_dir) / MODEL_DIR
     if (path / "MLmodel").is_file():
         return path
-    tmp = path.with_name(MODEL_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = path.with_name(f"{MODEL_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # sweep trials share stages
     mlflow.pytorch.save_model(module.cpu().eval(), tmp, signature=signature, pip_requirements=_requirements(), **how)
-    tmp.rename(path)  # complete or absent
+    try:
+        tmp.rename(path)  # complete or absent
+    except OSError:  # another trial's copy landed first: the same model
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -105,15 +105,44 @@ def tiny_recognizer(tiny_generator, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_sweep(ray_session, tmp_path_factory):
-    """A 3-trial sweep on the session's Ray. One trial fails at run time: a file stands where its run folder
-    goes (as a full disk or a permission would); the others go on. Its stages are reused by the job test, the
-    resume tests and the tiny study."""
+def tiny_benchmarks(tmp_path_factory) -> str:
+    """A `--set` override naming three tiny benchmarks in their published layouts: a .bin of 8x8 digit pairs,
+    an IJB-C folder of 20 templates and a TinyFace folder (tests/face_fixtures.py)."""
+    import numpy as np
+    from face_fixtures import make_ijb, make_tinyface
+
+    from scoremix_ray.data import load_labelled
+    from scoremix_ray.data.images import encode_png
+    from scoremix_ray.data.recordio import write_bin
+
+    d = tmp_path_factory.mktemp("benchmarks")
+    digits = load_labelled("digits", None, 8, 1)
+    rng = np.random.default_rng(0)
+    blobs, issame = [], []
+    for k in range(40):
+        a = int(rng.integers(len(digits.labels)))
+        pool = np.flatnonzero((digits.labels == digits.labels[a]) == (k % 2 == 0))
+        blobs += [encode_png(digits.images[a]), encode_png(digits.images[int(rng.choice(pool))])]
+        issame.append(k % 2 == 0)
+    write_bin(d / "tiny.bin", blobs, issame)
+    make_ijb(d / "IJBC")
+    make_tinyface(d / "tinyface")
+    return (
+        f"evaluation.benchmarks=[{{name: tiny_bin, kind: bin, path: {d / 'tiny.bin'}}}, "
+        f"{{name: ijbc, kind: ijb, path: {d / 'IJBC'}}}, {{name: tinyface, kind: tinyface, path: {d / 'tinyface'}}}]"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(ray_session, tiny_benchmarks, tmp_path_factory):
+    """A 3-trial sweep on the session's Ray, every recognizer evaluated on the tiny benchmarks. One trial fails
+    at run time: a file stands where its run folder goes (as a full disk or a permission would); the others go
+    on. Its stages are reused by the job test, the resume tests and the tiny study."""
     from scoremix_ray.config import load_config
     from tuning.sweep import run_sweep
 
     out = tmp_path_factory.mktemp("sweep")
-    base = load_config(None, [f"out_dir={out}", *TINY_RUN])
+    base = load_config(None, [f"out_dir={out}", *TINY_RUN, tiny_benchmarks])
     (out / "scoremix-condition-close-s0").write_text("not a folder")
     summary = run_sweep(base, ["random", "embedding-distant", "condition-close"], [0], name="tiny")
     return out, base, summary

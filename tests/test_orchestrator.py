@@ -81,7 +81,19 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeyp
         and done["metrics.alignment.cka_linear_null"] == done["metrics.alignment.cka_linear_null"]
     )
     arts = {a.path for a in mc.list_artifacts(done["run_id"])}
-    assert {"samples.png", "pairs.parquet", "metrics.json", "config.yaml"} <= arts
+    assert {"samples.png", "pairs.parquet", "metrics.json", "config.yaml", "roc-ijbc.png"} <= arts
+    assert {"generator_model", "baseline_model", "augmented_model"} <= arts  # MLflow models, with signatures
+    # the benchmarks: their headline numbers for both recognizers and the paired difference, in every trial
+    for key in (
+        "tiny_bin.verification_accuracy",
+        "bins.verification_accuracy",
+        "ijbc.tar_at_far_1e-6",
+        "tinyface.rank1",
+    ):
+        assert 0 <= ok[f"augmented.{key}"] <= 1 and ok[f"delta.{key}"] == pytest.approx(
+            ok[f"augmented.{key}"] - ok[f"baseline.{key}"]
+        ), key
+    assert done["metrics.baseline.ijbc.tar_at_far_1e-4"] == done["metrics.baseline.ijbc.tar_at_far_1e-4"]
     bad = runs[runs["status"] == "FAILED"].iloc[0]
     assert "File exists" in bad["tags.scoremix.error"]
     # live curves: each stage's loss, learning rate and images/s at their steps (generator: every log_every=10

@@ -190,7 +190,7 @@ def test_report_command_without_a_study_says_so(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # the tiny sweep it builds on may be its setup
-def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
+def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
     """Every method on the embedded default (digits at toy size) with autoguidance through the study's Tune
     sweep, MLflow and the report. One cell (fold 0, seed 0), the tiny sweep's: its generator and baseline are
     reused, as a study reuses them across conditions (intervals over many cells are tested on a synthetic store
@@ -215,6 +215,7 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
         # every method end to end under the paper's guidance (the guide loaded once per actor)
         "sampler.guidance=autoguidance",
         "sampler.guidance_scale=1.5",
+        tiny_benchmarks,
     ]
     summary = run_study(load_config(STUDY, sets))
     STUDY_METHODS = load_config(STUDY).study.methods  # the study config lists every method
@@ -240,11 +241,19 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep):
     assert all(r["cells"] == 1 for r in rows) and {r["verdict"] for r in rows[1:]} == {"too few cells for an interval"}
     assert report["tags"]["scoremix.kind"] == "study" and float(report["tags"]["scoremix.wall_time_s"]) > 0
     assert {r["fold"] for r in report["alignment"]} == {0}
+    # the benchmarks' paired differences beside the configured metrics, in the report and on the MLflow run
+    for metric in ("tiny_bin.verification_accuracy", "ijbc.tar_at_far_1e-6", "tinyface.rank1"):
+        assert [r["condition"] for r in report["tables"][metric]][1] == "scoremix / random", metric
+    from scoremix_ray.tracking import client
+
+    logged = client(load_config(STUDY, sets)).get_run(report["parent_run_id"]).data.metrics
+    assert "diff.scoremix.random.tinyface.rank1" in logged and "diff.plain.verification_accuracy" in logged
     # `report` rebuilds the same markdown from MLflow alone
     md = Path(summary["report"]["markdown"]).read_text()
     r = CliRunner().invoke(app, ["report", "--config", STUDY, *[a for s in sets for a in ("--set", s)]])
     assert r.exit_code == 0, r.output
     assert Path(summary["report"]["markdown"]).read_text() == md and "| diffii | 1 |" in md
+    assert "ijbc.tar_at_far_1e-6" in md
     # and the notebook shows the same study
     import nbformat
     from nbclient import NotebookClient
