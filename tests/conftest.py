@@ -68,6 +68,7 @@ TINY_RUN = [
     "generation.per_tuple=8",
     "generation.unit_size=8",
     "ray.cpus_per_worker=1",
+    "tracking.log_models=false",  # the tiny sweep logs them (tests/test_orchestrator.py): ~2 s a run elsewhere
 ]
 
 
@@ -142,7 +143,7 @@ def tiny_sweep(ray_session, tiny_benchmarks, tmp_path_factory):
     from tuning.sweep import run_sweep
 
     out = tmp_path_factory.mktemp("sweep")
-    base = load_config(None, [f"out_dir={out}", *TINY_RUN, tiny_benchmarks])
+    base = load_config(None, [f"out_dir={out}", *TINY_RUN, tiny_benchmarks, "tracking.log_models=true"])
     (out / "scoremix-condition-close-s0").write_text("not a folder")
     summary = run_sweep(base, ["random", "embedding-distant", "condition-close"], [0], name="tiny")
     return out, base, summary

@@ -54,9 +54,17 @@ def test_media_pooling_scores_and_tar_by_hand():
     scores = ijb.pair_scores(ids, tf, np.array([[1, 2], [1, 3], [2, 3]]))
     assert np.allclose(scores, [1 / 5**0.5, 2 / 5**0.5, 0])
     # detector-score weighting (D1) scales each face before the media mean: [1,0]x1 and [0,1]x3 -> [0.5, 1.5]
-    weighted = ijb.face_features(np.array([[1.0, 0], [0, 1.0]]), np.array([1.0, 3.0]))
-    _, tf = ijb.template_features(weighted, np.array([7, 7]), np.array([1, 1]))
+    pair = np.array([[1.0, 0], [0, 1.0]])
+    _, tf = ijb.template_features(pair, np.array([7, 7]), np.array([1, 1]), np.array([1.0, 3.0]), detector_score=True)
     assert np.allclose(tf, [[1 / 10**0.5, 3 / 10**0.5]])
+    # faces pooled a chunk at a time give the same templates
+    ijb.FACE_CHUNK, chunk = 2, ijb.FACE_CHUNK
+    try:
+        assert np.allclose(
+            ijb.template_features(feats, templates, medias)[1], [[2 / 5**0.5, 1 / 5**0.5], [0, 1], [1, 0]]
+        )
+    finally:
+        ijb.FACE_CHUNK = chunk
     # N0 normalises each face first: [3,0] then weighs as much as [0,1]
     n0 = ijb.face_features(np.array([[3.0, 0], [0, 1.0]]), np.ones(2), norm_score=False, detector_score=False)
     assert np.allclose(n0, [[1, 0], [0, 1]])
@@ -323,3 +331,28 @@ def test_recognizer_as_an_mlflow_model(tiny_recognizer, tmp_path):
     assert info.signature.inputs.inputs[0].shape == (-1, 1, 8, 8)
     versions = tracking.client(cfg).search_model_versions("name='digits-baseline'")
     assert len(versions) == 1 and versions[0].run_id == rid
+
+
+def test_bin_sets_during_training_change_nothing_trained(tiny_benchmarks, tmp_path):
+    from scoremix_ray.config import DataConfig
+    from scoremix_ray.data import load_labelled, make_split
+    from scoremix_ray.data.batches import InMemory, schedule
+    from scoremix_ray.distributed.train import bin_check
+    from scoremix_ray.recognition.train import train_recognizer
+
+    split = make_split(load_labelled("digits", None, 8, 1), DataConfig(image_size=8, per_class=20, num_pairs=40))
+    cfg = load_config(None, [tiny_benchmarks, "evaluation.bin_every_steps=2"])
+    rc = RecognizerConfig(widths=(8,), blocks=(1,), embedding_dim=8, epochs=2, batch_size=32)
+    feed = InMemory(split.train.images, split.train.labels)
+    seen = []
+    with_check = train_recognizer(
+        feed, 5, rc, 0, tmp_path / "a", monitor=lambda m, step: seen.append((step, m)), check=bin_check(cfg)
+    )
+    plain = train_recognizer(feed, 5, rc, 0, tmp_path / "b")
+    points = [(step, m) for step, m in seen if "tiny_bin.verification_accuracy" in m]
+    steps_per_epoch = schedule("recognizer", rc, len(split.train.labels), 0, 0, 1).steps_per_epoch
+    assert [s for s, _ in points] == list(range(2, 2 * steps_per_epoch + 1, 2))
+    assert all(0 <= m["tiny_bin.verification_accuracy"] <= 1 for _, m in points)
+    a, b = torch.load(with_check / "model.pt"), torch.load(plain / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the checks read the network, never changed its training
+    assert bin_check(load_config(None, [tiny_benchmarks])) is None  # off by default

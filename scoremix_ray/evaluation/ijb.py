@@ -24,7 +24,7 @@ import numpy as np
 from scoremix_ray.errors import ScoreMixError
 
 FAR_LEVELS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-PAIR_BATCH = 100_000  # pairs scored at once (insightface's batch): 2 x 100k x D floats
+PAIR_BATCH = 16_384  # pairs scored at once: 2 x 16k x 512 float32 = 64 MB of gathered templates
 
 
 def far_key(far: float) -> str:
@@ -121,34 +121,52 @@ class AlignedCrops:
         )
 
 
+FACE_CHUNK = 65_536  # faces pooled at once: a chunk of the memory-mapped embeddings, never all 469k in memory
+
+
 def face_features(feats: np.ndarray, scores: np.ndarray, norm_score: bool = True, detector_score: bool = True):
     """insightface's test modes on the flip-summed embeddings: N0 normalises each face (N1 keeps its norm as a
     quality weight); D1 multiplies each by its detector score."""
-    feats = np.asarray(feats, np.float64)
+    feats = np.asarray(feats, np.float32)
     if not norm_score:
         feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     return feats * scores[:, None] if detector_score else feats
 
 
-def template_features(feats: np.ndarray, templates: np.ndarray, medias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(template ids, L2-normalised template features): per template, the sum over its media of the mean of
-    that media's faces. In O(N log N) by sorting (insightface loops over templates: O(templates x faces))."""
+def template_features(
+    feats: np.ndarray,
+    templates: np.ndarray,
+    medias: np.ndarray,
+    scores: np.ndarray | None = None,
+    norm_score: bool = True,
+    detector_score: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(template ids, L2-normalised float32 template features): per template, the sum over its media of the
+    mean of that media's faces (`face_features` of them, with `scores` and the test modes). Faces are read
+    FACE_CHUNK at a time and summed per (template, media) group by a sparse matrix product, so memory holds the
+    groups' sums, not the faces (insightface loops over templates: O(templates x faces) time, all in memory)."""
+    from scipy import sparse
+
     ids, t = np.unique(templates, return_inverse=True)
-    groups, g = np.unique(np.stack([t, medias], 1), axis=0, return_inverse=True)  # one row per (template, media)
+    groups, g = np.unique(np.stack([t.ravel(), medias], 1), axis=0, return_inverse=True)  # (template, media)
     g = g.ravel()
-    sums = np.zeros((len(groups), feats.shape[1]), np.float64)
-    np.add.at(sums, g, feats)
-    means = sums / np.bincount(g, minlength=len(groups))[:, None]
-    out = np.zeros((len(ids), feats.shape[1]), np.float64)
-    np.add.at(out, groups[:, 0], means)
+    n, k = len(g), len(groups)
+    scores = np.ones(n, np.float32) if scores is None else scores
+    sums = np.zeros((k, feats.shape[1]), np.float32)
+    for lo in range(0, n, FACE_CHUNK):
+        hi = min(lo + FACE_CHUNK, n)
+        member = sparse.csr_matrix((np.ones(hi - lo, np.float32), (g[lo:hi], np.arange(hi - lo))), (k, hi - lo))
+        sums += member @ face_features(feats[lo:hi], scores[lo:hi], norm_score, detector_score)
+    means = sums / np.bincount(g, minlength=k)[:, None].astype(np.float32)
+    out = sparse.csr_matrix((np.ones(k, np.float32), (groups[:, 0], np.arange(k))), (len(ids), k)) @ means
     norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return ids, out / np.where(norms > 0, norms, 1)
+    return ids, (out / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
 def pair_scores(ids: np.ndarray, template_feats: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Cosine of each pair's two templates, PAIR_BATCH pairs at a time."""
     index = np.searchsorted(ids, pairs)
-    out = np.empty(len(pairs), np.float64)
+    out = np.empty(len(pairs), np.float32)
     for lo in range(0, len(pairs), PAIR_BATCH):
         a, b = index[lo : lo + PAIR_BATCH, 0], index[lo : lo + PAIR_BATCH, 1]
         out[lo : lo + PAIR_BATCH] = np.einsum("pd,pd->p", template_feats[a], template_feats[b])
@@ -173,9 +191,7 @@ def tar_at_far(scores: np.ndarray, labels: np.ndarray, levels=FAR_LEVELS) -> tup
 
 def verify(bench: IJB, feats: np.ndarray, norm_score: bool = True, detector_score: bool = True) -> tuple[dict, dict]:
     """(metrics, ROC curve {"fpr", "tpr"} thinned to ~1000 points) from the faces' flip-summed embeddings."""
-    ids, tf = template_features(
-        face_features(feats, bench.scores, norm_score, detector_score), bench.templates, bench.medias
-    )
+    ids, tf = template_features(feats, bench.templates, bench.medias, bench.scores, norm_score, detector_score)
     scores = pair_scores(ids, tf, bench.pairs)
     metrics, fpr, tpr = tar_at_far(scores, bench.labels)
     metrics.update(
