@@ -144,7 +144,7 @@ def template_features(
     """(template ids, L2-normalised float32 template features): per template, the sum over its media of the
     mean of that media's faces (`face_features` of them, with `scores` and the test modes). Faces are read
     FACE_CHUNK at a time and summed per (template, media) group by a sparse matrix product, so memory holds the
-    groups' sums, not the faces (insightface loops over templates: O(templates x faces) time, all in memory)."""
+    groups' sums, not the faces (insightface's loop holds every face in memory; benchmarks/ijb_scale.py)."""
     from scipy import sparse
 
     ids, t = np.unique(templates, return_inverse=True)
