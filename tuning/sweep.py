@@ -276,7 +276,8 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
     # SIGTERM itself (its open runs are marked KILLED, the command exits 130)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Tune would run each trial in a folder of its own; kept in the job's working folder (the driver's, on its
-    # node), a relative path a trial reads (data.path, data.verification_bin) means what it means to the driver
+    # node), a relative path a trial reads (data.path, a benchmark's, recognizer.pretrained) means what it means
+    # to the driver
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     inline = ctx.executor == "process"
     at_once = concurrency(configs, cpus, gpus, inline)

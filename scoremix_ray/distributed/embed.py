@@ -48,16 +48,16 @@ def embeddings(ctx, cfg: Config, model_dir: Path, reader, cache: Path, flip: boo
     `cache/embeddings.npy`: computed once (Ray Data actors, or in this process for one CPU actor), then read."""
     import torch
 
+    from scoremix_ray.checkpoints import read_meta
     from scoremix_ray.context import resolved
     from scoremix_ray.progress import Progress
-    from scoremix_ray.recognition.train import Recognizer
 
     path = cache / "embeddings.npy"
     if path.is_file():
         log.info("embeddings: reusing %s", path)
         return np.load(path, mmap_mode="r")
     e, gpu = cfg.evaluation, bool(resolved(cfg).ray.use_gpu)
-    dim = Recognizer.load(model_dir).meta["config"]["embedding_dim"]
+    dim = read_meta(Path(model_dir) / "recognizer.json")["config"]["embedding_dim"]  # not the weights: 170 MB at r50
     tmp = cache / "embeddings.partial.npy"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(reader), dim))
     progress = Progress(f"embed {cache.name}", len(reader), "faces")
