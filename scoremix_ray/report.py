@@ -355,6 +355,9 @@ def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
     return path
 
 
+PLOTTED_BENCHMARK_NUMBERS = ("bins.verification_accuracy", ".tar_at_far_1e-4", ".rank1")
+
+
 def benchmark_metrics(cfg: Config, runs) -> list[str]:
     """The benchmarks' headline numbers the trials logged ("lfw.verification_accuracy", "ijbc.tar_at_far_1e-6",
     ...: `evaluation.benchmarks`), beyond the study's configured metrics."""
@@ -375,7 +378,9 @@ def write_study_report(cfg: Config) -> dict[str, Path]:
     contrasts = contrast_table(cfg, runs, cfg.study.metrics[0])
     d = cfg.run_dir
     d.mkdir(parents=True, exist_ok=True)
-    plot = plot_differences(tables, cfg.study.confidence, d / "differences.png")
+    # the picture: the configured metrics and one number a benchmark kind (the table has them all)
+    shown = [m for m in tables if m in cfg.study.metrics or m.endswith(PLOTTED_BENCHMARK_NUMBERS)]
+    plot = plot_differences({m: tables[m] for m in shown}, cfg.study.confidence, d / "differences.png")
     md = d / "report.md"
     md.write_text(study_markdown(cfg, parent, tables, alignment, plot.name, contrasts))
     data = {

@@ -79,6 +79,13 @@ def test_media_pooling_scores_and_tar_by_hand():
     assert tar["notes"] == [
         "FAR 1e-06, 1e-05, 0.0001, 0.001, 0.01 below 1/10 negative pairs: the nearest ROC point is read"
     ]
+    assert np.array_equal(ijb.thin_roc(fpr, tpr)["fpr"], fpr)  # a small curve is drawn whole
+    rng = np.random.default_rng(0)
+    labels = rng.random(100_000) < 0.02
+    _, fpr, tpr = ijb.tar_at_far(rng.normal(2.0 * labels, 1), labels)
+    thin = ijb.thin_roc(fpr, tpr, points=100)
+    assert len(fpr) > 200 and len(thin["fpr"]) <= 103 and np.all(np.diff(thin["fpr"]) >= 0)
+    assert (thin["fpr"][[0, -1]] == fpr[[0, -1]]).all() and thin["tpr"][thin["fpr"] == 0].max() == tpr[fpr == 0].max()
     # a positive below 9 of 10 negatives: at FAR 0.1 it is still rejected
     tar, _, _ = ijb.tar_at_far(
         np.array([0.9, 0.8, -0.5] + [0.5, 0.2, 0.1, 0, -0.1, -0.2, -0.3, -0.4, -0.6, -0.7]),

@@ -200,8 +200,17 @@ def verify(bench: IJB, feats: np.ndarray, norm_score: bool = True, detector_scor
         pairs=int(len(scores)),
         negative_pairs=int((~bench.labels).sum()),
     )
-    keep = np.unique(np.searchsorted(fpr, np.logspace(-7, 0, 1000)).clip(0, len(fpr) - 1))
-    return metrics, {"fpr": fpr[keep], "tpr": tpr[keep]}
+    return metrics, thin_roc(fpr, tpr)
+
+
+def thin_roc(fpr: np.ndarray, tpr: np.ndarray, points: int = 1000) -> dict:
+    """The ROC curve to draw: whole when small; else (IJB-C's has millions of points) its ends, its highest
+    point at FPR 0, and at `points` log-spaced FPRs the highest point at or below each."""
+    keep = np.arange(len(fpr))
+    if len(fpr) > 2 * points:
+        at = np.searchsorted(fpr, np.logspace(-7, 0, points), side="right") - 1
+        keep = np.unique(np.concatenate([[0, np.flatnonzero(fpr == 0)[-1], len(fpr) - 1], at.clip(0)]))
+    return {"fpr": fpr[keep], "tpr": tpr[keep]}
 
 
 def plot_roc(curves: dict[str, dict], title: str, path: str | Path) -> Path:
@@ -214,7 +223,7 @@ def plot_roc(curves: dict[str, dict], title: str, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for label, c in curves.items():
         fpr = np.asarray(c["fpr"])
-        ax.plot(np.maximum(fpr, 1e-7), c["tpr"], label=label)
+        ax.plot(np.maximum(fpr, 1e-6), c["tpr"], label=label, drawstyle="steps-post")  # FPR 0 drawn at the left edge
     ax.set(
         xscale="log", xlim=(1e-6, 1), ylim=(0, 1), xlabel="false accept rate", ylabel="true accept rate", title=title
     )
