@@ -1,6 +1,7 @@
 """Step checkpoints shared by the training loops: `<root>/step_XXXXXXX/state.pt`, written atomically,
-the newest `KEEP` kept; and the training curve beside them (`history.jsonl`), which MLflow shows live and
-a later run that reuses the stage logs at its end (`tracking.log_results`)."""
+the newest `keep` kept (`ray.checkpoints_kept`); and the training curve beside them (`history.jsonl`), which
+MLflow shows live and a later run that reuses the stage logs at its end (`tracking.log_results`). A training
+restarted after a lost worker or node resumes from the newest complete one (`distributed.train`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(root: Path, step: int, state: dict) -> Path:
+def save_checkpoint(root: Path, step: int, state: dict, keep: int = KEEP) -> Path:
     root = Path(root)
     d, tmp = root / f"step_{step:07d}", root / f".tmp_step_{step:07d}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,7 @@ def save_checkpoint(root: Path, step: int, state: dict) -> Path:
     if d.exists():
         shutil.rmtree(d)
     tmp.rename(d)  # a checkpoint is either complete or absent
-    for old in sorted(root.glob("step_*"))[:-KEEP]:
+    for old in sorted(root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return d
 

@@ -251,6 +251,10 @@ class RayConfig(_Section):
     cpus_per_worker: float = Field(2.0, gt=0)  # also the worker's torch threads; 1 worker x 2 threads here
     # A training set (uint8) of at most this many MB is read whole into each Train worker; a larger one streams
     # through Ray Data. Same batches either way (data/batches.py): a memory budget, not a result setting.
+    # a lost Train worker or node restarts the worker group, which resumes from the last checkpoint on shared
+    # storage, at most this many times a training; a sweep or study trial that fails is retried as often
+    max_failures: int = Field(3, ge=0)
+    checkpoints_kept: int = Field(2, ge=1)  # newest step checkpoints kept per training (older ones deleted)
     cache_mb: int = Field(1024, ge=0)
     stream_block_mb: int = Field(64, ge=1)  # images per Ray Data block when streaming
 

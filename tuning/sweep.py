@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import math
+import traceback
 from pathlib import Path
 
 from scoremix_ray.config import Config, ConfigError, section_hash, settings, with_overrides
@@ -143,7 +144,14 @@ def _trial(config: dict, ctx: RunContext) -> dict:
         path = cfg.run_dir / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         return {"run_dir": str(cfg.run_dir), "earlier": True, **tracking.flat_metrics(metrics)}
-    _, metrics, _ = pipeline.run_tracked(ctx, cfg)
+    try:
+        _, metrics, _ = pipeline.run_tracked(ctx, cfg)
+    except Exception as e:  # noqa: BLE001 -- the trial's own error (bad data, a full disk): a result, not retried
+        from ray.exceptions import RayError
+
+        if isinstance(e, RayError):  # a lost node, actor or object: Tune retries the trial (ray.max_failures)
+            raise
+        return {"run_dir": str(cfg.run_dir), "error": "".join(traceback.format_exception(e))}
     return {"run_dir": str(cfg.run_dir), **tracking.flat_metrics(metrics)}
 
 
@@ -301,13 +309,16 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(Path(base.out_dir) / "ray_tune"),
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # a trial whose process or node died is run again (its stages resume from their checkpoints); a
+            # trial's own error comes back as its result (`_trial`) and is not retried
+            failure_config=tune.FailureConfig(max_failures=base.ray.max_failures, fail_fast=False),
         ),
     )
     out = {}
     for r in tuner.fit():
         cfg = Config.model_validate(r.config["config"])
-        error = str(r.error) if r.error is not None else (None if r.metrics else "the trial did not finish")
+        error = str(r.error) if r.error is not None else (r.metrics or {}).get("error")
+        error = error if r.metrics or error else "the trial did not finish"
         out[cfg.name] = {
             "name": cfg.name,
             "run_dir": str(cfg.run_dir),

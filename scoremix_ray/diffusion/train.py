@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from scoremix_ray.checkpoints import (
+    KEEP,
     Monitor,
     Report,
     latest_checkpoint,
@@ -56,6 +57,7 @@ def train_generator(
     report: Report | None = None,
     device: str = "cpu",
     monitor: Monitor | None = None,
+    keep: int = KEEP,
 ) -> Path:
     """Train (or resume) the EDM generator on a feed of uint8 images (`data.batches`: InMemory or Streamed);
     returns the final model folder.
@@ -123,6 +125,7 @@ def train_generator(
                     "step": step,
                     "config": cfg.model_dump(mode="json"),
                 },
+                keep=keep,
             )
         if step % cfg.log_every == 0 or ckpt_dir is not None or step == cfg.steps:
             dt = time.time() - t0

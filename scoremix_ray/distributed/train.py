@@ -149,6 +149,7 @@ def _train(conf: dict, cfg: Config, feed, n: int, rank: int, world: int, prepare
             report=report,
             device=device,
             monitor=watch,
+            keep=cfg.ray.checkpoints_kept,
             **extra,
         )
     finally:
@@ -196,10 +197,12 @@ def fit(
     """Train (or resume) `kind` ("generator" or "recognizer") with `TorchTrainer`, or in this process where the
     context's executor says so; returns the last reported metrics. `synthetic`: the decoded synthetic image
     store added to the recognizer's training set. The curve goes to the context's run."""
-    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
 
     from scoremix_ray.context import resolved
+    from scoremix_ray.errors import ScoreMixError, first_line
 
     cfg = resolved(cfg)
     out_dir = Path(out_dir).resolve()
@@ -248,9 +251,22 @@ def fit(
             use_gpu=cfg.ray.use_gpu,
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
         ),
-        run_config=RunConfig(name=kind, storage_path=str(out_dir / "ray_train")),
+        # a worker or node lost: the group restarts and `_worker` resumes from the newest checkpoint on disk
+        run_config=RunConfig(
+            name=kind,
+            storage_path=str(out_dir / "ray_train"),
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+        ),
         datasets=rank_datasets(kind, cfg, images, labels, out_dir) if stream else None,
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ingest_options(cfg)),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:  # every restart used up: one line, the traceback in the command's log
+        log.error("%s: training failed", stage, exc_info=e)
+        raise ScoreMixError(
+            f"{stage}: training failed after {cfg.ray.max_failures} restart(s) (ray.max_failures): "
+            f"{first_line(e.__cause__ or e)}; its checkpoints are kept in {out_dir / 'checkpoints'}: run the "
+            "same command again to resume"
+        ) from None
     return dict(result.metrics or {})

@@ -22,6 +22,7 @@ from torch import nn
 
 from scoremix_ray import devices
 from scoremix_ray.checkpoints import (
+    KEEP,
     Monitor,
     Report,
     latest_checkpoint,
@@ -104,6 +105,7 @@ def train_recognizer(
     device: str = "cpu",
     stop_after_epochs: int | None = None,
     monitor: Monitor | None = None,
+    keep: int = KEEP,
     check: tuple[int, Callable[[nn.Module], dict]] | None = None,
 ) -> Path:
     """Train (or resume) on a feed of uint8 images (`data.batches`: InMemory or Streamed); returns the final
@@ -179,6 +181,7 @@ def train_recognizer(
                     "epoch": epoch,
                     "config": cfg.model_dump(mode="json"),
                 },
+                keep=keep,
             )
         dt = time.time() - t0
         metrics = {

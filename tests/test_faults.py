@@ -1,0 +1,100 @@
+"""Failures Ray recovers from by itself: a Train worker killed mid-training restarts and resumes from its last
+checkpoint to the same weights; a trial's own error is a result, not retried."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import torch
+
+from scoremix_ray.config import load_config
+from scoremix_ray.context import RunContext
+from scoremix_ray.distributed.train import fit
+from scoremix_ray.pipeline import data_stage
+
+GEN = [
+    "data.image_size=8",
+    "data.per_class=30",
+    "generator.block_out_channels=16,32",
+    "generator.steps=240",
+    "generator.batch_size=16",
+    "generator.checkpoint_every=80",
+    "generator.log_every=40",
+    "ray.cpus_per_worker=1",
+    "ray.checkpoints_kept=5",  # all three kept: their times show which were written after the kill
+]
+
+
+def _train_workers() -> list[int]:
+    """Pids of the live Ray Train worker processes (their process title names the actor class)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ray::RayTrainWorker" in line]
+
+
+def test_a_killed_train_worker_restarts_and_resumes_to_the_same_weights(ray_session, tmp_path):
+    cfg = load_config(None, [f"out_dir={tmp_path}", *GEN])
+    ctx = RunContext(gpus=0, executor="ray")
+    cfg = ctx.devices(cfg)
+    _, data_dir = data_stage(cfg)
+    d = tmp_path / "gen"
+    done: list = []
+    job = threading.Thread(target=lambda: done.append(fit(ctx, cfg, "generator", data_dir / "split.npz", d)))
+    job.start()
+    first = d / "checkpoints" / "step_0000080" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not first.is_file() and time.monotonic() < deadline and job.is_alive():
+        time.sleep(0.05)
+    assert first.is_file(), "no checkpoint within 120 s"
+    victims = _train_workers()
+    assert len(victims) == 1
+    os.kill(victims[0], signal.SIGKILL)
+    killed_at = time.time()
+    job.join(timeout=240)
+    assert not job.is_alive() and done and done[0]["step"] == 240  # finished, no rerun by hand
+    later = [p.name for p in sorted((d / "checkpoints").iterdir()) if (p / "state.pt").stat().st_mtime > killed_at]
+    assert "step_0000080" not in later and later[-1] == "step_0000240"  # resumed from a checkpoint, not from 0
+    # the same weights as a training nobody interrupted (in this process: the same bytes as a Train worker's)
+    plain = RunContext(gpus=0, executor="process")
+    fit(plain, plain.devices(cfg), "generator", data_dir / "split.npz", tmp_path / "plain")
+    ours = _weights(d / "final")
+    theirs = _weights(tmp_path / "plain" / "final")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def _weights(folder) -> dict:
+    from scoremix_ray.diffusion.edm import EDMDenoiser
+
+    return EDMDenoiser.load(folder).state_dict()
+
+
+def test_with_no_restarts_left_a_lost_worker_is_one_line_and_the_checkpoints_stay(ray_session, tmp_path):
+
+    from scoremix_ray.errors import ScoreMixError
+
+    cfg = load_config(None, [f"out_dir={tmp_path}", *GEN, "ray.max_failures=0"])
+    ctx = RunContext(gpus=0, executor="ray")
+    cfg = ctx.devices(cfg)
+    _, data_dir = data_stage(cfg)
+    d = tmp_path / "gen"
+    errors: list = []
+
+    def train():
+        try:
+            fit(ctx, cfg, "generator", data_dir / "split.npz", d)
+        except ScoreMixError as e:
+            errors.append(e)
+
+    job = threading.Thread(target=train)
+    job.start()
+    first = d / "checkpoints" / "step_0000080" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not first.is_file() and time.monotonic() < deadline and job.is_alive():
+        time.sleep(0.05)
+    os.kill(_train_workers()[0], signal.SIGKILL)
+    job.join(timeout=120)
+    assert len(errors) == 1, "the lost worker did not end the training"
+    line = str(errors[0])
+    assert "\n" not in line and line.startswith("generator: training failed after 0 restart(s) (ray.max_failures): ")
+    assert f"checkpoints are kept in {d / 'checkpoints'}" in line and first.is_file()
