@@ -1,0 +1,181 @@
+"""Node losses on a real multi-node Ray cluster on this one machine (Ray's `cluster_utils`: a head without CPUs
+and two 1-CPU worker nodes), run in a process of its own (a test session already holds a local Ray):
+
+    python tests/cluster_faults.py OUT_DIR
+
+1. The node running the generator's Train worker is removed mid-training: the worker group restarts on the
+   other node and resumes from the newest checkpoint; then the same training uninterrupted, for its weights.
+2. A node is removed while two generation actors render: the actor pool goes on on the other node.
+Prints one JSON line of what happened; tests/test_faults.py asserts on it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def node_of_pid(cluster, pid: int):
+    """The cluster node whose raylet started the process `pid` (a worker's parent is its node's raylet)."""
+    ppid = int(subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True).stdout)
+    for node in cluster.list_all_nodes():
+        raylets = node.all_processes.get("raylet", [])
+        if any(p.process.pid == ppid for p in raylets):
+            return node
+    raise RuntimeError(f"no node's raylet is the parent of {pid}")
+
+
+def pids(title: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if title in line]
+
+
+def wait_for(path: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not path.exists():
+        raise TimeoutError(f"{path} did not appear within {seconds} s")
+
+
+def main(out: Path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    fast_failure_detection = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_failure_detection})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    cluster.wait_for_nodes()
+    report: dict = {"nodes": len(nodes) + 1}
+    try:
+        report["train"] = train_scenario(cluster, out / "train")
+        cluster.add_node(num_cpus=1)  # a node comes back (the autoscaler replacing a lost one)
+        cluster.wait_for_nodes()
+        report["generate"] = generate_scenario(cluster, out / "train" / "gen", out / "generate")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(report))
+
+
+def train_scenario(cluster, out: Path) -> dict:
+    import torch
+
+    from scoremix_ray.config import load_config
+    from scoremix_ray.context import RunContext
+    from scoremix_ray.diffusion.edm import EDMDenoiser
+    from scoremix_ray.distributed.train import fit
+    from scoremix_ray.pipeline import data_stage
+
+    sets = [
+        f"out_dir={out}",
+        "data.image_size=8",
+        "data.per_class=30",
+        "generator.block_out_channels=16,32",
+        "generator.steps=240",
+        "generator.batch_size=16",
+        "generator.checkpoint_every=80",
+        "generator.log_every=40",
+        "ray.cpus_per_worker=1",
+        "ray.checkpoints_kept=5",
+        "ray.use_gpu=false",
+    ]
+    ctx = RunContext(gpus=0, executor="ray")
+    cfg = ctx.devices(load_config(None, sets))
+    _, data_dir = data_stage(cfg)
+    d = out / "gen"
+    done: list = []
+    t0 = time.monotonic()
+    job = threading.Thread(target=lambda: done.append(fit(ctx, cfg, "generator", data_dir / "split.npz", d)))
+    job.start()
+    wait_for(d / "checkpoints" / "step_0000080" / "state.pt")
+    (worker,) = pids("ray::RayTrainWorker")
+    cluster.remove_node(node_of_pid(cluster, worker), allow_graceful=False)
+    removed_at = time.time()
+    job.join(timeout=300)
+    later = [p.name for p in sorted((d / "checkpoints").iterdir()) if (p / "state.pt").stat().st_mtime > removed_at]
+    plain = RunContext(gpus=0, executor="process")
+    fit(plain, plain.devices(cfg), "generator", data_dir / "split.npz", out / "plain")
+    a, b = EDMDenoiser.load(d / "final").state_dict(), EDMDenoiser.load(out / "plain" / "final").state_dict()
+    return {
+        "finished_step": done[0]["step"] if done else None,
+        "written_after_removal": later,
+        "weights_equal": a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a),
+        "seconds": round(time.monotonic() - t0, 1),
+        "alive_nodes": sum(n["Alive"] for n in __import__("ray").nodes()),
+    }
+
+
+def generate_scenario(cluster, gen_dir: Path, out: Path) -> dict:
+    """Two 1-CPU actors render 18 units; once a shard is written the node of one actor is removed and a
+    replacement node added: every unit is written once, and the rows are what one uninterrupted pass writes."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from scoremix_ray.config import Config
+    from scoremix_ray.context import RunContext
+    from scoremix_ray.distributed.generate import generate_shards
+    from scoremix_ray.methods import PlanContext, get_method
+    from scoremix_ray.selection.strategies import Selection
+
+    cfg = Config.model_validate(
+        {
+            "data": {"image_size": 8},
+            "generator": {"block_out_channels": [16, 32]},
+            "sampler": {"steps": 40},
+            "generation": {"per_tuple": 24, "unit_size": 4, "num_actors": 2, "actor_cpus": 1},
+            "ray": {"use_gpu": False},
+        }
+    )
+    ctx = RunContext(gpus=0, executor="ray")
+    cfg = ctx.devices(cfg)
+    plan = get_method("scoremix").plan(
+        PlanContext(cfg, 5, Selection("t", np.array([[0, 3], [1, 2], [2, 4]]), np.zeros(3)))
+    )
+    done: list = []
+    t0 = time.monotonic()
+    job = threading.Thread(
+        target=lambda: done.append(generate_shards(ctx, cfg, "scoremix", plan, gen_dir, Path("none.npz"), out))
+    )
+    job.start()
+    deadline = time.monotonic() + 120
+    while not list((out / "shards").glob("*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    actors = pids("MapWorker")
+    before = len(list((out / "shards").glob("*.parquet")))
+    cluster.remove_node(node_of_pid(cluster, actors[0]), allow_graceful=False)
+    cluster.add_node(num_cpus=1)
+    job.join(timeout=300)
+    elapsed = time.monotonic() - t0
+
+    def rows(folder: Path) -> list[tuple]:
+        tables = [
+            pq.read_table(f, columns=["classes", "index", "image"]) for f in (folder / "shards").glob("*.parquet")
+        ]
+        return sorted(
+            (tuple(c), i, img) for t in tables for c, i, img in zip(*(t.column(k).to_pylist() for k in t.column_names))
+        )
+
+    flat = rows(out)
+    alone = RunContext(gpus=0, executor="process")
+    one = alone.devices(cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"num_actors": 1})}))
+    generate_shards(alone, one, "scoremix", plan, gen_dir, Path("none.npz"), out.with_name("uninterrupted"))
+    return {
+        "actors": len(actors),
+        "shards_before_removal": before,
+        "complete": bool(done and done[0]["complete"]),
+        "plan_rows": len(plan),
+        "rows": len(flat),
+        "distinct_rows": len({r[:2] for r in flat}),
+        "same_bytes_as_uninterrupted": flat == rows(out.with_name("uninterrupted")),
+        "seconds": round(elapsed, 1),
+    }
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
