@@ -19,19 +19,18 @@ import time
 from pathlib import Path
 
 
-def node_of_pid(cluster, pid: int):
-    """The cluster node whose raylet started the process `pid` (a worker's parent is its node's raylet)."""
-    ppid = int(subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True).stdout)
-    for node in cluster.list_all_nodes():
-        raylets = node.all_processes.get("raylet", [])
-        if any(p.process.pid == ppid for p in raylets):
-            return node
-    raise RuntimeError(f"no node's raylet is the parent of {pid}")
+def raylets(cluster) -> dict[int, object]:
+    """{raylet pid: node} of the cluster's live nodes."""
+    return {p.process.pid: n for n in cluster.list_all_nodes() for p in n.all_processes.get("raylet", [])}
 
 
-def pids(title: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if title in line]
+def workers(cluster, title: str) -> list[tuple[int, object]]:
+    """(pid, node) of this cluster's worker processes whose title holds `title` (a worker's parent is its node's
+    raylet; the test session's own Ray has workers of the same names)."""
+    nodes = raylets(cluster)
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    return [(int(pid), nodes[int(ppid)]) for pid, ppid, args in rows if title in args and int(ppid) in nodes]
 
 
 def wait_for(path: Path, seconds: float = 120) -> None:
@@ -57,6 +56,9 @@ def main(out: Path) -> None:
         cluster.add_node(num_cpus=1)  # a node comes back (the autoscaler replacing a lost one)
         cluster.wait_for_nodes()
         report["generate"] = generate_scenario(cluster, out / "train" / "gen", out / "generate")
+        cluster.add_node(num_cpus=1)  # (nodes are added between scenarios: a raylet starting on a loaded
+        cluster.wait_for_nodes()  # 2-core box can time out)
+        report["sweep"] = sweep_scenario(cluster, out / "sweep")
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -94,8 +96,8 @@ def train_scenario(cluster, out: Path) -> dict:
     job = threading.Thread(target=lambda: done.append(fit(ctx, cfg, "generator", data_dir / "split.npz", d)))
     job.start()
     wait_for(d / "checkpoints" / "step_0000080" / "state.pt")
-    (worker,) = pids("ray::RayTrainWorker")
-    cluster.remove_node(node_of_pid(cluster, worker), allow_graceful=False)
+    ((_, node),) = workers(cluster, "ray::RayTrainWorker")
+    cluster.remove_node(node, allow_graceful=False)
     removed_at = time.time()
     job.join(timeout=300)
     later = [p.name for p in sorted((d / "checkpoints").iterdir()) if (p / "state.pt").stat().st_mtime > removed_at]
@@ -112,8 +114,8 @@ def train_scenario(cluster, out: Path) -> dict:
 
 
 def generate_scenario(cluster, gen_dir: Path, out: Path) -> dict:
-    """Two 1-CPU actors render 18 units; once a shard is written the node of one actor is removed and a
-    replacement node added: every unit is written once, and the rows are what one uninterrupted pass writes."""
+    """Two actors (0.5 CPU each) render 18 units on two 1-CPU nodes; once a shard is written the node of one
+    actor is removed: every unit is written once, and the rows are what one uninterrupted pass writes."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -128,7 +130,7 @@ def generate_scenario(cluster, gen_dir: Path, out: Path) -> dict:
             "data": {"image_size": 8},
             "generator": {"block_out_channels": [16, 32]},
             "sampler": {"steps": 40},
-            "generation": {"per_tuple": 24, "unit_size": 4, "num_actors": 2, "actor_cpus": 1},
+            "generation": {"per_tuple": 24, "unit_size": 4, "num_actors": 2, "actor_cpus": 0.5},
             "ray": {"use_gpu": False},
         }
     )
@@ -146,10 +148,9 @@ def generate_scenario(cluster, gen_dir: Path, out: Path) -> dict:
     deadline = time.monotonic() + 120
     while not list((out / "shards").glob("*.parquet")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    actors = pids("MapWorker")
+    actors = workers(cluster, "MapWorker")
     before = len(list((out / "shards").glob("*.parquet")))
-    cluster.remove_node(node_of_pid(cluster, actors[0]), allow_graceful=False)
-    cluster.add_node(num_cpus=1)
+    cluster.remove_node(actors[0][1], allow_graceful=False)  # its actors restart on the node left (0.5 CPU each)
     job.join(timeout=300)
     elapsed = time.monotonic() - t0
 
@@ -174,6 +175,42 @@ def generate_scenario(cluster, gen_dir: Path, out: Path) -> dict:
         "distinct_rows": len({r[:2] for r in flat}),
         "same_bytes_as_uninterrupted": flat == rows(out.with_name("uninterrupted")),
         "seconds": round(elapsed, 1),
+    }
+
+
+def sweep_scenario(cluster, out: Path) -> dict:
+    """A 2-trial sweep on two 1-CPU nodes; once a trial is running, the node of a trial process is removed:
+    that trial runs again on the node left (Tune's failure handling), the other is untouched, both finish."""
+    from conftest import TINY_RUN
+
+    from scoremix_ray.config import load_config
+    from tuning.sweep import run_sweep
+
+    base = load_config(None, [f"out_dir={out}", *TINY_RUN, f"ray.address={cluster.address}", "ray.use_gpu=false"])
+    done: list = []
+    t0 = time.monotonic()
+    job = threading.Thread(target=lambda: done.append(run_sweep(base, ["random", "embedding-distant"], [0], name="n")))
+    job.start()
+    deadline = time.monotonic() + 180
+    started = []
+    while not started and time.monotonic() < deadline:
+        started = [d.name for d in out.glob("scoremix-*-s0") if (d / "config.yaml").is_file()]
+        time.sleep(0.05)
+    trials = workers(cluster, "ImplicitFunc")
+    cluster.remove_node(trials[0][1], allow_graceful=False)  # the trial runs again on the node left
+    job.join(timeout=300)
+    rows = done[0]["trials"] if done else []
+    return {
+        "started_before_removal": started,
+        "trial_processes": len(trials),
+        "finished": sorted(t["name"] for t in rows if not t["error"]),
+        "errors": [t["error"].strip().splitlines()[-1] for t in rows if t["error"]],
+        # Tune keeps an error.txt in the folder of a trial an attempt of which failed
+        "retried": sorted(
+            next(n for n in ("scoremix-random-s0", "scoremix-embedding-distant-s0") if n in e.parent.name)
+            for e in (out / "ray_tune" / "n").glob("*/error.txt")
+        ),
+        "seconds": round(time.monotonic() - t0, 1),
     }
 
 

@@ -98,3 +98,32 @@ def test_with_no_restarts_left_a_lost_worker_is_one_line_and_the_checkpoints_sta
     line = str(errors[0])
     assert "\n" not in line and line.startswith("generator: training failed after 0 restart(s) (ray.max_failures): ")
     assert f"checkpoints are kept in {d / 'checkpoints'}" in line and first.is_file()
+
+
+def test_nodes_lost_on_a_three_node_cluster(tmp_path):
+    """tests/cluster_faults.py in a process of its own (this session already holds a local Ray): the Train
+    worker's node, a generation actor's node and a sweep trial's node each removed while they work."""
+    import json
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    r = subprocess.run(
+        [sys.executable, str(here / "cluster_faults.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=here.parent,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    train = report["train"]
+    assert train["finished_step"] == 240 and train["weights_equal"] and train["alive_nodes"] == 2
+    assert train["written_after_removal"] == ["step_0000160", "step_0000240"]  # resumed from step 80
+    gen = report["generate"]
+    assert gen["complete"] and gen["rows"] == gen["distinct_rows"] == gen["plan_rows"] == 72
+    assert gen["same_bytes_as_uninterrupted"] and gen["shards_before_removal"] < 18
+    sweep = report["sweep"]
+    assert sweep["finished"] == ["scoremix-embedding-distant-s0", "scoremix-random-s0"] and not sweep["errors"]
+    assert len(sweep["retried"]) == 1 and sweep["started_before_removal"]  # the lost one again, the other once
