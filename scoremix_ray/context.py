@@ -80,7 +80,9 @@ class RunContext:
         import ray
 
         self.ray()
-        return ray.get(ray.remote(num_gpus=1, num_cpus=1)(fn).remote(*args, "cuda"))
+        # a task whose node dies is run again elsewhere (it writes nothing but its result)
+        task = ray.remote(num_gpus=1, num_cpus=1, max_retries=cfg.ray.max_failures)(fn)
+        return ray.get(task.remote(*args, "cuda"))
 
     @property
     def curve(self) -> dict | None:

@@ -43,6 +43,8 @@ def test_cluster_yaml_validates_and_listens_on_loopback():
     cfg = yaml.safe_load(text)
     validate_config(prepare_config(cfg))  # Ray's own schema check (no cloud access needed)
     assert cfg["provider"]["type"] == "aws" and "gpu_worker" in cfg["available_node_types"]
+    spot = cfg["available_node_types"]["gpu_spot_worker"]["node_config"]
+    assert spot["InstanceMarketOptions"]["MarketType"] == "spot" and "ray.max_failures" in text
     assert any("pip install" in c and "scoremix-ray" in c for c in cfg["setup_commands"])
     assert any("/mnt/shared" in c for c in cfg["setup_commands"])  # shared storage on every node
     head = " ".join(cfg["head_start_ray_commands"] + cfg["head_setup_commands"])
