@@ -12,6 +12,9 @@ import pytest
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="scoremix-test-home-"))
 os.environ["HOME"] = str(_SESSION_HOME)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray Train's controller polls its workers every 2 s: a finished tiny training waited ~4 s for it to notice (a
+# third of a 20-step fit, measured). A missed poll is harmless (workers count as hung only after 10 min).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,11 @@
 """Failures Ray recovers from by itself: a Train worker killed mid-training restarts and resumes from its last
-checkpoint to the same weights; a trial's own error is a result, not retried."""
+checkpoint (to the same weights: the 3-node cluster test); with no restarts left, one line."""
 
 import os
 import signal
 import subprocess
 import threading
 import time
-
-import torch
 
 from scoremix_ray.config import load_config
 from scoremix_ray.context import RunContext
@@ -18,12 +16,12 @@ GEN = [
     "data.image_size=8",
     "data.per_class=30",
     "generator.block_out_channels=16,32",
-    "generator.steps=240",
+    "generator.steps=160",
     "generator.batch_size=16",
-    "generator.checkpoint_every=80",
+    "generator.checkpoint_every=40",
     "generator.log_every=40",
     "ray.cpus_per_worker=1",
-    "ray.checkpoints_kept=5",  # all three kept: their times show which were written after the kill
+    "ray.checkpoints_kept=5",  # all four kept: their times show which were written after the kill
 ]
 
 
@@ -33,7 +31,7 @@ def _train_workers() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "ray::RayTrainWorker" in line]
 
 
-def test_a_killed_train_worker_restarts_and_resumes_to_the_same_weights(ray_session, tmp_path):
+def test_a_killed_train_worker_restarts_and_resumes_from_its_checkpoint(ray_session, tmp_path):
     cfg = load_config(None, [f"out_dir={tmp_path}", *GEN])
     ctx = RunContext(gpus=0, executor="ray")
     cfg = ctx.devices(cfg)
@@ -42,7 +40,7 @@ def test_a_killed_train_worker_restarts_and_resumes_to_the_same_weights(ray_sess
     done: list = []
     job = threading.Thread(target=lambda: done.append(fit(ctx, cfg, "generator", data_dir / "split.npz", d)))
     job.start()
-    first = d / "checkpoints" / "step_0000080" / "state.pt"
+    first = d / "checkpoints" / "step_0000040" / "state.pt"
     deadline = time.monotonic() + 120
     while not first.is_file() and time.monotonic() < deadline and job.is_alive():
         time.sleep(0.05)
@@ -52,21 +50,10 @@ def test_a_killed_train_worker_restarts_and_resumes_to_the_same_weights(ray_sess
     os.kill(victims[0], signal.SIGKILL)
     killed_at = time.time()
     job.join(timeout=240)
-    assert not job.is_alive() and done and done[0]["step"] == 240  # finished, no rerun by hand
+    assert not job.is_alive() and done and done[0]["step"] == 160  # finished, no rerun by hand
     later = [p.name for p in sorted((d / "checkpoints").iterdir()) if (p / "state.pt").stat().st_mtime > killed_at]
-    assert "step_0000080" not in later and later[-1] == "step_0000240"  # resumed from a checkpoint, not from 0
-    # the same weights as a training nobody interrupted (in this process: the same bytes as a Train worker's)
-    plain = RunContext(gpus=0, executor="process")
-    fit(plain, plain.devices(cfg), "generator", data_dir / "split.npz", tmp_path / "plain")
-    ours = _weights(d / "final")
-    theirs = _weights(tmp_path / "plain" / "final")
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-
-
-def _weights(folder) -> dict:
-    from scoremix_ray.diffusion.edm import EDMDenoiser
-
-    return EDMDenoiser.load(folder).state_dict()
+    assert "step_0000040" not in later and later[-1] == "step_0000160"  # resumed from a checkpoint, not from 0
+    # (that the resumed weights equal an uninterrupted training's: the cluster test below)
 
 
 def test_with_no_restarts_left_a_lost_worker_is_one_line_and_the_checkpoints_stay(ray_session, tmp_path):
@@ -88,7 +75,7 @@ def test_with_no_restarts_left_a_lost_worker_is_one_line_and_the_checkpoints_sta
 
     job = threading.Thread(target=train)
     job.start()
-    first = d / "checkpoints" / "step_0000080" / "state.pt"
+    first = d / "checkpoints" / "step_0000040" / "state.pt"
     deadline = time.monotonic() + 120
     while not first.is_file() and time.monotonic() < deadline and job.is_alive():
         time.sleep(0.05)
@@ -119,8 +106,8 @@ def test_nodes_lost_on_a_three_node_cluster(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     train = report["train"]
-    assert train["finished_step"] == 240 and train["weights_equal"] and train["alive_nodes"] == 2
-    assert train["written_after_removal"] == ["step_0000160", "step_0000240"]  # resumed from step 80
+    assert train["finished_step"] == 160 and train["weights_equal"] and train["alive_nodes"] == 2
+    assert train["written_after_removal"] == ["step_0000080", "step_0000120", "step_0000160"]  # resumed from 40
     gen = report["generate"]
     assert gen["complete"] and gen["rows"] == gen["distinct_rows"] == gen["plan_rows"] == 72
     assert gen["same_bytes_as_uninterrupted"] and gen["shards_before_removal"] < 18
