@@ -245,7 +245,10 @@ def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutO
 
     d, q = jobs.train_generator(_cfg(config, set_, out))
     typer.echo(f"generator: {d / 'final'}")
-    typer.echo(f"class accuracy of samples (pixel classifier): {q['class_accuracy']:.3f}; grid: {d / 'samples.png'}")
+    typer.echo(
+        f"class accuracy of samples (pixel classifier): {q['class_accuracy']:.3f}, of held-out real images "
+        f"{q['class_accuracy_real']:.3f}; grid: {d / 'samples.png'}"
+    )
 
 
 def delta_noise(baseline: dict, augmented: dict) -> str:

@@ -290,18 +290,23 @@ class StudyConfig(_Section):
     strategies: tuple[str, ...] = Field(default_factory=_pair_strategies)  # for methods making new classes
     methods: tuple[str, ...] = Field(default_factory=_all_methods)
     metrics: tuple[str, ...] = ("verification_accuracy", "roc_auc", "tar_at_far_1e-2", "rank1_accuracy")
+    # a dose-response study: each condition at every number of synthetic classes here (selection.count; the
+    # label-preserving methods add the same number of images: count x generation.per_tuple); None: one dose
+    doses: tuple[Annotated[int, Field(ge=1)], ...] | None = None
     confidence: float = Field(0.95, gt=0.5, lt=1.0)  # of the paired-difference intervals
     interval: Literal["t", "bootstrap"] = "t"  # t: mean +- t_{n-1} s/sqrt(n); bootstrap: percentile, 10k resamples
 
-    @field_validator("folds", "seeds", "strategies", "methods", "metrics", mode="before")
+    @field_validator("folds", "seeds", "strategies", "methods", "metrics", "doses", mode="before")
     @classmethod
     def _one_is_a_list(cls, v: Any) -> Any:  # `--set study.seeds=0` means (0,)
         return [v] if isinstance(v, (int, str)) else v
 
     @model_validator(mode="after")
     def _distinct(self) -> StudyConfig:
-        for key in ("folds", "seeds", "methods", "strategies"):
+        for key in ("folds", "seeds", "methods", "strategies", "doses"):
             values = getattr(self, key)
+            if values is None and key == "doses":
+                continue
             if not values:
                 raise ValueError(f"study.{key} is empty")
             if len(set(values)) != len(values):

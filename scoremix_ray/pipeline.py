@@ -68,7 +68,16 @@ GENERATOR = Stage(
     "generator",
     ("generator",),
     ("data",),
-    ("checkpoints/", "final/", "guide/", "history.jsonl", "train.json", "samples.png", "quality.json"),
+    (
+        "checkpoints/",
+        "final/",
+        "guide/",
+        "history.jsonl",
+        "train.json",
+        "samples.png",
+        "quality_samples.npz",
+        "quality.json",
+    ),
 )
 # IResNet's parameters carry insightface's names since layout "iresnet-insightface": older folders are not read
 BASELINE = Stage(
@@ -191,15 +200,22 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     d = GENERATOR.dir(cfg, {"data": data_dir})
     if GENERATOR.done(d):
         check_guidance(cfg.sampler, d)  # what the run's guidance needs, before anything samples from it
-        return d, json.loads((d / "quality.json").read_text())
+        quality = json.loads((d / "quality.json").read_text())
+        if "class_accuracy_real" in quality:  # (a check from before its real-image reference is made again)
+            return d, quality
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "train.json").is_file():
         (d / "train.json").write_text(json.dumps(train.fit(ctx, cfg, "generator", data_dir / "split.npz", d), indent=2))
     check_guidance(cfg.sampler, d)
     quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d)
     quality["train"] = json.loads((d / "train.json").read_text())
-    (d / "quality.json").write_text(json.dumps(quality, indent=2))
-    log.info("generator: class accuracy of samples %.3f (grid %s)", quality["class_accuracy"], d / "samples.png")
+    write_json(d / "quality.json", quality)
+    log.info(
+        "generator: class accuracy of samples %.3f, of held-out real images %.3f (grid %s)",
+        quality["class_accuracy"],
+        quality["class_accuracy_real"],
+        d / "samples.png",
+    )
     return d, quality
 
 
@@ -217,25 +233,75 @@ QUALITY_CLASSES = 32  # classes the quality check samples and scores (a seed-fix
 
 
 def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str = "cpu", per_class: int = 20) -> dict:
-    """Sample `per_class` images of (up to QUALITY_CLASSES seed-fixed) classes, save a grid, and score them with
-    a pixel classifier fit on those classes' real images: the accuracy among those classes."""
+    """Sample `per_class` images of (up to QUALITY_CLASSES seed-fixed) classes, save a grid and the samples
+    (`quality_samples.npz`, for the recognizer-space diagnostics), and score them with a pixel classifier fit on
+    one half of those classes' real images; the other half, scored the same way, is the ceiling."""
     import torch
 
     from scoremix_ray.diffusion.sampler import sample_seed
+    from scoremix_ray.evaluation.diagnostics import halves
     from scoremix_ray.evaluation.quality import class_accuracy, pixel_classifier
 
     split = Split.load(split_path)
-    n = split.train.num_classes
-    classes = np.arange(n)
-    if n > QUALITY_CLASSES:
-        classes = np.sort(np.random.default_rng([cfg.seed, 11]).choice(n, QUALITY_CLASSES, replace=False))
+    classes = quality_classes(cfg, split.train.num_classes)
     labels = torch.from_numpy(classes).repeat_interleave(per_class)
     seeds = [sample_seed(cfg.seed, int(c), i % per_class) for i, c in enumerate(labels)]
     images = sample_images(cfg, gen_dir, labels[:, None], torch.ones(len(labels), 1), seeds, device)
     class_grid(images, labels.numpy(), 10, gen_dir / "samples.png")
+    np.savez(gen_dir / "quality_samples.npz", images=images, labels=labels.numpy())
     real = np.flatnonzero(np.isin(split.train.labels, classes))  # only these classes' rows are read
-    clf = pixel_classifier(split.train.images[real], split.train.labels[real], cfg.seed)
-    return {**class_accuracy(clf, images, labels.numpy()), "classes_scored": int(len(classes)), "classes": n}
+    x, y = split.train.images[real], split.train.labels[real]
+    a, b = halves(y, cfg.seed)
+    clf = pixel_classifier(x[a], y[a], cfg.seed)
+    return {
+        **class_accuracy(clf, images, labels.numpy()),
+        "class_accuracy_real": class_accuracy(clf, x[b], y[b])["class_accuracy"],
+        "classes_scored": int(len(classes)),
+        "classes": split.train.num_classes,
+    }
+
+
+def quality_classes(cfg: Config, n: int) -> np.ndarray:
+    """The classes the generator's checks sample: all, or QUALITY_CLASSES of them, seed-fixed."""
+    if n <= QUALITY_CLASSES:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([cfg.seed, 11]).choice(n, QUALITY_CLASSES, replace=False))
+
+
+def recognizer_diagnostics(cfg: Config, split_path: Path, gen_dir: Path, rec_dir: Path, device: str = "cpu") -> dict:
+    """The generator's samples of its quality check in the baseline recognizer's embedding space, against the
+    real images of the same classes (`evaluation.diagnostics.generator_diagnostics`: identity accuracy, FD,
+    precision/recall, each beside its real-image reference)."""
+    from scoremix_ray.evaluation.diagnostics import generator_diagnostics
+    from scoremix_ray.recognition.train import Recognizer, embed_images
+
+    split = Split.load(split_path)
+    samples = np.load(gen_dir / "quality_samples.npz")
+    real = np.flatnonzero(np.isin(split.train.labels, np.unique(samples["labels"])))
+    net = Recognizer.load(rec_dir / "final", device)
+    real_emb = embed_images(net, split.train.images[real], device)
+    gen_emb = embed_images(net, samples["images"], device)
+    return generator_diagnostics(real_emb, split.train.labels[real], gen_emb, samples["labels"], cfg.seed)
+
+
+def diagnostics_stage(ctx: RunContext, cfg: Config, data_dir: Path, gen_dir: Path, rec_dir: Path) -> dict:
+    """The generator's checks as one flat dict: the pixel classifier's (with the generator stage) and the
+    baseline recognizer's, computed once per (generator, baseline) and kept in the generator's quality.json
+    under "recognizer" -> the baseline's folder name."""
+    path = gen_dir / "quality.json"
+    quality = json.loads(path.read_text())
+    space = quality.get("recognizer", {}).get(rec_dir.name)
+    if space is None:
+        space = ctx.on_device(cfg, recognizer_diagnostics, cfg, data_dir / "split.npz", gen_dir, rec_dir)
+        quality = merge_json(path, recognizer={**quality.get("recognizer", {}), rec_dir.name: space})
+        log.info(
+            "generator: identity accuracy %.3f (real %.3f), FD %.3g (real %.3g), precision %.3f (real %.3f), "
+            "recall %.3f (real %.3f) in the baseline's embeddings",
+            *(space[k] for k in ("identity_accuracy", "identity_accuracy_real", "fd", "fd_real")),
+            *(space[k] for k in ("precision", "precision_real", "recall", "recall_real")),
+        )
+    pixel = {k: quality[k] for k in ("class_accuracy", "class_accuracy_real", "classes_scored")}
+    return {**pixel, **{k: v for k, v in space.items() if isinstance(v, (int, float))}}
 
 
 def recognizer_stage(
@@ -308,15 +374,16 @@ class Shared:
     data_dir: Path
     gen_dir: Path
     rec_dir: Path
-    quality: dict  # the generator's quality check
+    quality: dict  # the generator's checks (pixel classifier and baseline recognizer), flat, with references
     baseline: dict  # the baseline recognizer's metrics
 
 
 def shared_stages(ctx: RunContext, cfg: Config, split: Split, data_dir: Path) -> Shared:
     """Stages 2-3 on stage 1's result (`data_stage`, the config already checked against it:
     `checks.check_with_data`), computed once per setting and reused."""
-    gen_dir, quality = generator_stage(ctx, cfg, data_dir)
+    gen_dir, _ = generator_stage(ctx, cfg, data_dir)
     rec_dir, baseline = recognizer_stage(ctx, cfg, split, data_dir)
+    quality = diagnostics_stage(ctx, cfg, data_dir, gen_dir, rec_dir)
     return Shared(split, data_dir, gen_dir, rec_dir, quality, baseline)
 
 
@@ -387,6 +454,61 @@ def augmented_stage(ctx: RunContext, cfg: Config, shared: Shared, synth_dir: Pat
     matched = matched_epochs(cfg, len(shared.split.train.labels), len(ImageStore(store)))
     d = AUGMENTED.dir(cfg, {"data": shared.data_dir, "generate": synth_dir})
     return recognizer_stage(ctx, matched, shared.split, shared.data_dir, d, store)
+
+
+MIXED_TUPLES = 512  # tuples the mixed-class checks embed (seed-fixed above that): all their rows, nothing more
+
+
+def mixing_stage(ctx: RunContext, cfg: Config, shared: Shared, synth_dir: Path) -> dict:
+    """Are the new classes of a generation new identities to the baseline recognizer? (`evaluation.diagnostics.
+    mixed_diagnostics`), once per (generation, baseline), kept in `<generation>/mixing.json` by baseline."""
+    path = synth_dir / "mixing.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    if shared.rec_dir.name not in done:
+        store = synthetic_store(shared.split, synth_dir)
+        result = ctx.on_device(
+            cfg, mixing_diagnostics, cfg, shared.data_dir / "split.npz", shared.rec_dir, synth_dir, store
+        )
+        done = merge_json(path, **{shared.rec_dir.name: result})
+        log.info(
+            "mixing: mixed centre to parents cos %.3f (parents to each other %.3f), %.0f%% of samples taken for a "
+            "parent; at the baseline's threshold TAR %.3f within a tuple, FAR %.3f across tuples",
+            result["cos_to_parent"],
+            result["cos_between_parents"],
+            100 * result["assigned_to_parent"],
+            result["tar"],
+            result["far"],
+        )
+    return {k: v for k, v in done[shared.rec_dir.name].items() if isinstance(v, (int, float))}
+
+
+def mixing_diagnostics(cfg: Config, split_path: Path, rec_dir: Path, synth_dir: Path, store_dir: Path, device="cpu"):
+    """The baseline's view of a generation's new classes: their rows' embeddings (MIXED_TUPLES tuples at most),
+    the parents of each (from the shards' `classes`), the real class centres and the baseline's threshold (the
+    accuracy-best one on the split's verification pairs)."""
+    from scoremix_ray.data.store import ImageStore
+    from scoremix_ray.evaluation.diagnostics import mixed_diagnostics
+    from scoremix_ray.evaluation.verification import best_threshold, pair_scores
+    from scoremix_ray.generation import read_shards
+    from scoremix_ray.recognition.train import Recognizer, embed, embed_images
+
+    split = Split.load(split_path)
+    t = read_shards(synth_dir, ["label", "classes"])
+    label, first = np.unique(np.asarray(t.column("label")), return_index=True)
+    parents = np.asarray(t.column("classes").take(first).to_pylist(), np.int64)  # a row of each new class
+    if len(label) > MIXED_TUPLES:
+        keep = np.sort(np.random.default_rng([cfg.seed, 13]).choice(len(label), MIXED_TUPLES, replace=False))
+        label, parents = label[keep], parents[keep]
+    store = ImageStore(store_dir)
+    rows = np.flatnonzero(np.isin(store.labels, label))
+    net = Recognizer.load(rec_dir / "final", device)
+    emb = np.concatenate(
+        [embed_images(net, store.take(rows[lo : lo + 4096]), device) for lo in range(0, len(rows), 4096)]
+    )
+    test = embed(net, split.test.images, flip=cfg.recognizer.hflip)
+    threshold = best_threshold(pair_scores(test, split.pairs), split.issame)
+    centres = np.load(rec_dir / "centres.npy")
+    return mixed_diagnostics(emb, np.searchsorted(label, store.labels[rows]), parents, centres, threshold, cfg.seed)
 
 
 def optimizer_steps(cfg: Config, rows: int) -> int:
@@ -489,7 +611,7 @@ def write_run_config(cfg: Config) -> Path:
 def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
     """One experiment (`cfg` checked: `checks.check_config`): stages 1-3 (shared, cached), then select,
     generate, augmented recognizer, evaluate. Returns (stage summary, metrics), written to `<run>/stages.json`
-    and `<run>/metrics.json` ({baseline, augmented, delta, alignment})."""
+    and `<run>/metrics.json` ({baseline, augmented, delta, alignment, generator, mixing})."""
     from scoremix_ray.methods import get_method
 
     method = get_method(cfg.generation.method)
@@ -498,7 +620,7 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
     sel = None
     result = {
         "data": {"dir": str(sh.data_dir), **sh.split.summary()},
-        "generator": {"dir": str(sh.gen_dir), "class_accuracy": sh.quality["class_accuracy"]},
+        "generator": {"dir": str(sh.gen_dir), **sh.quality},
         "recognizer": {"dir": str(sh.rec_dir)},
     }
     if method.new_classes:
@@ -516,6 +638,8 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
         "augmented": augmented,
         "delta": deltas(baseline, augmented),
         "alignment": alignment_stage(cfg, sh),
+        "generator": sh.quality,
+        **({"mixing": mixing_stage(ctx, cfg, sh, synth_dir)} if method.new_classes else {}),
     }
     result["metrics"] = str(cfg.run_dir / "metrics.json")
     merge_json(cfg.run_dir / "metrics.json", **metrics)

@@ -87,10 +87,12 @@ def study_runs(cfg: Config):
     return parent, runs
 
 
-def condition_of(method: str, strategy: str) -> str:
+def condition_of(method: str, strategy: str, dose=None) -> str:
+    """ "method / strategy" for methods that make new classes, else the method; " @ <dose>" in a dose study."""
     from scoremix_ray.methods import get_method
 
-    return f"{method} / {strategy}" if get_method(method).new_classes else method
+    name = f"{method} / {strategy}" if get_method(method).new_classes else method
+    return name if dose is None else f"{name} @ {int(dose)}"
 
 
 def study_conditions(cfg: Config) -> list[str]:
@@ -98,7 +100,12 @@ def study_conditions(cfg: Config) -> list[str]:
     from scoremix_ray.methods import get_method
 
     st = cfg.study
-    return [condition_of(m, s) for m in st.methods for s in (st.strategies if get_method(m).new_classes else [""])]
+    return [
+        condition_of(m, s, d)
+        for m in st.methods
+        for s in (st.strategies if get_method(m).new_classes else [""])
+        for d in (st.doses or [None])
+    ]
 
 
 def study_table(cfg: Config, runs, metric: str):
@@ -110,7 +117,7 @@ def study_table(cfg: Config, runs, metric: str):
 
     st = cfg.study
     aug, delta, base = (f"metrics.{s}.{metric}".replace("@", "_at_") for s in ("augmented", "delta", "baseline"))
-    runs = with_conditions(runs)
+    runs = with_conditions(runs, cfg)
     ok = runs[runs["status"] == "FINISHED"]
     cells = ok.drop_duplicates(["params.data.split_seed", "params.seed"])
     b = cells[base].astype(float) if base in cells else pd.Series(dtype=float)
@@ -150,11 +157,11 @@ def study_table(cfg: Config, runs, metric: str):
     return pd.concat([pd.DataFrame(rows[:1]).assign(p_holm=math.nan, holm="reference"), table], ignore_index=True)
 
 
-def with_conditions(runs):
-    """The runs with a `condition` column: "method / strategy" for methods that make new classes, else the method."""
-    return runs.assign(
-        condition=[condition_of(m, s) for m, s in zip(runs["tags.scoremix.method"], runs["tags.scoremix.strategy"])]
-    )
+def with_conditions(runs, cfg: Config):
+    """The runs with a `condition` column (`condition_of`; the dose is the trial's selection.count)."""
+    doses = runs["params.selection.count"] if cfg.study.doses else [None] * len(runs)
+    methods, strategies = runs["tags.scoremix.method"], runs["tags.scoremix.strategy"]
+    return runs.assign(condition=[condition_of(m, s, d) for m, s, d in zip(methods, strategies, doses)])
 
 
 def with_holm(table, confidence: float):
@@ -178,6 +185,16 @@ CONTRASTS = [
 ]
 
 
+def study_contrasts(cfg: Config) -> list[tuple[str, str]]:
+    """CONTRASTS, at every dose of a dose study."""
+    doses = cfg.study.doses or [None]
+    return [
+        tuple(f"{c} @ {d}" if d is not None else c for c in pair)  # type: ignore[misc]
+        for d in doses
+        for pair in CONTRASTS
+    ]
+
+
 def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
     """Condition A minus condition B, paired by cell (both ran on the same split, generator and baseline):
     mean, interval, p and verdict of each contrast whose two conditions ran, Holm-adjusted over them."""
@@ -187,7 +204,7 @@ def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
 
     st = cfg.study
     aug = f"metrics.augmented.{metric}".replace("@", "_at_")
-    ok = with_conditions(runs[runs["status"] == "FINISHED"])
+    ok = with_conditions(runs[runs["status"] == "FINISHED"], cfg)
     ok = ok.assign(cell=list(zip(ok["params.data.split_seed"], ok["params.seed"])))
     if aug not in ok:
         return pd.DataFrame(columns=["contrast", "cells", "diff", "low", "high", "verdict", "p", "p_holm", "holm"])
@@ -220,14 +237,35 @@ ALIGNMENT_KEYS = ["cka_linear", "cka_linear_biased", "cknna", "mutual_knn", "dis
 def alignment_by_fold(runs):
     """Condition-space vs embedding-space alignment per fold (mean over the fold's seeds), beside the
     permutation null; every trial of a cell logs the same alignment, so one row per cell is kept."""
+    return by_fold(runs, "alignment", [f"{k}{n}" for k in ALIGNMENT_KEYS for n in ("", "_null", "_p")])
+
+
+# the generator's checks, each beside its real-image reference (`evaluation.diagnostics`)
+GENERATOR_KEYS = ["class_accuracy", "identity_accuracy", "fd", "precision", "recall"]
+MIXING_KEYS = ["cos_to_parent", "cos_between_parents", "assigned_to_parent", "tar", "far"]
+
+
+def generator_by_fold(runs):
+    """The generator's checks per fold (mean over the fold's seeds), with their references; one row per cell."""
+    return by_fold(runs, "generator", [f"{k}{n}" for k in GENERATOR_KEYS for n in ("", "_real")])
+
+
+def by_fold(runs, section: str, keys: list[str]):
+    """`metrics.<section>.<key>` per fold, mean over the fold's seeds; a number every trial of a cell logs
+    alike (it depends on the cell's generator and baseline), so one row per cell is kept."""
     ok = runs[runs["status"] == "FINISHED"].drop_duplicates(["params.data.split_seed", "params.seed"])
-    cols = {
-        f"metrics.alignment.{k}{n}": f"{k}{n}"
-        for k in ALIGNMENT_KEYS
-        for n in ("", "_null", "_p")
-        if f"metrics.alignment.{k}{n}" in ok
-    }
+    cols = {f"metrics.{section}.{k}": k for k in keys if f"metrics.{section}.{k}" in ok}
     table = ok.assign(fold=ok["params.data.split_seed"].astype(int)).groupby("fold")[list(cols)].mean()
+    return table.rename(columns=cols).reset_index()
+
+
+def mixing_by_condition(cfg: Config, runs):
+    """The mixed-class checks per condition that makes new classes: mean over its cells."""
+    ok = with_conditions(runs[runs["status"] == "FINISHED"], cfg)
+    cols = {f"metrics.mixing.{k}": k for k in MIXING_KEYS if f"metrics.mixing.{k}" in ok}
+    if not cols:
+        return ok.iloc[:0]
+    table = ok.dropna(subset=list(cols)).groupby("condition", sort=False)[list(cols)].mean()
     return table.rename(columns=cols).reset_index()
 
 
@@ -235,7 +273,9 @@ def _fmt(v: float, sign: bool = False) -> str:
     return "–" if v != v else (f"{v:+.3f}" if sign else f"{v:.3f}")
 
 
-def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str, contrasts=()) -> str:
+def study_markdown(
+    cfg: Config, parent, tables: dict, alignment, plot_name: str, contrasts=(), generator=(), mixing=()
+) -> str:
     """The study as markdown: how it ran, the primary metric's table, the other metrics' differences, the
     alignment per fold; every condition of the config appears."""
     st, tags = cfg.study, parent.data.tags
@@ -316,8 +356,44 @@ def study_markdown(cfg: Config, parent, tables: dict, alignment, plot_name: str,
                 )
                 + " |"
             )
+    lines += diagnostics_markdown(generator, mixing)
     lines += ["", f"![differences to the baseline]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def diagnostics_markdown(generator, mixing) -> list[str]:
+    """The generator's checks per fold beside their real references, and the mixed classes' per condition."""
+    lines = []
+    if len(generator):
+        keys = [k for k in GENERATOR_KEYS if k in generator and k + "_real" in generator]
+        lines += [
+            "",
+            "The generator beside real images (per fold, mean over seeds; in brackets the same measure on held-out "
+            "real images: the ceiling for accuracies, the floor for FD): pixel-classifier class accuracy, the "
+            "baseline recognizer's nearest-centre identity accuracy, and FD / precision / recall in its embedding "
+            "space:",
+            "",
+            "| fold | " + " | ".join(keys) + " |",
+            "|---" * (len(keys) + 1) + "|",
+        ]
+        for _, r in generator.iterrows():
+            lines.append(
+                f"| {int(r['fold'])} | " + " | ".join(f"{r[k]:.3g} ({r[k + '_real']:.3g})" for k in keys) + " |"
+            )
+    if len(mixing):
+        keys = [k for k in MIXING_KEYS if k in mixing]
+        lines += [
+            "",
+            "Mixed classes as the baseline sees them (mean over cells): cosine of a mixed class's centre to its "
+            "parents' and of the parents to each other; share of mixed samples taken for a parent; at the "
+            "baseline's threshold, pairs within a mixed class accepted (TAR) and across mixed classes (FAR):",
+            "",
+            "| condition | " + " | ".join(keys) + " |",
+            "|---" * (len(keys) + 1) + "|",
+        ]
+        for _, r in mixing.iterrows():
+            lines.append(f"| {r['condition']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    return lines
 
 
 def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
@@ -358,6 +434,36 @@ def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
 PLOTTED_BENCHMARK_NUMBERS = ("bins.verification_accuracy", ".tar_at_far_1e-4", ".rank1")
 
 
+def plot_dose_response(table, metric: str, per_tuple: int, confidence: float, path: str | Path) -> Path:
+    """Gain (difference to the baseline, with its interval) against the dose, one line per condition: the
+    rows of a dose study's table ("<condition> @ <dose>")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table[table["condition"].str.contains(" @ ")]
+    rows = rows.assign(base=rows["condition"].str.split(" @ ").str[0], dose=rows["condition"].str.split(" @ ").str[1])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (base, r) in enumerate(rows.groupby("base", sort=False)):
+        x = r["dose"].astype(int).to_numpy() * (1 + 0.015 * (i - 1.5))  # side by side at one dose
+        y = r["diff"].to_numpy(float)
+        err = [y - r["low"].to_numpy(float), r["high"].to_numpy(float) - y]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=base)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    doses = sorted(rows["dose"].astype(int).unique())
+    ax.set_xticks(doses, [str(d) for d in doses])
+    ax.minorticks_off()
+    ax.set_xlabel(f"synthetic classes added (x {per_tuple} images; plain: the same number of images)")
+    ax.set_ylabel(f"{metric} - baseline ({confidence:.0%} CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def benchmark_metrics(cfg: Config, runs) -> list[str]:
     """The benchmarks' headline numbers the trials logged ("lfw.verification_accuracy", "ijbc.tar_at_far_1e-6",
     ...: `evaluation.benchmarks`), beyond the study's configured metrics."""
@@ -375,21 +481,31 @@ def write_study_report(cfg: Config) -> dict[str, Path]:
         raise ScoreMixError(f"study '{cfg.name}' (MLflow run {parent.info.run_id}) has no trial runs yet")
     tables = {m: study_table(cfg, runs, m) for m in [*cfg.study.metrics, *benchmark_metrics(cfg, runs)]}
     alignment = alignment_by_fold(runs)
-    contrasts = contrast_table(cfg, runs, cfg.study.metrics[0])
+    contrasts = contrast_table(cfg, runs, cfg.study.metrics[0], study_contrasts(cfg))
     d = cfg.run_dir
     d.mkdir(parents=True, exist_ok=True)
     # the picture: the configured metrics and one number a benchmark kind (the table has them all)
     shown = [m for m in tables if m in cfg.study.metrics or m.endswith(PLOTTED_BENCHMARK_NUMBERS)]
     plot = plot_differences({m: tables[m] for m in shown}, cfg.study.confidence, d / "differences.png")
     md = d / "report.md"
-    md.write_text(study_markdown(cfg, parent, tables, alignment, plot.name, contrasts))
+    dose = None
+    if cfg.study.doses:
+        first = cfg.study.metrics[0]
+        dose = plot_dose_response(
+            tables[first], first, cfg.generation.per_tuple, cfg.study.confidence, d / "dose_response.png"
+        )
+    generator, mixing = generator_by_fold(runs), mixing_by_condition(cfg, runs)
+    text = study_markdown(cfg, parent, tables, alignment, plot.name, contrasts, generator, mixing)
+    md.write_text(text + (f"\n![gain against dose]({dose.name})\n" if dose else ""))
     data = {
         "parent_run_id": parent.info.run_id,
         "tags": dict(parent.data.tags),
         "tables": {m: t.to_dict(orient="records") for m, t in tables.items()},
         "alignment": alignment.to_dict(orient="records"),
         "contrasts": contrasts.to_dict(orient="records"),
+        "generator": generator.to_dict(orient="records"),
+        "mixing": mixing.to_dict(orient="records"),
     }
     js = d / "study.json"
     js.write_text(json.dumps(data, indent=2, default=float))
-    return {"markdown": md, "plot": plot, "json": js}
+    return {"markdown": md, "plot": plot, "json": js, **({"dose_response": dose} if dose else {})}

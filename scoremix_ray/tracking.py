@@ -35,7 +35,7 @@ from scoremix_ray.config import Config, flatten
 
 log = logging.getLogger("scoremix_ray")
 
-METRIC_SECTIONS = ("baseline", "augmented", "delta", "alignment")
+METRIC_SECTIONS = ("baseline", "augmented", "delta", "alignment", "generator", "mixing")
 CURVES = ("loss", "train_accuracy", "lr", "images_per_s")  # what a training curve logs of the loop's metrics
 
 

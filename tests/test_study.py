@@ -241,6 +241,13 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
     assert all(r["cells"] == 1 for r in rows) and {r["verdict"] for r in rows[1:]} == {"too few cells for an interval"}
     assert report["tags"]["scoremix.kind"] == "study" and float(report["tags"]["scoremix.wall_time_s"]) > 0
     assert {r["fold"] for r in report["alignment"]} == {0}
+    # the generator's checks beside their real references, and the mixed classes of each new-class method
+    (gen,) = report["generator"]
+    for key in ("class_accuracy", "identity_accuracy", "fd", "precision", "recall"):
+        assert 0 <= gen[key] and 0 <= gen[key + "_real"], key
+    mixing = {r["condition"]: r for r in report["mixing"]}
+    assert "scoremix / random" in mixing and "plain" not in mixing
+    assert 0 <= mixing["scoremix / random"]["assigned_to_parent"] <= 1 and -1 <= mixing["scoremix / random"]["tar"] <= 1
     # the benchmarks' paired differences beside the configured metrics, in the report and on the MLflow run
     for metric in ("tiny_bin.verification_accuracy", "ijbc.tar_at_far_1e-6", "tinyface.rank1"):
         assert [r["condition"] for r in report["tables"][metric]][1] == "scoremix / random", metric
@@ -272,3 +279,70 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # sweep plot, sample grids, study plot
     assert any("| scoremix / random | 1 |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert (out / "report.png").is_file()  # the sweep part of the notebook ran on the tiny sweep's runs
+
+
+def test_dose_study_report(tmp_path):
+    """A dose-response study (study.doses) as MLflow leaves it: every condition at each dose, the baseline
+    once per cell; the table per (condition, dose), the distant - close contrast at each dose, the plot."""
+    from scoremix_ray import tracking
+    from scoremix_ray.config import with_overrides
+    from scoremix_ray.report import write_study_report
+
+    base = load_config(
+        STUDY,
+        [
+            f"out_dir={tmp_path}",
+            "study.folds=0,1,2",
+            "study.seeds=0",
+            "study.methods=scoremix,plain",
+            "study.strategies=embedding-distant,embedding-close",
+            "study.doses=2,6",
+            "study.metrics=verification_accuracy",
+        ],
+    )
+    gain = {"embedding-distant": 0.01, "embedding-close": 0.0, "x": -0.01}  # per dose unit
+    with tracking.live_run(base, tracking.Tracker(tracking.tracking_uri(base)), tags={"scoremix.kind": "study"}) as p:
+        for strategy, g in gain.items():
+            method = "plain" if strategy == "x" else "scoremix"
+            for dose in (2, 6):
+                for fold in (0, 1, 2):
+                    d = g * dose + 0.001 * fold
+                    sets = [
+                        f"name={method}-{strategy}-{dose}-{fold}",
+                        f"data.split_seed={fold}",
+                        f"generation.method={method}",
+                        f"selection.count={dose}",
+                    ] + ([f"selection.strategy={strategy}"] if method == "scoremix" else [])
+                    metrics = {
+                        "baseline": {"verification_accuracy": 0.8},
+                        "augmented": {"verification_accuracy": 0.8 + d},
+                        "delta": {"verification_accuracy": d},
+                        "generator": {"fd": 2.0 + fold, "fd_real": 1.0, "precision": 0.5, "precision_real": 0.9},
+                        **({"mixing": {"tar": 0.9, "far": 0.1 * dose}} if method == "scoremix" else {}),
+                    }
+                    tracking.log_run(with_overrides(base, sets), metrics, parent=p)
+    paths = write_study_report(base)
+    data = json.loads(paths["json"].read_text())
+    rows = {r["condition"]: r for r in data["tables"]["verification_accuracy"]}
+    assert list(rows)[1:] == [
+        "scoremix / embedding-distant @ 2",
+        "scoremix / embedding-distant @ 6",
+        "scoremix / embedding-close @ 2",
+        "scoremix / embedding-close @ 6",
+        "plain @ 2",
+        "plain @ 6",
+    ]
+    assert rows["scoremix / embedding-distant @ 6"]["diff"] == pytest.approx(0.06 + 0.001)
+    assert rows["plain @ 2"]["diff"] == pytest.approx(-0.02 + 0.001) and rows["plain @ 2"]["cells"] == 3
+    contrasts = {c["contrast"]: c for c in data["contrasts"]}
+    at6 = "scoremix / embedding-distant @ 6 - scoremix / embedding-close @ 6"
+    assert contrasts[at6]["diff"] == pytest.approx(0.06) and contrasts[at6]["cells"] == 3
+    assert "scoremix / embedding-distant @ 2 - scoremix / embedding-close @ 2" in contrasts
+    assert paths["dose_response"].stat().st_size > 5000
+    md = paths["markdown"].read_text()
+    assert "![gain against dose](dose_response.png)" in md
+    # the diagnostics: the generator per fold beside its reference, the mixed classes per condition
+    gen = {r["fold"]: r for r in data["generator"]}
+    assert gen[2]["fd"] == 4.0 and gen[2]["fd_real"] == 1.0 and "| 2 | 4 (1) | 0.5 (0.9) |" in md
+    mixing = {r["condition"]: r for r in data["mixing"]}
+    assert mixing["scoremix / embedding-close @ 6"]["far"] == pytest.approx(0.6) and "plain @ 2" not in mixing

@@ -80,7 +80,7 @@ def run_study(base: Config) -> dict:
         list(st.strategies),
         list(st.seeds),
         list(st.methods),
-        {"data.split_seed": [str(f) for f in st.folds]},
+        {"data.split_seed": [str(f) for f in st.folds], **({"selection.count": list(st.doses)} if st.doses else {})},
         base.name,
         tags,
     )
