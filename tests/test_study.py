@@ -244,7 +244,7 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
     # the generator's checks beside their real references, and the mixed classes of each new-class method
     (gen,) = report["generator"]
     for key in ("class_accuracy", "identity_accuracy", "fd", "precision", "recall"):
-        assert 0 <= gen[key] and 0 <= gen[key + "_real"], key
+        assert gen[key] >= 0 and gen[key + "_real"] >= 0, key
     mixing = {r["condition"]: r for r in report["mixing"]}
     assert "scoremix / random" in mixing and "plain" not in mixing
     assert 0 <= mixing["scoremix / random"]["assigned_to_parent"] <= 1 and -1 <= mixing["scoremix / random"]["tar"] <= 1
