@@ -26,9 +26,20 @@ GEN = [
 
 
 def _train_workers() -> list[int]:
-    """Pids of the live Ray Train worker processes (their process title names the actor class)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::RayTrainWorker" in line]
+    """Pids of this test session's live Ray Train workers: their title names the actor class, and this process
+    is among their ancestors (it started the session's Ray; another Ray on the machine has workers of that name)."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    parent = {int(pid): int(ppid) for pid, ppid, *_ in rows}
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 1)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [int(pid) for pid, _, *args in rows if args and "ray::RayTrainWorker" in args[0] and ours(int(pid))]
 
 
 def test_a_killed_train_worker_restarts_and_resumes_from_its_checkpoint(ray_session, tmp_path):
