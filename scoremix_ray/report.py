@@ -366,34 +366,34 @@ def diagnostics_markdown(generator, mixing) -> list[str]:
     lines = []
     if len(generator):
         keys = [k for k in GENERATOR_KEYS if k in generator and k + "_real" in generator]
-        lines += [
-            "",
+        lines += _md_table(
             "The generator beside real images (per fold, mean over seeds; in brackets the same measure on held-out "
             "real images: the ceiling for accuracies, the floor for FD): pixel-classifier class accuracy, the "
             "baseline recognizer's nearest-centre identity accuracy, and FD / precision / recall in its embedding "
             "space:",
-            "",
-            "| fold | " + " | ".join(keys) + " |",
-            "|---" * (len(keys) + 1) + "|",
-        ]
-        for _, r in generator.iterrows():
-            lines.append(
+            "fold",
+            keys,
+            [
                 f"| {int(r['fold'])} | " + " | ".join(f"{r[k]:.3g} ({r[k + '_real']:.3g})" for k in keys) + " |"
-            )
+                for _, r in generator.iterrows()
+            ],
+        )
     if len(mixing):
         keys = [k for k in MIXING_KEYS if k in mixing]
-        lines += [
-            "",
+        lines += _md_table(
             "Mixed classes as the baseline sees them (mean over cells): cosine of a mixed class's centre to its "
             "parents' and of the parents to each other; share of mixed samples taken for a parent; at the "
             "baseline's threshold, pairs within a mixed class accepted (TAR) and across mixed classes (FAR):",
-            "",
-            "| condition | " + " | ".join(keys) + " |",
-            "|---" * (len(keys) + 1) + "|",
-        ]
-        for _, r in mixing.iterrows():
-            lines.append(f"| {r['condition']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+            "condition",
+            keys,
+            [f"| {r['condition']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for _, r in mixing.iterrows()],
+        )
     return lines
+
+
+def _md_table(intro: str, first: str, keys: list[str], rows: list[str]) -> list[str]:
+    """A paragraph, then a markdown table whose first column is `first` and the others `keys`."""
+    return ["", intro, "", f"| {first} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|", *rows]
 
 
 def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
