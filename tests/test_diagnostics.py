@@ -81,3 +81,11 @@ def test_mixed_class_of_one_parents_images_is_that_parent():
     assert min(per["cos_to_parent"][1]) > per["cos_between_parents"][1]
     assert out["tar"] > 0.9 and out["far"] < 0.1  # one identity per tuple, different ones across tuples
     assert out["tuples"] == 3 and out["pairs"]["genuine"] > 0 and out["pairs"]["impostor"] > 0
+
+
+def test_classes_with_one_real_image_are_left_out():
+    emb, labels, _ = _clusters(n_classes=4, per_class=10)
+    keep = np.flatnonzero(labels != 3)
+    one = np.concatenate([keep, np.flatnonzero(labels == 3)[:1]])  # class 3 has a single real image
+    out = generator_diagnostics(emb[one], labels[one], emb, labels, seed=0)
+    assert out["rows"]["real_a"] + out["rows"]["real_b"] == len(keep) and out["identity_accuracy"] == 1.0

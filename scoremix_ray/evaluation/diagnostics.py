@@ -41,6 +41,7 @@ def _sq_dists(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def knn_radii(x: np.ndarray, k: int) -> np.ndarray:
     """Squared distance of each row of `x` to its k-th nearest other row (the radius of its ball)."""
     x = np.asarray(x, np.float64)
+    k = min(k, len(x) - 1)  # a set of k rows or fewer: the farthest other row
     out = np.empty(len(x))
     for lo in range(0, len(x), BLOCK):
         d = _sq_dists(x[lo : lo + BLOCK], x)
@@ -99,8 +100,14 @@ def generator_diagnostics(
     A gives the class centres; B is the held-out real set (the ceiling / floor); the generated images are
     scored like B, and compared with B in FD and precision/recall as A is (the same number of rows per class
     as A, so both comparisons have the same sample sizes)."""
+    classes, counts = np.unique(real_labels, return_counts=True)
+    if (counts < 2).any():  # a class with one real image has no held-out half: left out on both sides
+        classes = classes[counts >= 2]
+        real = np.isin(real_labels, classes)
+        real_emb, real_labels = real_emb[real], real_labels[real]
+        gen = np.isin(gen_labels, classes)
+        gen_emb, gen_labels = gen_emb[gen], gen_labels[gen]
     a, b = halves(real_labels, seed)
-    classes = np.unique(real_labels)
     centres = np.stack([real_emb[a][real_labels[a] == c].mean(0) for c in classes])
     counts = {int(c): int((real_labels[a] == c).sum()) for c in classes}
     g = per_class_subset(gen_labels, counts)
