@@ -265,7 +265,8 @@ def mixing_by_condition(cfg: Config, runs):
     cols = {f"metrics.mixing.{k}": k for k in MIXING_KEYS if f"metrics.mixing.{k}" in ok}
     if not cols:
         return ok.iloc[:0]
-    table = ok.dropna(subset=list(cols)).groupby("condition", sort=False)[list(cols)].mean()
+    table = ok.dropna(subset=list(cols)).groupby("condition")[list(cols)].mean()
+    table = table.loc[[c for c in study_conditions(cfg) if c in table.index]]  # the config's order
     return table.rename(columns=cols).reset_index()
 
 
