@@ -59,7 +59,11 @@ TINY = [
 ]
 
 
-def test_train_generator_and_sample(tmp_path):
+def test_train_generator_and_sample(tmp_path, caplog):
+    import logging
+
+    from scoremix_ray.errors import ScoreMixError
+
     r = _cli("train-generator", "--out", str(tmp_path), *TINY)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "class accuracy of samples" in r.stdout
@@ -69,26 +73,28 @@ def test_train_generator_and_sample(tmp_path):
     assert "steps/s" in r.stderr and "loss" in r.stderr  # progress while training
     names = yaml.safe_load((next(tmp_path.glob("stages/data-*")) / "summary.json").read_text())
     assert names["train_classes"] == 5
-    # the cached generator is reused: sampling does not train again
+    # the cached generator is reused: sampling does not train again (in this process: a command's start-up is
+    # tested above, and each one costs seconds of imports)
     from scoremix_ray.data import Split
 
+    caplog.set_level(logging.INFO, logger="scoremix_ray")
     train_names = Split.load(next(tmp_path.glob("stages/data-*")) / "split.npz").train.class_names
     a, b = train_names[0], train_names[1]
-    r = _cli("sample", "--out", str(tmp_path), *TINY, "--mix", f"{a},{b}", "--sweep-weights", "--per-class", "4")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "reusing" in r.stderr and "step 10/30" not in r.stderr
-    assert r.stdout.count("row:") == 5 and f"0.5*class {a} + 0.5*class {b}" in r.stdout
+    r = _in_process("sample", "--out", tmp_path, *TINY, "--mix", f"{a},{b}", "--sweep-weights", "--per-class", "4")
+    assert r.exit_code == 0, r.output[-2000:]
+    assert "reusing" in caplog.text and "step 10/30" not in caplog.text
+    assert r.output.count("row:") == 5 and f"0.5*class {a} + 0.5*class {b}" in r.output
     from PIL import Image
 
     png = Image.open(tmp_path / "default" / f"mix_{a}_{b}_sweep.png")
     assert png.size == (4 * (4 * 9 + 1), 4 * (5 * 9 + 1))  # 4 columns x 5 weight rows of 8px + 1px pads, x4
-    r = _cli("sample", "--out", str(tmp_path), *TINY, "--classes", a, "--per-class", "3")
-    assert r.returncode == 0 and (tmp_path / "default" / f"classes_{a}.png").is_file()
+    r = _in_process("sample", "--out", tmp_path, *TINY, "--classes", a, "--per-class", "3")
+    assert r.exit_code == 0 and (tmp_path / "default" / f"classes_{a}.png").is_file()
     unseen = next(str(c) for c in range(10) if str(c) not in train_names)
-    r = _cli("sample", "--out", str(tmp_path), *TINY, "--mix", f"{a},{unseen}")
-    assert r.returncode == 2 and f"class '{unseen}' is not a training class" in r.stderr
-    r = _cli("sample", "--out", str(tmp_path), *TINY, "--mix", f"{a},{b}", "--weights", "0.9,0.3")
-    assert r.returncode == 2 and "sum to 1" in r.stderr and r.stderr.strip().count("\n") == 0
+    with pytest.raises(ScoreMixError, match=f"class '{unseen}' is not a training class"):
+        _in_process("sample", "--out", tmp_path, *TINY, "--mix", f"{a},{unseen}")
+    with pytest.raises(ScoreMixError, match="sum to 1"):  # (main prints any such error as one line: see above)
+        _in_process("sample", "--out", tmp_path, *TINY, "--mix", f"{a},{b}", "--weights", "0.9,0.3")
 
 
 def _in_process(*args):
@@ -110,6 +116,7 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     from scoremix_ray.data import Split
     from scoremix_ray.data.images import encode_png
     from scoremix_ray.data.recordio import write_bin
+    from scoremix_ray.errors import ScoreMixError
     from scoremix_ray.selection import Selection
 
     caplog.set_level(logging.INFO, logger="scoremix_ray")
@@ -166,8 +173,8 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     assert len(loaded) == 1 and not (loaded[0] / "checkpoints").exists()
     got = json.loads((loaded[0] / "metrics.json").read_text())
     assert got["verification_accuracy"] == m["verification_accuracy"] and got["train"]["pretrained"].endswith(".pth")
-    r = _cli("evaluate", "--recognizer", str(stage), "--out", str(tmp_path), "--set", "data.image_size=16")
-    assert r.returncode == 2 and "expects 8px" in r.stderr
+    with pytest.raises(ScoreMixError, match="expects 8px"):
+        _in_process("evaluate", "--recognizer", stage, "--out", tmp_path, "--set", "data.image_size=16")
     # stage 4 and the alignment on the same (cached) stages: only the generator is new work
     caplog.clear()
     r = _in_process("select", "--strategy", "embedding-close", "--count", "3", "--out", tmp_path, *rec)
@@ -196,8 +203,8 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     manifest = json.loads((gen / "manifest.json").read_text())
     assert manifest["complete"] and manifest["rows_written"] == 12 and len(manifest["shards"]) == 3
     assert (gen / "samples.png").is_file() and "12 images" in r.output
-    r = _cli("select", "--strategy", "nearest", "--out", str(tmp_path), *rec)
-    assert r.returncode == 2 and "unknown selection.strategy 'nearest' (valid: random," in r.stderr
+    with pytest.raises(ScoreMixError, match=re.escape("unknown selection.strategy 'nearest' (valid: random,")):
+        _in_process("select", "--strategy", "nearest", "--out", tmp_path, *rec)
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ from scoremix_ray.selection.strategies import Selection
 import numpy as np
 ray.init(address=sys.argv[1], log_to_driver=False)
 cfg = Config.model_validate(
-    {"data": {"image_size": 8}, "sampler": {"steps": 40}, "generation": {"per_tuple": 40, "unit_size": 4}})
+    {"data": {"image_size": 8}, "sampler": {"steps": 20}, "generation": {"per_tuple": 40, "unit_size": 4}})
 sel = Selection("t", np.array([[0, 3], [1, 2], [2, 4]]), np.zeros(3))
 plan = get_method("scoremix").plan(PlanContext(cfg, 5, sel))
 generate_shards(*start(cfg), "scoremix", plan, Path(sys.argv[2]), Path("none.npz"), Path(sys.argv[3]))
@@ -135,7 +135,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(ray_session, tiny_generat
     written = len(list((out / "shards").glob("unit-*.parquet")))
     assert 2 <= written < 30, f"kill came too late to test anything ({written} of 30 units written)"
     cfg = Config.model_validate(
-        {"data": {"image_size": 8}, "sampler": {"steps": 40}, "generation": {"per_tuple": 40, "unit_size": 4}}
+        {"data": {"image_size": 8}, "sampler": {"steps": 20}, "generation": {"per_tuple": 40, "unit_size": 4}}
     )
     plan = get_method("scoremix").plan(
         PlanContext(cfg, 5, Selection("t", np.array([[0, 3], [1, 2], [2, 4]]), np.zeros(3)))

@@ -373,12 +373,13 @@ def _runs(base, filter_string: str):
 def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
     """SIGKILL the driver of a 2-trial sweep (one trial at a time) once its first trial's MLflow run is
     FINISHED; the same sweep again runs only the other trial, under the same parent, with no duplicate child.
-    Each trial works a few seconds (SLOW_TRIAL), so the kill lands while the second works."""
+    The first (random) finds all its stages in the tiny sweep's cache and ends within seconds; the second has a
+    generation and a Ray Train fit to do (over 10 s), so the kill lands while it works."""
     from tuning.sweep import run_sweep
 
     out, base, _ = tiny_sweep
     args = ["sweep", "--strategies", "random,condition-distant", "--seeds", "0", "--name", "killed"]
-    proc = _cli_process(out, *args, sets=("ray.cpus_per_worker=2", *SLOW_TRIAL))  # one trial at a time
+    proc = _cli_process(out, *args, sets=("ray.cpus_per_worker=2",))  # one trial at a time
     parent = _wait_for(lambda: _runs(base, "attributes.run_name = 'killed'"), 120, proc)[0].info.run_id
     first = _wait_for(
         lambda: _runs(base, f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'"), 240, proc
@@ -390,7 +391,7 @@ def test_a_sweep_killed_outright_resumes_where_it_stopped(tiny_sweep):
     assert before[first[0].info.run_name] == "FINISHED" and "FINISHED" not in [
         s for n, s in before.items() if n != first[0].info.run_name
     ]
-    resumed = load_config(None, [f"out_dir={out}", *TINY_RUN, "ray.address=auto", "ray.cpus_per_worker=2", *SLOW_TRIAL])
+    resumed = load_config(None, [f"out_dir={out}", *TINY_RUN, "ray.address=auto", "ray.cpus_per_worker=2"])
     summary = run_sweep(resumed, ["random", "condition-distant"], [0], name="killed")
     assert summary["parent_run_id"] == parent
     earlier = {t["name"] for t in summary["trials"] if t.get("earlier")}

@@ -1,7 +1,5 @@
 """The generator through Ray Train's TorchTrainer, data-parallel with 2 CPU workers."""
 
-import json
-
 from scoremix_ray.config import load_config
 from scoremix_ray.context import start
 from scoremix_ray.diffusion.edm import EDMDenoiser
@@ -33,9 +31,4 @@ def test_torchtrainer_two_workers(ray_session, tmp_path):
     assert net.num_classes == split.train.num_classes
     ckpts = sorted(p.name for p in (tmp_path / "gen" / "checkpoints").iterdir())
     assert ckpts == ["step_0000010", "step_0000020"]
-    # a second fit with more steps continues from the last checkpoint instead of starting over
-    cfg.generator.steps = 30
-    metrics = fit(ctx, cfg, "generator", data_dir / "split.npz", tmp_path / "gen")
-    assert metrics["step"] == 30
-    state = __import__("torch").load(tmp_path / "gen" / "checkpoints" / "step_0000030" / "state.pt", weights_only=False)
-    assert state["step"] == 30 and json.dumps(state["config"])
+    # (a fit that resumes from its checkpoints on Ray Train, to the same weights: tests/cluster_faults.py)
