@@ -115,7 +115,12 @@ class GeneratorConfig(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(100, ge=0)
+    # EDM2's inverse-square-root decay: lr / sqrt(max(step / lr_decay_steps, 1)); None keeps lr constant
+    lr_decay_steps: int | None = Field(None, ge=1)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    # EDM2's power-function EMA of relative standard deviation ema_std (its length grows with training, a
+    # fixed share of it); None: the fixed ema_decay above, warmed up
+    ema_std: float | None = Field(None, gt=0.0, lt=0.288)  # (0.289: a plain average of every step)
     checkpoint_every: int = Field(250, ge=1)
     guide_checkpoint_step: int | None = None  # keep this step's EMA weights as the autoguidance model;
     # None = a quarter of training (a weaker, earlier model, as in "light autoguidance")
@@ -495,6 +500,12 @@ RUN_ONLY: dict[str, tuple[str, ...] | None] = {
     "generation": ("num_actors", "actor_cpus", "actor_gpus", "threads_per_actor"),
 }
 
+# Settings added after stages were cached, with the value that computes what was computed before they existed:
+# left out of a key while they hold it, so a release that adds an option does not throw away trained stages.
+ADDED_OFF: dict[str, dict[str, Any]] = {
+    "generator": {"lr_decay_steps": None, "ema_std": None},
+}
+
 
 def settings(cfg: Config, *sections: str) -> dict[str, Any]:
     """What `cfg` computes: the named sections (or top-level keys) without the run-only settings."""
@@ -504,8 +515,10 @@ def settings(cfg: Config, *sections: str) -> dict[str, Any]:
         skip = RUN_ONLY.get(section, ())
         if skip is None:
             continue
-        value = tree[section]
-        out[section] = {k: v for k, v in value.items() if k not in skip} if isinstance(value, dict) else value
+        value, off = tree[section], ADDED_OFF.get(section, {})
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in skip and not (k in off and v == off[k])}
+        out[section] = value
     return out
 
 

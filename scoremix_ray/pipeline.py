@@ -201,7 +201,8 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     if GENERATOR.done(d):
         check_guidance(cfg.sampler, d)  # what the run's guidance needs, before anything samples from it
         quality = json.loads((d / "quality.json").read_text())
-        if "class_accuracy_real" in quality:  # (a check from before its real-image reference is made again)
+        # a check from before its real-image reference, or whose samples are gone, is made again (seconds)
+        if "class_accuracy_real" in quality and (d / "quality_samples.npz").is_file():
             return d, quality
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "train.json").is_file():

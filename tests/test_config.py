@@ -122,3 +122,13 @@ def test_section_hash_tracks_only_its_sections():
     assert section_hash(a, "data", seed=False) == section_hash(load_config(None, ["seed=9"]), "data", seed=False)
     assert flatten(a)["data.image_size"] == 16 and flatten(c)["data.image_size"] == 32
     assert section_hash(load_config(None, ["data.on_bad_image=skip"]), "data") == section_hash(a, "data")  # same bytes
+
+
+def test_options_added_later_keep_the_keys_of_stages_cached_before():
+    """generator.lr_decay_steps and generator.ema_std (EDM2's recipe) came after generators were cached: at their
+    off value they are left out of the key, so the default generator's folder is the one it was before
+    (3a161b1495fb, computed by the release without them); set, they make a new one."""
+    a = load_config(None, [])
+    assert section_hash(a, "generator") == "3a161b1495fb"
+    for option in ("generator.lr_decay_steps=150", "generator.ema_std=0.1"):
+        assert section_hash(load_config(None, [option]), "generator") != section_hash(a, "generator"), option

@@ -197,6 +197,9 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
     assert pipeline.generator_stage(RunContext(), cfg, data_dir)[0] == d
     quality = json.loads((d / "quality.json").read_text())
     assert 0 <= quality["class_accuracy"] <= 1 and quality["train"] == {"step": 120} and (d / "samples.png").is_file()
+    # the samples the recognizer-space diagnostics read, deleted: the check is made again, the training is not
+    (d / "quality_samples.npz").unlink()
+    assert pipeline.generator_stage(RunContext(), cfg, data_dir)[0] == d and (d / "quality_samples.npz").is_file()
     guided = pipeline.sample_images(cfg, d, torch.tensor([[0]] * 3), torch.ones(3, 1), [1, 2, 3])
     plain = pipeline.sample_images(
         cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"guidance": "none"})}),

@@ -116,3 +116,61 @@ def test_load_missing_generator_is_clear(tmp_path):
 
     with pytest.raises(ScoreMixError, match="no trained generator at"):
         EDMDenoiser.load(tmp_path)
+
+
+def _ema_weights(cfg: GeneratorConfig, steps: int) -> np.ndarray:
+    """The weight each step's network has in the EMA after `steps` updates, from the loop's own betas."""
+    from scoremix_ray.diffusion.train import ema_beta
+
+    betas = np.array([ema_beta(cfg, s) for s in range(steps)])
+    later = np.concatenate([np.cumprod(betas[::-1])[::-1][1:], [1.0]])  # product of the betas after step s
+    return (1 - betas) * later
+
+
+@pytest.mark.parametrize("std", [0.05, 0.10, 0.20])
+def test_power_ema_has_its_relative_std_at_any_length(std):
+    """EDM2's power-function EMA: after t steps the average weights step s about as s^gamma (eq. 121), so its
+    standard deviation relative to t is `ema_std` whatever t; gamma from the std is eq. 126's inverse of
+    std = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3))) (eq. 123)."""
+    from scoremix_ray.diffusion.train import power_ema_exponent
+
+    g = power_ema_exponent(std)
+    assert np.sqrt((g + 1) / (g + 2) ** 2 / (g + 3)) == pytest.approx(std, rel=1e-9)
+    cfg = GeneratorConfig(**{**TINY_GEN, "ema_std": std})
+    for steps in (300, 3000):
+        w = _ema_weights(cfg, steps)
+        t = np.arange(1, steps + 1) / steps
+        mean = (w * t).sum()
+        assert w.sum() == pytest.approx(1.0) and np.sqrt((w * (t - mean) ** 2).sum()) == pytest.approx(std, rel=0.02)
+        s = np.arange(1, steps + 1)  # exactly: step s weighs (s^(gamma+1) - (s-1)^(gamma+1)) / t^(gamma+1)
+        assert np.allclose(w, (s / steps) ** (g + 1) - ((s - 1) / steps) ** (g + 1), rtol=1e-9, atol=1e-15)
+
+
+def test_fixed_ema_and_learning_rate_schedules():
+    from scoremix_ray.diffusion.train import learning_rate
+
+    fixed = _ema_weights(GeneratorConfig(**{**TINY_GEN, "ema_decay": 0.999}), 1500)
+    t = np.arange(1, 1501) / 1500
+    assert np.sqrt((fixed * (t - (fixed * t).sum()) ** 2).sum()) == pytest.approx(0.091, abs=0.001)  # (benchmark)
+    cfg = GeneratorConfig(**{**TINY_GEN, "lr": 2e-3, "warmup_steps": 100, "lr_decay_steps": 400})
+    assert learning_rate(cfg, 0) == pytest.approx(2e-5) and learning_rate(cfg, 99) == pytest.approx(2e-3)
+    assert learning_rate(cfg, 399) == pytest.approx(2e-3) and learning_rate(cfg, 1599) == pytest.approx(1e-3)
+    assert learning_rate(GeneratorConfig(**{**TINY_GEN, "warmup_steps": 5}), 10_000) == TINY_GEN["lr"]  # constant
+
+
+def test_recipe_options_train_and_resume_exactly(tmp_path):
+    """Power EMA and lr decay are functions of the step alone: a resumed run ends on the same weights."""
+    images, labels, n = _digits()
+    cfg = GeneratorConfig(**{**TINY_GEN, "steps": 20, "checkpoint_every": 10, "ema_std": 0.1, "lr_decay_steps": 5})
+    train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "straight")
+
+    def stop_at_10(metrics, ckpt):
+        if metrics["step"] == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "resumed", report=stop_at_10)
+    train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "resumed")
+    a = EDMDenoiser.load(tmp_path / "straight" / "final").state_dict()
+    b = EDMDenoiser.load(tmp_path / "resumed" / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

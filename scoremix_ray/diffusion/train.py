@@ -36,6 +36,35 @@ from scoremix_ray.progress import Progress
 log = logging.getLogger("scoremix_ray")
 
 
+def learning_rate(cfg: GeneratorConfig, step: int) -> float:
+    """The rate of optimizer step `step` (0-based): linear warm-up over `warmup_steps`, then constant or, with
+    `lr_decay_steps` = t_ref, EDM2's inverse-square-root decay lr / sqrt(max(t / t_ref, 1)) (Karras et al. 2024,
+    eq. 9: a long run keeps learning without a schedule tied to its length)."""
+    t = step + 1
+    lr = cfg.lr * min(1.0, t / max(1, cfg.warmup_steps))
+    if cfg.lr_decay_steps is not None:
+        lr /= float(np.sqrt(max(t / cfg.lr_decay_steps, 1.0)))
+    return lr
+
+
+def power_ema_exponent(std: float) -> float:
+    """gamma of the power-function EMA profile with relative standard deviation `std` (EDM2 eq. 126): the
+    largest real root of gamma^3 + 7 gamma^2 + (16 - std^-2) gamma + (12 - std^-2) = 0."""
+    inv = std**-2
+    return float(np.roots([1.0, 7.0, 16.0 - inv, 12.0 - inv]).real.max())
+
+
+def ema_beta(cfg: GeneratorConfig, step: int) -> float:
+    """Decay of the EMA update after optimizer step `step` (0-based).
+    Power-function EMA (`ema_std`, EDM2 eq. 127): beta_t = (1 - 1/t)^(gamma + 1) after t steps, so the average
+    weights step s in proportion to s^gamma: its length is a fixed share of training however long that is.
+    Otherwise the fixed `ema_decay`, warmed up as (1 + step) / (10 + step) so a short run's average is not
+    dominated by the random initialisation."""
+    if cfg.ema_std is not None:
+        return (1.0 - 1.0 / (step + 1)) ** (power_ema_exponent(cfg.ema_std) + 1.0)
+    return min(cfg.ema_decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), net.parameters()):
@@ -99,13 +128,12 @@ def train_generator(
             drop = torch.rand(per_rank, generator=gen) < cfg.label_dropout
             c = torch.where(drop.to(device), torch.full_like(c, net.null_label), c)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            g["lr"] = learning_rate(cfg, step)
         loss = edm_loss(model, y, c, cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        # EMA decay warms up so a short run's average is not dominated by the random initialisation.
-        _ema_update(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        _ema_update(ema, net, ema_beta(cfg, step))
         step += 1
         seen += per_rank * world_size
         losses.append(loss.item())
