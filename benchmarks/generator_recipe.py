@@ -1,14 +1,16 @@
 """The generator's training recipe at equal wall time (issue 30): EDM2's choices (Karras et al. 2024) that apply
 to this network, one at a time and together, judged by the generator diagnostics beside their real references.
 
-Variants (same network, steps, batch and data; so the same training time, measured):
-  now           EDM (2022): ln(sigma) ~ N(-1.2, 1.2^2), constant lr after warm-up, EMA decay 0.999 (warmed up)
+Variants (same network, steps, batch and data: the same training time, but edm2-x2):
+  edm           EDM (2022): ln(sigma) ~ N(-1.2, 1.2^2), constant lr after warm-up, EMA decay 0.999 (warmed up)
   lr-decay      + inverse-square-root decay from generator.lr_decay_steps on (EDM2 eq. 9)
   noise         + EDM2's pixel-space noise levels: ln(sigma) ~ N(-0.8, 1.6^2) (its ImageNet-64 models)
-  ema-0.05      + power-function EMA of relative std 0.05 (EDM2 sec. 3): shorter than today's, whose 0.999 decay
+  ema-0.05      + power-function EMA of relative std 0.05 (EDM2 sec. 3): shorter than EDM's, whose 0.999 decay
                 warmed up over 1500 steps has a relative std of 0.091 (computed from its betas)
   ema-0.15      + power-function EMA of relative std 0.15: longer
-  edm2          all three (the EMA length that did better)
+  edm2          lr-decay and noise together (EMA as in edm: both power EMAs did worse)
+  edm2-x2       edm2 trained twice as long (3000 steps): not equal time, how much is training length
+  sampler-18/32 the edm generator, its check made with 18 / 32 Heun steps instead of the config's 8
 Each variant's generator stage is trained in this process on the study config's fold, scored by its quality check
 (pixel classifier) and by the baseline recognizer of that fold (trained once, shared): identity accuracy, FD,
 precision and recall in its embeddings, each with its real-image reference. Stages are cached in --out: a rerun
@@ -26,19 +28,21 @@ import time
 from pathlib import Path
 
 DECAY_FROM = 150  # steps: EDM2 decays from ~7% of training on (35k of 512k batches); 10% of 1500 here
+# the recipe before issue 30 (EDM 2022), set explicitly: every variant changes it in one place or more
+EDM = ["generator.p_mean=-1.2", "generator.p_std=1.2", "generator.lr_decay_steps=null", "generator.ema_std=null"]
+LR_DECAY = [f"generator.lr_decay_steps={DECAY_FROM}"]
+NOISE = ["generator.p_mean=-0.8", "generator.p_std=1.6"]
 VARIANTS = {
-    "now": [],
-    "lr-decay": [f"generator.lr_decay_steps={DECAY_FROM}"],
-    "noise": ["generator.p_mean=-0.8", "generator.p_std=1.6"],
-    "ema-0.05": ["generator.ema_std=0.05"],
-    "ema-0.15": ["generator.ema_std=0.15"],
-    "edm2": [
-        f"generator.lr_decay_steps={DECAY_FROM}",
-        "generator.p_mean=-0.8",
-        "generator.p_std=1.6",
-        "generator.ema_std=0.10",
-    ],
+    "edm": EDM,
+    "lr-decay": [*EDM, *LR_DECAY],
+    "noise": [*EDM, *NOISE],
+    "ema-0.05": [*EDM, "generator.ema_std=0.05"],
+    "ema-0.15": [*EDM, "generator.ema_std=0.15"],
+    "edm2": [*EDM, *LR_DECAY, *NOISE],  # the defaults since issue 30
+    "edm2-x2": [*EDM, *LR_DECAY, *NOISE, "generator.steps=3000"],  # twice the training: not equal time
 }
+# the same trained generator ("edm") sampled differently: is a shortfall the training's or the sampler's?
+SAMPLER_PROBES = {"sampler-18": ["sampler.steps=18"], "sampler-32": ["sampler.steps=32"]}
 SHOWN = ("class_accuracy", "identity_accuracy", "fd", "precision", "recall")
 
 
@@ -67,19 +71,55 @@ def measure(config: Path, fold: int, out: Path, sets: list[str]) -> dict:
     }
 
 
+def probe_sampler(config: Path, fold: int, out: Path, sets: list[str], name: str) -> dict:
+    """The EDM-recipe generator of `fold` (trained by the "edm" variant) checked again under other sampler settings, in
+    a copy of its folder (the stage's own check stays as it is)."""
+    import shutil
+
+    from scoremix_ray import pipeline
+    from scoremix_ray.config import load_config
+    from scoremix_ray.context import RunContext
+
+    cfg = load_config(config, [f"out_dir={out.resolve()}", f"data.split_seed={fold}", *EDM])
+    ctx = RunContext(executor="process")
+    cfg = ctx.devices(cfg)
+    split, data_dir = pipeline.data_stage(cfg)
+    gen_dir = pipeline.GENERATOR.dir(cfg, {"data": data_dir})
+    rec_dir = pipeline.BASELINE.dir(cfg, {"data": data_dir})
+    probe = out / "recipe-probes" / f"{name}-fold{fold}"
+    if not (probe / "figures.json").is_file():
+        shutil.rmtree(probe, ignore_errors=True)
+        shutil.copytree(gen_dir, probe, ignore=shutil.ignore_patterns("checkpoints", "ray_train", "mlflow_model"))
+        probed = ctx.devices(load_config(config, [f"out_dir={out.resolve()}", f"data.split_seed={fold}", *EDM, *sets]))
+        t0 = time.perf_counter()
+        pixel = pipeline.generator_quality(probed, data_dir / "split.npz", probe)
+        space = pipeline.recognizer_diagnostics(probed, data_dir / "split.npz", probe, rec_dir)
+        figures = {**pixel, **space, "check_s": time.perf_counter() - t0}
+        (probe / "figures.json").write_text(json.dumps(figures))
+    figures = json.loads((probe / "figures.json").read_text())
+    return {
+        **{k: round(v, 4) for k, v in figures.items() if isinstance(v, float)},
+        "train_s": 0.0,
+        "dir": probe.name,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=Path("configs/study-glyphs-dose.yaml"))
     ap.add_argument("--folds", default="0", help="data.split_seed values, comma-separated")
     ap.add_argument("--out", type=Path, default=Path("runs"))
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join([*VARIANTS, *SAMPLER_PROBES]))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     folds = [int(f) for f in args.folds.split(",")]
     results: dict = {}
     for name in args.variants.split(","):
         for fold in folds:
-            r = measure(args.config, fold, args.out, VARIANTS[name])
+            if name in SAMPLER_PROBES:
+                r = probe_sampler(args.config, fold, args.out, SAMPLER_PROBES[name], name)
+            else:
+                r = measure(args.config, fold, args.out, VARIANTS[name])
             results.setdefault(name, {})[fold] = r
             print(
                 f"{name:9s} fold {fold}: "
@@ -87,13 +127,12 @@ def main() -> None:
                 + f"  train {r['train_s']:.0f} s",
                 flush=True,
             )
-    base = results.get("now", {})
-    for by_fold in results.values():  # ratios to today's recipe, fold by fold
+    base = results.get("edm", {})
+    for by_fold in results.values():  # ratios to the EDM recipe, fold by fold
         for fold, r in by_fold.items():
             if fold in base:
-                r["precision_vs_now"] = round(r["precision"] / max(base[fold]["precision"], 1e-9), 2)
-                r["fd_vs_now"] = round(r["fd"] / base[fold]["fd"], 2)
-                r["time_vs_now"] = round(r["train_s"] / base[fold]["train_s"], 2)
+                r["precision_vs_edm"] = round(r["precision"] / max(base[fold]["precision"], 1e-9), 2)
+                r["fd_vs_edm"] = round(r["fd"] / base[fold]["fd"], 2)
     print(json.dumps(results))
 
 

@@ -155,7 +155,8 @@ def test_fixed_ema_and_learning_rate_schedules():
     cfg = GeneratorConfig(**{**TINY_GEN, "lr": 2e-3, "warmup_steps": 100, "lr_decay_steps": 400})
     assert learning_rate(cfg, 0) == pytest.approx(2e-5) and learning_rate(cfg, 99) == pytest.approx(2e-3)
     assert learning_rate(cfg, 399) == pytest.approx(2e-3) and learning_rate(cfg, 1599) == pytest.approx(1e-3)
-    assert learning_rate(GeneratorConfig(**{**TINY_GEN, "warmup_steps": 5}), 10_000) == TINY_GEN["lr"]  # constant
+    constant = GeneratorConfig(**{**TINY_GEN, "warmup_steps": 5, "lr_decay_steps": None})
+    assert learning_rate(constant, 10_000) == TINY_GEN["lr"]
 
 
 def test_recipe_options_train_and_resume_exactly(tmp_path):

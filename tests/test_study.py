@@ -200,6 +200,7 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
     from typer.testing import CliRunner
 
     from scoremix_ray.cli import app
+    from scoremix_ray.config import GeneratorConfig
     from scoremix_ray.generation import read_shards
     from tuning.study import run_study
 
@@ -216,6 +217,8 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
         "sampler.guidance=autoguidance",
         "sampler.guidance_scale=1.5",
         tiny_benchmarks,
+        # the default recipe, as the tiny sweep's generator (the config pins the one its report ran with)
+        *(f"generator.{k}={getattr(GeneratorConfig(), k)}" for k in ("p_mean", "p_std", "lr_decay_steps")),
     ]
     summary = run_study(load_config(STUDY, sets))
     STUDY_METHODS = load_config(STUDY).study.methods  # the study config lists every method
