@@ -102,7 +102,7 @@ def test_bad_files(tmp_path):
         parse_override("novalue")
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "webface.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "webface.yaml", "study-glyphs-dose-edm2.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.name == name.removesuffix(".yaml")
