@@ -46,15 +46,20 @@ SAMPLER_PROBES = {"sampler-18": ["sampler.steps=18"], "sampler-32": ["sampler.st
 SHOWN = ("class_accuracy", "identity_accuracy", "fd", "precision", "recall")
 
 
-def measure(config: Path, fold: int, out: Path, sets: list[str]) -> dict:
-    """One variant on one fold: its diagnostics and the generator stage's seconds (training + quality check)."""
-    from scoremix_ray import pipeline
+def fold_config(config: Path, fold: int, out: Path, sets: list[str]):
+    """(context, config) of one fold with `sets` on top, run in this process."""
     from scoremix_ray.config import load_config
     from scoremix_ray.context import RunContext
 
-    cfg = load_config(config, [f"out_dir={out.resolve()}", f"data.split_seed={fold}", *sets])
     ctx = RunContext(executor="process")
-    cfg = ctx.devices(cfg)
+    return ctx, ctx.devices(load_config(config, [f"out_dir={out.resolve()}", f"data.split_seed={fold}", *sets]))
+
+
+def measure(config: Path, fold: int, out: Path, sets: list[str]) -> dict:
+    """One variant on one fold: its diagnostics and the generator stage's seconds (training + quality check)."""
+    from scoremix_ray import pipeline
+
+    ctx, cfg = fold_config(config, fold, out, sets)
     split, data_dir = pipeline.data_stage(cfg)
     t0 = time.perf_counter()
     gen_dir, quality = pipeline.generator_stage(ctx, cfg, data_dir)
@@ -77,12 +82,8 @@ def probe_sampler(config: Path, fold: int, out: Path, sets: list[str], name: str
     import shutil
 
     from scoremix_ray import pipeline
-    from scoremix_ray.config import load_config
-    from scoremix_ray.context import RunContext
 
-    cfg = load_config(config, [f"out_dir={out.resolve()}", f"data.split_seed={fold}", *EDM])
-    ctx = RunContext(executor="process")
-    cfg = ctx.devices(cfg)
+    ctx, cfg = fold_config(config, fold, out, EDM)
     split, data_dir = pipeline.data_stage(cfg)
     gen_dir = pipeline.GENERATOR.dir(cfg, {"data": data_dir})
     rec_dir = pipeline.BASELINE.dir(cfg, {"data": data_dir})
@@ -90,7 +91,7 @@ def probe_sampler(config: Path, fold: int, out: Path, sets: list[str], name: str
     if not (probe / "figures.json").is_file():
         shutil.rmtree(probe, ignore_errors=True)
         shutil.copytree(gen_dir, probe, ignore=shutil.ignore_patterns("checkpoints", "ray_train", "mlflow_model"))
-        probed = ctx.devices(load_config(config, [f"out_dir={out.resolve()}", f"data.split_seed={fold}", *EDM, *sets]))
+        _, probed = fold_config(config, fold, out, [*EDM, *sets])
         t0 = time.perf_counter()
         pixel = pipeline.generator_quality(probed, data_dir / "split.npz", probe)
         space = pipeline.recognizer_diagnostics(probed, data_dir / "split.npz", probe, rec_dir)

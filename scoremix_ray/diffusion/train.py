@@ -9,6 +9,7 @@ Checkpoints (`<dir>/checkpoints/step_XXXXXXX/state.pt`) hold model, EMA, optimiz
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ def learning_rate(cfg: GeneratorConfig, step: int) -> float:
     return lr
 
 
+@functools.cache  # one root-finding per setting, not one per training step
 def power_ema_exponent(std: float) -> float:
     """gamma of the power-function EMA profile with relative standard deviation `std` (EDM2 eq. 126): the
     largest real root of gamma^3 + 7 gamma^2 + (16 - std^-2) gamma + (12 - std^-2) = 0."""
