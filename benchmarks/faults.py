@@ -30,7 +30,7 @@ def train_worker() -> int:
 
 
 def step_of_history(d: Path) -> int:
-    from scoremix_ray.checkpoints import read_history
+    from scoremix_ray.foundations.checkpoints import read_history
 
     rows = read_history(d)
     return rows[-1]["step"] if rows else 0
@@ -40,16 +40,18 @@ def main() -> None:
     import ray
 
     from scoremix_ray.config import load_config
-    from scoremix_ray.context import RunContext
-    from scoremix_ray.distributed.train import fit
     from scoremix_ray.pipeline import data_stage
+    from scoremix_ray.runtime.context import RunContext
+    from scoremix_ray.runtime.train import fit
 
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--kill-after", type=int, default=100, help="steps past the first checkpoint")
     a = p.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from scoremix_ray.runtime.context import RUNTIME_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=RUNTIME_ENV)
     with tempfile.TemporaryDirectory() as tmp:
         sets = [
             f"out_dir={tmp}",
@@ -68,7 +70,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fit(ctx, cfg, "generator", data_dir / "split.npz", Path(tmp) / "plain")
         plain = time.perf_counter() - t0
-        from scoremix_ray.checkpoints import read_history
+        from scoremix_ray.foundations.checkpoints import read_history
 
         rates = [r["images_per_s"] for r in read_history(Path(tmp) / "plain")[1:]]  # steady state, not the start
         step_s = cfg.generator.batch_size / (sum(rates) / len(rates))

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scoremix_ray.data.readers import fingerprint, scan_folder
-from scoremix_ray.data.split import make_pairs
+from scoremix_ray.core.data.readers import fingerprint, scan_folder
+from scoremix_ray.core.data.split import make_pairs
 
 
 def main() -> None:

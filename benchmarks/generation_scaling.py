@@ -26,10 +26,10 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np, ray
 from scoremix_ray.config import Config
-from scoremix_ray.context import start
-from scoremix_ray.distributed.generate import generate_shards
-from scoremix_ray.methods import PlanContext, get_method
-from scoremix_ray.selection.strategies import Selection
+from scoremix_ray.runtime.context import start
+from scoremix_ray.runtime.generate import generate_shards
+from scoremix_ray.core.methods import PlanContext, get_method
+from scoremix_ray.core.selection.strategies import Selection
 tuples, per_tuple, steps, actors, gen_dir, out = sys.argv[1:7]
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 cfg = Config.model_validate({"sampler": {"steps": int(steps)},
@@ -66,10 +66,10 @@ def main() -> None:
     import torch
 
     from scoremix_ray.config import Config, GeneratorConfig
-    from scoremix_ray.diffusion.edm import build_denoiser
-    from scoremix_ray.generation import render_unit, units, write_plan
-    from scoremix_ray.methods import PlanContext, RenderContext, get_method
-    from scoremix_ray.selection.strategies import Selection
+    from scoremix_ray.core.diffusion.edm import build_denoiser
+    from scoremix_ray.core.generation import render_unit, units, write_plan
+    from scoremix_ray.core.methods import PlanContext, RenderContext, get_method
+    from scoremix_ray.core.selection.strategies import Selection
 
     tmp = Path(tempfile.mkdtemp(prefix="scoremix-bench-"))
     torch.manual_seed(0)

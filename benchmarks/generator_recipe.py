@@ -49,7 +49,7 @@ SHOWN = ("class_accuracy", "identity_accuracy", "fd", "precision", "recall")
 def fold_config(config: Path, fold: int, out: Path, sets: list[str]):
     """(context, config) of one fold with `sets` on top, run in this process."""
     from scoremix_ray.config import load_config
-    from scoremix_ray.context import RunContext
+    from scoremix_ray.runtime.context import RunContext
 
     ctx = RunContext(executor="process")
     return ctx, ctx.devices(load_config(config, [f"out_dir={out.resolve()}", f"data.split_seed={fold}", *sets]))

@@ -66,8 +66,8 @@ def best_rate(fn, images: int, device: torch.device, repeats: int) -> float:
 
 def sampler_figures(size, channels, gen_over, batch, steps, device, repeats) -> dict:
     from scoremix_ray.config import GeneratorConfig
-    from scoremix_ray.diffusion.edm import build_denoiser
-    from scoremix_ray.diffusion.sampler import heun_sample, karras_sigmas, mixed_denoiser
+    from scoremix_ray.core.diffusion.edm import build_denoiser
+    from scoremix_ray.core.diffusion.sampler import heun_sample, karras_sigmas, mixed_denoiser
 
     torch.manual_seed(0)
     net = build_denoiser(GeneratorConfig(**gen_over), 100, size, channels).to(device).eval()
@@ -91,9 +91,9 @@ def sampler_figures(size, channels, gen_over, batch, steps, device, repeats) -> 
 def training_figures(size, channels, gen_over, rec_over, batch, steps, device, tmp: Path) -> dict:
     """The project's own loops on random uint8 data; images/s of the last report window (start-up excluded)."""
     from scoremix_ray.config import GeneratorConfig, RecognizerConfig
-    from scoremix_ray.data.batches import InMemory
-    from scoremix_ray.diffusion.train import train_generator
-    from scoremix_ray.recognition.train import train_recognizer
+    from scoremix_ray.core.data.batches import InMemory
+    from scoremix_ray.core.diffusion.train import train_generator
+    from scoremix_ray.core.recognition.train import train_recognizer
 
     rng = np.random.default_rng(0)
     n = batch * steps
@@ -134,13 +134,13 @@ def ray_data_figures(size, channels, gen_over, batch, steps, device, units: int,
     import ray
 
     from scoremix_ray.config import Config, GeneratorConfig
-    from scoremix_ray.context import RunContext
-    from scoremix_ray.diffusion.edm import build_denoiser
-    from scoremix_ray.distributed.generate import generate_shards
-    from scoremix_ray.generation import render_unit, write_plan
-    from scoremix_ray.generation import units as cut
-    from scoremix_ray.methods import PlanContext, RenderContext, get_method
-    from scoremix_ray.selection.strategies import Selection
+    from scoremix_ray.core.diffusion.edm import build_denoiser
+    from scoremix_ray.core.generation import render_unit, write_plan
+    from scoremix_ray.core.generation import units as cut
+    from scoremix_ray.core.methods import PlanContext, RenderContext, get_method
+    from scoremix_ray.core.selection.strategies import Selection
+    from scoremix_ray.runtime.context import RunContext
+    from scoremix_ray.runtime.generate import generate_shards
 
     torch.manual_seed(0)
     net = build_denoiser(GeneratorConfig(**gen_over), 100, size, channels).eval()
@@ -190,10 +190,10 @@ def ray_data_figures(size, channels, gen_over, batch, steps, device, units: int,
 def quality_figures(gen_dir: Path, config: Path | None, device: torch.device, per_class: int) -> dict:
     """Class accuracy of the generator's samples, fp32 vs bf16 sampling, same seeds, the config's sampler."""
     from scoremix_ray.config import load_config
-    from scoremix_ray.data import Split
-    from scoremix_ray.diffusion.sampler import generate, sample_seed
-    from scoremix_ray.diffusion.train import load_generator
-    from scoremix_ray.evaluation.quality import class_accuracy, pixel_classifier
+    from scoremix_ray.core.data import Split
+    from scoremix_ray.core.diffusion.sampler import generate, sample_seed
+    from scoremix_ray.core.diffusion.train import load_generator
+    from scoremix_ray.core.evaluation.quality import class_accuracy, pixel_classifier
     from scoremix_ray.pipeline import data_stage_dir
 
     cfg = load_config(config)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoremix_ray.evaluation import ijb
+from scoremix_ray.core.evaluation import ijb
 
 
 def rss_gb() -> float:

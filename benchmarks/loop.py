@@ -49,14 +49,14 @@ def in_process(cfg, shared, out: Path) -> float:
     import torch
 
     from scoremix_ray import pipeline
-    from scoremix_ray.data.batches import InMemory
-    from scoremix_ray.data.readers import decode_synthetic
-    from scoremix_ray.data.store import ConcatStore
-    from scoremix_ray.diffusion.train import load_for_sampling
-    from scoremix_ray.evaluation.recognizer import evaluate_recognizer
-    from scoremix_ray.generation import render_unit
-    from scoremix_ray.methods import PlanContext, RenderContext, get_method
-    from scoremix_ray.recognition.train import train_recognizer
+    from scoremix_ray.core.data.batches import InMemory
+    from scoremix_ray.core.data.readers import decode_synthetic
+    from scoremix_ray.core.data.store import ConcatStore
+    from scoremix_ray.core.diffusion.train import load_for_sampling
+    from scoremix_ray.core.evaluation.recognizer import evaluate_recognizer
+    from scoremix_ray.core.generation import render_unit
+    from scoremix_ray.core.methods import PlanContext, RenderContext, get_method
+    from scoremix_ray.core.recognition.train import train_recognizer
 
     torch.set_num_threads(round(cfg.ray.cpus_per_worker))  # what the Train worker and the actor use
     t0 = time.perf_counter()
@@ -91,13 +91,16 @@ def main() -> None:
 
     import ray
 
-    from scoremix_ray import pipeline, tracking
+    from scoremix_ray import pipeline
     from scoremix_ray.config import load_config
-    from scoremix_ray.context import start
+    from scoremix_ray.runtime import tracking
+    from scoremix_ray.runtime.context import start
     from tuning.sweep import run_sweep
 
     out = a.out or Path(tempfile.mkdtemp(prefix="loop-"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from scoremix_ray.runtime.context import RUNTIME_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=RUNTIME_ENV)
     base = load_config(None, [f"out_dir={out}", *TRIAL])
     # cached for both, not timed; as the earlier command that cached them, it leaves an MLflow store behind
     ctx, cfg = start(base)

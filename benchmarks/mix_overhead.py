@@ -15,8 +15,8 @@ import time
 import torch
 
 from scoremix_ray.config import GeneratorConfig
-from scoremix_ray.diffusion.edm import build_denoiser
-from scoremix_ray.diffusion.sampler import heun_sample, karras_sigmas, mixed_denoiser
+from scoremix_ray.core.diffusion.edm import build_denoiser
+from scoremix_ray.core.diffusion.sampler import heun_sample, karras_sigmas, mixed_denoiser
 
 
 def naive_mix(net, labels, weights):

@@ -128,11 +128,11 @@ def blob_folder(root: Path, classes: int, per_class: int, size: int) -> Path:
 def data_level(a, stages: dict, work: Path) -> int:
     """The data, training, generation and evaluation stages on a synthetic identity folder; returns images."""
     from scoremix_ray.config import Config
-    from scoremix_ray.context import start
-    from scoremix_ray.distributed.train import fit
-    from scoremix_ray.evaluation.recognizer import evaluate_recognizer
-    from scoremix_ray.methods import get_method
+    from scoremix_ray.core.evaluation.recognizer import evaluate_recognizer
+    from scoremix_ray.core.methods import get_method
     from scoremix_ray.pipeline import Shared, data_stage, generate_stage, select_stage
+    from scoremix_ray.runtime.context import start
+    from scoremix_ray.runtime.train import fit
 
     root = work / "faces"
     if not (root / f"id{a.classes - 1:05d}").is_dir():
@@ -202,13 +202,13 @@ def main() -> None:
                 shutil.rmtree(work, ignore_errors=True)
 
     from scoremix_ray.config import Config
-    from scoremix_ray.data.readers import LabelledImages
-    from scoremix_ray.evaluation.alignment import alignment
-    from scoremix_ray.evaluation.quality import features
-    from scoremix_ray.evaluation.verification import rank1_accuracy
-    from scoremix_ray.methods import PlanContext, get_method
-    from scoremix_ray.selection import STRATEGIES, select
-    from scoremix_ray.selection.strategies import Spaces
+    from scoremix_ray.core.data.readers import LabelledImages
+    from scoremix_ray.core.evaluation.alignment import alignment
+    from scoremix_ray.core.evaluation.quality import features
+    from scoremix_ray.core.evaluation.verification import rank1_accuracy
+    from scoremix_ray.core.methods import PlanContext, get_method
+    from scoremix_ray.core.selection import STRATEGIES, select
+    from scoremix_ray.core.selection.strategies import Spaces
 
     rng = np.random.default_rng(0)
     c, d = a.classes, a.dim

@@ -26,11 +26,11 @@ def main() -> None:
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from scoremix_ray.config import load_config
-    from scoremix_ray.context import start
-    from scoremix_ray.data.batches import InMemory
-    from scoremix_ray.diffusion.train import train_generator
-    from scoremix_ray.distributed.train import fit
+    from scoremix_ray.core.data.batches import InMemory
+    from scoremix_ray.core.diffusion.train import train_generator
     from scoremix_ray.pipeline import data_stage
+    from scoremix_ray.runtime.context import start
+    from scoremix_ray.runtime.train import fit
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 
 from scoremix_ray.config import Config, load_config, to_yaml
-from scoremix_ray.errors import ScoreMixError
+from scoremix_ray.foundations.errors import ScoreMixError
+from scoremix_ray.foundations.interrupts import STOP_REQUESTED, sigterm_interrupts
+from scoremix_ray.foundations.progress import LOG_FORMAT
 
 app = typer.Typer(
     add_completion=False,
@@ -50,30 +52,30 @@ def _cfg(
         overrides.append(f"out_dir={out}")
     if uri is not None:
         overrides.append(f"tracking.tracking_uri={uri}")
-    from scoremix_ray.checks import check_config, check_inputs
+    from scoremix_ray.runtime.checks import check_config, check_inputs, with_study_defaults  # torch: start-up
 
     cfg = load_config(config, overrides)
-    cfg = check_config(cfg) if check else cfg
+    cfg = check_config(cfg) if check else with_study_defaults(cfg)
     if inputs:
         check_inputs(cfg)
         _log_to(Path(cfg.out_dir) / "logs")
     return cfg
 
 
-_FORMAT = "%(asctime)s %(message)s"
-_log_file: Path | None = None  # this command's log: its lines and, on an error, the traceback
-
-
 def _log_to(folder: Path) -> None:
-    global _log_file
-    logging.basicConfig(level=logging.INFO, format=_FORMAT, datefmt="%H:%M:%S")
+    """This command's log file in `folder` (its lines and, on an error, the traceback), beside the console."""
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), "scoremix-ray")
     command = re.sub(r"[^A-Za-z0-9_-]", "_", command)[:40]  # a name, not a path (argv may hold anything)
-    _log_file = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}.log"
     folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(_log_file)
-    handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%d %H:%M:%S"))
+    handler = logging.FileHandler(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{os.getpid()}.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
     logging.getLogger().addHandler(handler)
+
+
+def _log_file() -> Path | None:
+    """The log file `_log_to` opened, read back from the logging set-up rather than kept in a global."""
+    files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    return Path(files[-1]) if files else None
 
 
 @config_app.command("show")
@@ -114,7 +116,8 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
 def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None) -> None:
     """Run the whole experiment for one strategy: data, generator, baseline recognizer (all three cached),
     select, generate, augmented recognizer, evaluate; prints baseline vs augmented and logs to MLflow."""
-    from scoremix_ray import jobs, tracking
+    from scoremix_ray import jobs
+    from scoremix_ray.runtime import tracking
 
     cfg = _cfg(config, set_, out, tracking_uri)
     result, metrics, run_id, seconds = jobs.experiment(cfg)
@@ -254,7 +257,7 @@ def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutO
 def delta_noise(baseline: dict, augmented: dict) -> str:
     """What one run's delta can say: its interval over the verification folds (paired: the same pairs), which
     counts only the draw of pairs; retraining with other seeds moves it more, which only a study measures."""
-    from scoremix_ray.evaluation.statistics import paired_interval
+    from scoremix_ray.core.evaluation.statistics import paired_interval
 
     b, a = baseline.get("verification_accuracy_folds"), augmented.get("verification_accuracy_folds")
     folds = ""
@@ -269,7 +272,7 @@ def delta_noise(baseline: dict, augmented: dict) -> str:
 
 def metrics_table(columns: dict[str, dict]) -> str:
     """Rows = metric names, one column per recognizer (or evaluation set); '-' where not measured."""
-    from scoremix_ray.evaluation.benchmarks import numbers
+    from scoremix_ray.core.evaluation.benchmarks import numbers
     from scoremix_ray.pipeline import DELTA_KEYS  # the metrics a recognizer has, and the spread of its accuracy
 
     names = list(columns)
@@ -323,8 +326,8 @@ def export(
     """Write a trained recognizer for insightface's tools: backbone.pth (insightface's parameter names, loads
     into arcface_torch's IResNet with strict=True when the architecture is one of its) and model.onnx (input
     N x 3 x 112 x 112 RGB, (x - 127.5) / 127.5, dynamic batch), checked against onnxruntime."""
+    from scoremix_ray.core.recognition.insightface import export as export_model
     from scoremix_ray.jobs import model_folder
-    from scoremix_ray.recognition.insightface import export as export_model
 
     info = export_model(model_folder(recognizer), to)
     arch = info["arcface_torch"] or "not an arcface_torch IResNet: insightface's names, its classes cannot build it"
@@ -449,10 +452,13 @@ def _options(
 
 
 def main() -> None:
-    from scoremix_ray.context import STOP_REQUESTED, sigterm_interrupts
 
     debug = "--debug" in sys.argv or os.environ.get("SCOREMIX_DEBUG") == "1"
     sys.argv = [a for a in sys.argv if a != "--debug"]
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")  # the one place: process start
+    # Tune's own Ctrl-C handler ends a sweep's fit() as if it were done; this process handles Ctrl-C and SIGTERM
+    # itself (open runs marked KILLED, exit 130). Read by Tune in this process: set here, before anything starts.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     sigterm_interrupts()  # from the start: a `kill` during the imports or the first contact says "stopped" too
     try:
         app()
@@ -495,7 +501,7 @@ def user_error(e: BaseException) -> BaseException | str:
     """The error to show: the first of ours (`ScoreMixError`, which names the file, key or value) in the chain
     of causes, through Ray's wrappers (a task's `cause`, a Train run's worker failures); else the innermost
     error's type and first line."""
-    from scoremix_ray.errors import first_line
+    from scoremix_ray.foundations.errors import first_line
 
     queue, seen, innermost = [e], set(), None
     while queue:
@@ -519,7 +525,7 @@ def _write_traceback(e: BaseException) -> Path:
     """The traceback appended to this command's log (or, before there is one, to a file in the temp folder)."""
     import tempfile
 
-    path = _log_file or Path(tempfile.gettempdir()) / "scoremix-ray" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path = _log_file() or Path(tempfile.gettempdir()) / "scoremix-ray" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from scoremix_ray.errors import ScoreMixError
+from scoremix_ray.foundations.errors import ScoreMixError
 
 
 class ConfigError(ScoreMixError):
@@ -267,20 +267,6 @@ class RayConfig(_Section):
     stream_block_mb: int = Field(64, ge=1)  # images per Ray Data block when streaming
 
 
-def _pair_strategies() -> tuple[str, ...]:
-    """Every registered strategy that ranks pairs (the triplet ones make tuples of 3), in registry order."""
-    from scoremix_ray.selection.strategies import STRATEGIES, tuple_size_of
-
-    return tuple(s for s in STRATEGIES if tuple_size_of(s, 2) == 2)
-
-
-def _all_methods() -> tuple[str, ...]:
-    """ScoreMix, then every other registered method."""
-    from scoremix_ray.methods import registry
-
-    return ("scoremix", *(m for m in registry() if m != "scoremix"))
-
-
 class StudyConfig(_Section):
     """A study: every condition (method x strategy) on every fold x seed, compared with the real-only baseline
     of the same fold and seed. Fixed in a committed config before it runs; the report shows every condition."""
@@ -295,8 +281,10 @@ class StudyConfig(_Section):
         0,
         1,
     )  # per fold: generator, recognizer and sampling seed (a generator each)
-    strategies: tuple[str, ...] = Field(default_factory=_pair_strategies)  # for methods making new classes
-    methods: tuple[str, ...] = Field(default_factory=_all_methods)
+    # None: every registered pair strategy / ScoreMix then every other method. The registries live in the core,
+    # above this module: `checks.check_config` fills these in (and checks the names) right after loading.
+    strategies: tuple[str, ...] | None = None  # for methods making new classes
+    methods: tuple[str, ...] | None = None
     metrics: tuple[str, ...] = ("verification_accuracy", "roc_auc", "tar_at_far_1e-2", "rank1_accuracy")
     # a dose-response study: each condition at every number of synthetic classes here (selection.count; the
     # label-preserving methods add the same number of images: count x generation.per_tuple); None: one dose
@@ -313,7 +301,7 @@ class StudyConfig(_Section):
     def _distinct(self) -> StudyConfig:
         for key in ("folds", "seeds", "methods", "strategies", "doses"):
             values = getattr(self, key)
-            if values is None and key == "doses":
+            if values is None and key in ("doses", "strategies", "methods"):
                 continue
             if not values:
                 raise ValueError(f"study.{key} is empty")

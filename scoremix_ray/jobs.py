@@ -10,16 +10,24 @@ import time
 from pathlib import Path
 
 from scoremix_ray import pipeline
-from scoremix_ray.checks import check_with_data
-from scoremix_ray.config import Config
-from scoremix_ray.context import start
-from scoremix_ray.errors import ScoreMixError
+from scoremix_ray.config import Config, load_config
+from scoremix_ray.core.data.images import save_grid
+from scoremix_ray.core.diffusion.sampler import sample_seed, tuple_key
+from scoremix_ray.core.evaluation.recognizer import evaluate_split
+from scoremix_ray.core.methods import get_method
+from scoremix_ray.core.recognition.train import Recognizer
+from scoremix_ray.core.selection import Selection
+from scoremix_ray.foundations.devices import local_device
+from scoremix_ray.foundations.errors import ScoreMixError
+from scoremix_ray.foundations.files import merge_json
+from scoremix_ray.runtime import tracking
+from scoremix_ray.runtime.benchmarks import with_benchmarks
+from scoremix_ray.runtime.checks import check_with_data
+from scoremix_ray.runtime.context import start
 
 
 def experiment(cfg: Config) -> tuple[dict, dict, str, float]:
     """`run`: the whole experiment as a live MLflow run: (stage summary, metrics, run id, seconds)."""
-    from scoremix_ray import tracking
-
     t0 = time.time()
     ctx, cfg = start(cfg, ray=True)  # the MLflow writer is a Ray actor
     with tracking.writer(cfg) as tracker:  # the MLflow run is open (and live) from here to the end
@@ -47,8 +55,6 @@ def with_bins(config: Path | None, sets: list[str] | None, bins: list[Path]) -> 
     import json
     import re
 
-    from scoremix_ray.config import load_config
-
     have = [b.model_dump(mode="json") for b in load_config(config, sets or []).evaluation.benchmarks]
     return json.dumps(
         have + [{"name": re.sub(r"[^A-Za-z0-9_-]", "_", Path(b).stem), "kind": "bin", "path": str(b)} for b in bins]
@@ -63,10 +69,6 @@ def model_folder(recognizer: Path) -> Path:
 def evaluate(cfg: Config, recognizer: Path) -> tuple[dict, Path]:
     """A trained recognizer on the config's verification pairs and its benchmarks, the metrics merged into the
     `metrics.json` beside the model: ({"recognizer": pairs' metrics and "benchmarks"}, that file)."""
-    from scoremix_ray.devices import local_device
-    from scoremix_ray.evaluation.benchmarks import with_benchmarks
-    from scoremix_ray.evaluation.recognizer import evaluate_split
-    from scoremix_ray.recognition.train import Recognizer
 
     ctx, cfg = start(cfg)
     model_dir = model_folder(recognizer)
@@ -81,7 +83,7 @@ def evaluate(cfg: Config, recognizer: Path) -> tuple[dict, Path]:
     pairs = evaluate_split(net, split, cfg.recognizer.hflip)
     rec_dir = model_dir.parent if model_dir.name == "final" else model_dir
     path = rec_dir / "metrics.json"
-    old = pipeline.merge_json(path, **pairs)
+    old = merge_json(path, **pairs)
     found = with_benchmarks(ctx, cfg, rec_dir, old, model_dir)["benchmarks"]
     return {"recognizer": {**pairs, "benchmarks": found}}, path
 
@@ -97,8 +99,6 @@ def select(cfg: Config):
 def generate(cfg: Config, pairs: Path | None) -> Path:
     """Stage 5 for the tuples of a pairs file (checked against the data before any training), or for those the
     config's strategy selects now: the generate stage's folder."""
-    from scoremix_ray.methods import get_method
-    from scoremix_ray.selection import Selection
 
     method = get_method(cfg.generation.method)
     sel = Selection.read(pairs) if pairs is not None else None
@@ -123,7 +123,7 @@ def align(cfg: Config) -> tuple[dict, Path]:
     ctx, cfg = start(cfg)
     a = pipeline.alignment_stage(cfg, pipeline.shared(ctx, cfg))
     path = cfg.run_dir / "metrics.json"
-    pipeline.merge_json(path, alignment=a)
+    merge_json(path, alignment=a)
     return a, path
 
 
@@ -140,9 +140,6 @@ def sample(
     (`mix`: two or more class names, under `weights` or, with `sweep_weights`, 1, .8, .5, .2, 0 for a pair):
     (one line per row, the PNG). Every check on the classes runs before the generator is trained."""
     import torch
-
-    from scoremix_ray.data.images import save_grid
-    from scoremix_ray.diffusion.sampler import sample_seed
 
     ctx, cfg = start(cfg)
     split, data_dir = pipeline.data_stage(cfg)
@@ -173,8 +170,6 @@ def sample_rows(
 ) -> tuple[list[tuple[list[int], list[float]]], str, int | None]:
     """The grid's rows as (class ids, convex weights), its file stem, and the noise key the rows share (a mix:
     one noise stream per tuple, shared by the rows of a weight sweep; None: each class its own)."""
-    from scoremix_ray.diffusion.sampler import tuple_key
-
     if not mix:
         ids = class_ids(classes, names) if classes else list(range(len(names)))
         return [([i], [1.0]) for i in ids], "classes_" + "_".join(names[i] for i in ids), None

@@ -4,7 +4,7 @@
 
 A stage is a function of (context, config, what the stages before it returned); it returns what it computed
 to the next one, and its `Stage` declares the config sections and upstream stages its key hashes and the
-files it writes (the last one marks it complete). No Ray here beyond the executors in `scoremix_ray.distributed`.
+files it writes (the last one marks it complete). No Ray here beyond the executors in `scoremix_ray.runtime`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,32 @@ from pathlib import Path
 
 import numpy as np
 
-from scoremix_ray.config import EMBEDDED, Config, section_hash, to_yaml
-from scoremix_ray.context import RunContext
-from scoremix_ray.data import Split
-from scoremix_ray.data.images import save_grid
+from scoremix_ray.config import EMBEDDED, Config, section_hash, settings, to_yaml
+from scoremix_ray.core.data import Split, scan, write_split
+from scoremix_ray.core.data.batches import schedule
+from scoremix_ray.core.data.images import BadImage, save_grid
+from scoremix_ray.core.data.readers import decode_synthetic, file_fingerprint, fingerprint
+from scoremix_ray.core.data.store import ImageStore
+from scoremix_ray.core.diffusion.sampler import generate, sample_seed
+from scoremix_ray.core.diffusion.train import check_guidance, load_for_sampling, load_generator
+from scoremix_ray.core.evaluation.alignment import alignment
+from scoremix_ray.core.evaluation.benchmarks import numbers, roc_plot
+from scoremix_ray.core.evaluation.diagnostics import generator_diagnostics, halves, mixed_diagnostics
+from scoremix_ray.core.evaluation.quality import class_accuracy, pixel_classifier
+from scoremix_ray.core.evaluation.recognizer import evaluate_recognizer
+from scoremix_ray.core.evaluation.verification import best_threshold, pair_scores
+from scoremix_ray.core.generation import plan_digest, preview, read_shards
+from scoremix_ray.core.methods import PlanContext, get_method
+from scoremix_ray.core.recognition.insightface import arcface_name, load_pretrained
+from scoremix_ray.core.recognition.train import Recognizer, embed, embed_images
+from scoremix_ray.core.selection import select
+from scoremix_ray.core.selection.strategies import Spaces
+from scoremix_ray.foundations.files import locked, merge_json, write_json
+from scoremix_ray.runtime import tracking, train
+from scoremix_ray.runtime.benchmarks import with_benchmarks
+from scoremix_ray.runtime.checks import check_with_data
+from scoremix_ray.runtime.context import RunContext
+from scoremix_ray.runtime.generate import generate_shards
 
 log = logging.getLogger("scoremix_ray")
 
@@ -138,8 +160,6 @@ def image_shape(dc, catalog) -> tuple[int, int]:
 def data_stage_dir(cfg: Config) -> Path:
     """The data stage's folder: its settings and the source's fingerprint as it is now (`readers.fingerprint`:
     names, sizes and times of its files), so a changed source is a new stage and every stage after it too."""
-    from scoremix_ray.data.readers import fingerprint
-
     return DATA.dir(cfg, source=fingerprint(cfg.data.source, cfg.data.path))
 
 
@@ -148,42 +168,40 @@ def data_stage(cfg: Config) -> tuple[Split, Path]:
     (`train/`, `test/`; layout in data/store.py) a batch at a time. Cached by the data settings and the source's
     fingerprint (`data_stage_dir`; the split has its own seed); `split.npz` is written last, so an interrupted
     stage is redone, never half-read."""
-    from scoremix_ray.data import scan, write_split
-    from scoremix_ray.data.images import BadImage
-
     d = data_stage_dir(cfg)
-    if DATA.done(d):
-        return Split.load(d / "split.npz"), d
-    dc = cfg.data
-    catalog = scan(dc.source, dc.path)
-    if dc.on_bad_image == "skip":
-        catalog, bad = catalog.without_bad()
-        if bad:
-            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            log.warning(
-                "data: left out %d image(s) that do not decode (data.on_bad_image=skip): %s%s",
-                len(bad),
-                ", ".join(bad[:5]),
-                more,
+    with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
+        if DATA.done(d):
+            return Split.load(d / "split.npz"), d
+        dc = cfg.data
+        catalog = scan(dc.source, dc.path)
+        if dc.on_bad_image == "skip":
+            catalog, bad = catalog.without_bad()
+            if bad:
+                more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+                log.warning(
+                    "data: left out %d image(s) that do not decode (data.on_bad_image=skip): %s%s",
+                    len(bad),
+                    ", ".join(bad[:5]),
+                    more,
+                )
+        try:  # nothing is lost on a bad image: split.npz is written last, so the stage is redone next time
+            size, channels = image_shape(dc, catalog)
+            log.info(
+                "data: %d images of %d classes from %s -> %dpx x %d channel(s)",
+                len(catalog),
+                len(catalog.class_names),
+                dc.path or dc.source,
+                size,
+                channels,
             )
-    try:  # nothing is lost on a bad image: split.npz is written last, so the stage is redone next time
-        size, channels = image_shape(dc, catalog)
-        log.info(
-            "data: %d images of %d classes from %s -> %dpx x %d channel(s)",
-            len(catalog),
-            len(catalog.class_names),
-            dc.path or dc.source,
-            size,
-            channels,
-        )
-        d.mkdir(parents=True, exist_ok=True)
-        split = write_split(catalog, dc, size, channels, d / "split.npz")
-    except BadImage as e:
-        raise BadImage(f"{e} (data.on_bad_image=skip leaves such images out)") from None
-    (d / "summary.json").write_text(json.dumps(split.summary(), indent=2))
-    class_grid(split.train.images, split.train.labels, 10, d / "train_grid.png")
-    log.info("data: wrote %s", d)
-    return split, d
+            d.mkdir(parents=True, exist_ok=True)
+            split = write_split(catalog, dc, size, channels, d / "split.npz")
+        except BadImage as e:
+            raise BadImage(f"{e} (data.on_bad_image=skip leaves such images out)") from None
+        write_json(d / "summary.json", split.summary())
+        class_grid(split.train.images, split.train.labels, 10, d / "train_grid.png")
+        log.info("data: wrote %s", d)
+        return split, d
 
 
 def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path, dict]:
@@ -194,37 +212,34 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     a trained generator whose quality check failed is checked again, not trained again. After training: a
     sample grid (one row per class) and the class accuracy of the samples, under the run's guidance policy.
     """
-    from scoremix_ray.diffusion.train import check_guidance
-    from scoremix_ray.distributed import train
 
     d = GENERATOR.dir(cfg, {"data": data_dir})
-    if GENERATOR.done(d):
-        check_guidance(cfg.sampler, d)  # what the run's guidance needs, before anything samples from it
-        quality = json.loads((d / "quality.json").read_text())
-        # a check from before its real-image reference, or whose samples are gone, is made again (seconds)
-        if "class_accuracy_real" in quality and (d / "quality_samples.npz").is_file():
-            return d, quality
-    d.mkdir(parents=True, exist_ok=True)
-    if not (d / "train.json").is_file():
-        (d / "train.json").write_text(json.dumps(train.fit(ctx, cfg, "generator", data_dir / "split.npz", d), indent=2))
-    check_guidance(cfg.sampler, d)
-    quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d)
-    quality["train"] = json.loads((d / "train.json").read_text())
-    write_json(d / "quality.json", quality)
-    log.info(
-        "generator: class accuracy of samples %.3f, of held-out real images %.3f (grid %s)",
-        quality["class_accuracy"],
-        quality["class_accuracy_real"],
-        d / "samples.png",
-    )
-    return d, quality
+    with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
+        if GENERATOR.done(d):
+            check_guidance(cfg.sampler, d)  # what the run's guidance needs, before anything samples from it
+            quality = json.loads((d / "quality.json").read_text())
+            # a check from before its real-image reference, or whose samples are gone, is made again (seconds)
+            if "class_accuracy_real" in quality and (d / "quality_samples.npz").is_file():
+                return d, quality
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / "train.json").is_file():
+            write_json(d / "train.json", train.fit(ctx, cfg, "generator", data_dir / "split.npz", d))
+        check_guidance(cfg.sampler, d)
+        quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d)
+        quality["train"] = json.loads((d / "train.json").read_text())
+        write_json(d / "quality.json", quality)
+        log.info(
+            "generator: class accuracy of samples %.3f, of held-out real images %.3f (grid %s)",
+            quality["class_accuracy"],
+            quality["class_accuracy_real"],
+            d / "samples.png",
+        )
+        return d, quality
 
 
 def sample_images(cfg: Config, gen_dir: Path, labels, weights, seeds: list[int], device: str = "cpu"):
     """Images of rows (classes, convex weights, seed) from the generator in `gen_dir` under the run's sampler
     settings and guidance policy, computed on `device`; uint8 (N, H, W, C) on the host."""
-    from scoremix_ray.diffusion.sampler import generate
-    from scoremix_ray.diffusion.train import load_for_sampling
 
     net, guide = load_for_sampling(gen_dir, cfg.sampler, device)
     return generate(net, labels, weights, seeds, cfg.sampler, guide_net=guide)
@@ -238,10 +253,6 @@ def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str 
     (`quality_samples.npz`, for the recognizer-space diagnostics), and score them with a pixel classifier fit on
     one half of those classes' real images; the other half, scored the same way, is the ceiling."""
     import torch
-
-    from scoremix_ray.diffusion.sampler import sample_seed
-    from scoremix_ray.evaluation.diagnostics import halves
-    from scoremix_ray.evaluation.quality import class_accuracy, pixel_classifier
 
     split = Split.load(split_path)
     classes = quality_classes(cfg, split.train.num_classes)
@@ -273,8 +284,6 @@ def recognizer_diagnostics(cfg: Config, split_path: Path, gen_dir: Path, rec_dir
     """The generator's samples of its quality check in the baseline recognizer's embedding space, against the
     real images of the same classes (`evaluation.diagnostics.generator_diagnostics`: identity accuracy, FD,
     precision/recall, each beside its real-image reference)."""
-    from scoremix_ray.evaluation.diagnostics import generator_diagnostics
-    from scoremix_ray.recognition.train import Recognizer, embed_images
 
     split = Split.load(split_path)
     samples = np.load(gen_dir / "quality_samples.npz")
@@ -314,40 +323,35 @@ def recognizer_stage(
 
     The baseline (out=None) is cached by data + recognizer settings + seed, shared by every strategy.
     """
-    from scoremix_ray.data.store import ImageStore
-    from scoremix_ray.distributed import train
-    from scoremix_ray.evaluation.benchmarks import with_benchmarks
-    from scoremix_ray.evaluation.recognizer import evaluate_recognizer
 
     pretrained = cfg.recognizer.pretrained if out is None else None  # the augmented recognizer always trains
     d = out or baseline_dir(cfg, data_dir)
-    if (AUGMENTED if out else BASELINE).done(d):
-        return d, with_benchmarks(ctx, cfg, d, json.loads((d / "metrics.json").read_text()))
-    d.mkdir(parents=True, exist_ok=True)
-    if pretrained is not None:
-        train_metrics = from_pretrained(cfg, split, pretrained, d / "final")
-    else:
-        train_metrics = train.fit(ctx, cfg, "recognizer", data_dir / "split.npz", d, synthetic)
-    metrics = ctx.on_device(cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
-    metrics["train"] = train_metrics
-    rows = len(split.train.labels) + (len(ImageStore(synthetic)) if synthetic else 0)
-    metrics["optimizer_steps"], metrics["epochs"] = optimizer_steps(cfg, rows), cfg.recognizer.epochs
-    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info(
-        "recognizer: verification accuracy %.4f +- %.4f, AUC %.4f (%s)",
-        metrics["verification_accuracy"],
-        metrics["verification_accuracy_std"],
-        metrics["roc_auc"],
-        d,
-    )
-    return d, with_benchmarks(ctx, cfg, d, metrics)
+    with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
+        if (AUGMENTED if out else BASELINE).done(d):
+            return d, with_benchmarks(ctx, cfg, d, json.loads((d / "metrics.json").read_text()))
+        d.mkdir(parents=True, exist_ok=True)
+        if pretrained is not None:
+            train_metrics = from_pretrained(cfg, split, pretrained, d / "final")
+        else:
+            train_metrics = train.fit(ctx, cfg, "recognizer", data_dir / "split.npz", d, synthetic)
+        metrics = ctx.on_device(cfg, evaluate_recognizer, cfg, data_dir / "split.npz", d)
+        metrics["train"] = train_metrics
+        rows = len(split.train.labels) + (len(ImageStore(synthetic)) if synthetic else 0)
+        metrics["optimizer_steps"], metrics["epochs"] = optimizer_steps(cfg, rows), cfg.recognizer.epochs
+        write_json(d / "metrics.json", metrics)
+        log.info(
+            "recognizer: verification accuracy %.4f +- %.4f, AUC %.4f (%s)",
+            metrics["verification_accuracy"],
+            metrics["verification_accuracy_std"],
+            metrics["roc_auc"],
+            d,
+        )
+        return d, with_benchmarks(ctx, cfg, d, metrics)
 
 
 def baseline_dir(cfg: Config, data_dir: Path) -> Path:
     """Stage 3's folder: keyed by the recognizer settings, or, with `recognizer.pretrained`, by the checkpoint's
     fingerprint (its path is run-only: the same file elsewhere is the same baseline, a changed one a new one)."""
-    from scoremix_ray.data.readers import file_fingerprint
-
     path = cfg.recognizer.pretrained
     return BASELINE.dir(cfg, {"data": data_dir}, **({"pretrained": file_fingerprint(path)} if path else {}))
 
@@ -355,9 +359,6 @@ def baseline_dir(cfg: Config, data_dir: Path) -> Path:
 def from_pretrained(cfg: Config, split: Split, path: Path, final: Path) -> dict:
     """Stage 3 without training: the configured IResNet with the arcface_torch checkpoint at `path` as its
     backbone, saved as the stage's model (centres and evaluation follow as for a trained one)."""
-    from scoremix_ray.data.readers import file_fingerprint
-    from scoremix_ray.recognition.insightface import arcface_name, load_pretrained
-    from scoremix_ray.recognition.train import Recognizer
 
     _, size, _, channels = split.train.images.shape
     net = Recognizer(cfg.recognizer, split.train.num_classes, size, channels)
@@ -390,8 +391,6 @@ def shared_stages(ctx: RunContext, cfg: Config, split: Split, data_dir: Path) ->
 
 def shared(ctx: RunContext, cfg: Config) -> Shared:
     """Stages 1-3, the config checked against the data (`checks.check_with_data`) before any training."""
-    from scoremix_ray.checks import check_with_data
-
     split, data_dir = data_stage(cfg)
     check_with_data(cfg, split)
     return shared_stages(ctx, cfg, split, data_dir)
@@ -399,8 +398,6 @@ def shared(ctx: RunContext, cfg: Config) -> Shared:
 
 def class_spaces(shared: Shared):
     """The generator's condition vectors and the baseline recognizer's class centres, same class order."""
-    from scoremix_ray.diffusion.train import load_generator
-    from scoremix_ray.selection.strategies import Spaces
 
     condition = load_generator(shared.gen_dir).condition_vectors().numpy()
     return Spaces(embedding=np.load(shared.rec_dir / "centres.npy"), condition=condition)
@@ -408,8 +405,6 @@ def class_spaces(shared: Shared):
 
 def select_stage(cfg: Config, shared: Shared):
     """Stage 4: rank class tuples with `selection.strategy`; writes `<run>/pairs.parquet`."""
-    from scoremix_ray.selection import select
-
     sc = cfg.selection
     sel = select(sc.strategy, class_spaces(shared), sc.count, sc.tuple_size, sc.max_uses_per_class, cfg.seed)
     path = sel.write(cfg.run_dir / "pairs.parquet", shared.split.train.class_names)
@@ -425,10 +420,6 @@ def generate_stage(ctx: RunContext, cfg: Config, shared: Shared, method, selecti
     (`Method.needs`): the same tuples give the same folder whichever strategy chose them, and an interrupted
     generation resumes in place. Actor counts are not in the key: they do not change the bytes.
     """
-    from scoremix_ray.config import settings
-    from scoremix_ray.distributed.generate import generate_shards
-    from scoremix_ray.generation import plan_digest, preview
-    from scoremix_ray.methods import PlanContext
 
     split = shared.split
     plan = method.plan(PlanContext(cfg, split.train.num_classes, selection, split))
@@ -438,19 +429,20 @@ def generate_stage(ctx: RunContext, cfg: Config, shared: Shared, method, selecti
     upstream = {"data": shared.data_dir, "generator": gen_dir, "recognizer": rec_dir}
     sampler = settings(cfg, "sampler")["sampler"] if gen_dir else None
     d = GENERATE.dir(cfg, upstream, sampler=sampler, plan=plan_digest(plan))
-    if GENERATE.done(d) and json.loads((d / "manifest.json").read_text())["complete"]:
+    with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
+        if GENERATE.done(d) and json.loads((d / "manifest.json").read_text())["complete"]:
+            return d
+        manifest = generate_shards(
+            ctx, cfg, method.name, plan, shared.gen_dir, shared.data_dir / "split.npz", d, rec_dir
+        )
+        write_json(d / "generation.json", {k: v for k, v in manifest.items() if k != "shards"})
+        preview(d, split.train.images.shape[1], split.train.images.shape[3])
         return d
-    manifest = generate_shards(ctx, cfg, method.name, plan, shared.gen_dir, shared.data_dir / "split.npz", d, rec_dir)
-    (d / "generation.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}, indent=2))
-    preview(d, split.train.images.shape[1], split.train.images.shape[3])
-    return d
 
 
 def augmented_stage(ctx: RunContext, cfg: Config, shared: Shared, synth_dir: Path) -> tuple[Path, dict]:
     """Stage 6: the same recognizer recipe on real + synthetic images, for the baseline's number of optimizer
     steps (`recognizer.match`); cached by recognizer settings and the synthetic set it saw."""
-    from scoremix_ray.data.store import ImageStore
-
     store = synthetic_store(shared.split, synth_dir)
     matched = matched_epochs(cfg, len(shared.split.train.labels), len(ImageStore(store)))
     d = AUGMENTED.dir(cfg, {"data": shared.data_dir, "generate": synth_dir})
@@ -487,11 +479,6 @@ def mixing_diagnostics(cfg: Config, split_path: Path, rec_dir: Path, synth_dir: 
     """The baseline's view of a generation's new classes: their rows' embeddings (MIXED_TUPLES tuples at most),
     the parents of each (from the shards' `classes`), the real class centres and the baseline's threshold (the
     accuracy-best one on the split's verification pairs)."""
-    from scoremix_ray.data.store import ImageStore
-    from scoremix_ray.evaluation.diagnostics import mixed_diagnostics
-    from scoremix_ray.evaluation.verification import best_threshold, pair_scores
-    from scoremix_ray.generation import read_shards
-    from scoremix_ray.recognition.train import Recognizer, embed, embed_images
 
     split = Split.load(split_path)
     t = read_shards(synth_dir, ["label", "classes"])
@@ -514,8 +501,6 @@ def mixing_diagnostics(cfg: Config, split_path: Path, rec_dir: Path, synth_dir: 
 
 def optimizer_steps(cfg: Config, rows: int) -> int:
     """Steps of a recognizer's training on `rows` images (every rank takes one step per global batch)."""
-    from scoremix_ray.data.batches import schedule
-
     return (
         cfg.recognizer.epochs
         * schedule("recognizer", cfg.recognizer, rows, cfg.seed, 0, cfg.ray.num_workers).steps_per_epoch
@@ -525,8 +510,6 @@ def optimizer_steps(cfg: Config, rows: int) -> int:
 def matched_epochs(cfg: Config, real: int, synthetic: int) -> Config:
     """With `recognizer.match: steps`, the epochs over real + synthetic images whose steps come closest to the
     baseline's (epochs x steps per epoch on real images alone); else cfg unchanged."""
-    from scoremix_ray.data.batches import schedule
-
     if cfg.recognizer.match == "epochs" or synthetic == 0:
         return cfg
     per_epoch = schedule(
@@ -542,8 +525,6 @@ def matched_epochs(cfg: Config, real: int, synthetic: int) -> Config:
 def synthetic_store(split: Split, synth_dir: Path) -> Path:
     """The generated Parquet shards decoded once into an image store (`<generate stage>/decoded`), a row group
     at a time, so training reads real and synthetic rows alike."""
-    from scoremix_ray.data.readers import decode_synthetic
-
     d = synth_dir / "decoded"
     if not (d / "store.json").is_file():
         _, size, _, channels = split.train.images.shape
@@ -565,8 +546,6 @@ DELTA_KEYS = [
 def deltas(baseline: dict, augmented: dict) -> dict:
     """augmented - baseline for each metric both have, the benchmarks' headline numbers included
     ("lfw.verification_accuracy", "ijbc.tar_at_far_1e-6", ...)."""
-    from scoremix_ray.evaluation.benchmarks import numbers
-
     b, a = {**baseline, **numbers(baseline)}, {**augmented, **numbers(augmented)}
     keys = DELTA_KEYS + list(numbers(baseline))
     return {k: a[k] - b[k] for k in keys if b.get(k) is not None and a.get(k) is not None}
@@ -576,8 +555,6 @@ def alignment_stage(cfg: Config, shared: Shared) -> dict:
     """Stage 7 (part): how well the generator's condition space matches the recognizer's embedding space.
     It depends on the generator and the baseline alone, so it is computed once per (generator, baseline,
     seed) and cached, not redone in every trial that shares them."""
-    from scoremix_ray.evaluation.alignment import alignment
-
     path = ALIGNMENT.dir(cfg, {"generator": shared.gen_dir, "recognizer": shared.rec_dir}) / "alignment.json"
     if path.is_file():
         log.info("alignment: reusing %s", path.parent)
@@ -585,21 +562,6 @@ def alignment_stage(cfg: Config, shared: Shared) -> dict:
     sp = class_spaces(shared)
     result = alignment(sp.condition, sp.embedding, seed=cfg.seed)
     return write_json(path, result)  # concurrent trials may race here: each writes the same content, atomically
-
-
-def write_json(path: Path, value: dict) -> dict:
-    """`value` written to `path` atomically (a reader sees the old file or the new one, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.rename(path)
-    return value
-
-
-def merge_json(path: Path, **sections) -> dict:
-    """`path` (a JSON object, or nothing yet) with `sections` merged in at the top level, written back."""
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    return write_json(path, {**old, **sections})
 
 
 def write_run_config(cfg: Config) -> Path:
@@ -613,8 +575,6 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
     """One experiment (`cfg` checked: `checks.check_config`): stages 1-3 (shared, cached), then select,
     generate, augmented recognizer, evaluate. Returns (stage summary, metrics), written to `<run>/stages.json`
     and `<run>/metrics.json` ({baseline, augmented, delta, alignment, generator, mixing})."""
-    from scoremix_ray.methods import get_method
-
     method = get_method(cfg.generation.method)
     sh = shared(ctx, cfg)
     baseline = {k: v for k, v in sh.baseline.items() if k != "train"}
@@ -644,7 +604,6 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
     }
     result["metrics"] = str(cfg.run_dir / "metrics.json")
     merge_json(cfg.run_dir / "metrics.json", **metrics)
-    from scoremix_ray.evaluation.benchmarks import roc_plot
 
     pair = {"baseline": (sh.rec_dir, baseline), "augmented": (aug_dir, augmented)}
     result["roc"] = [str(p) for p in roc_plot(cfg, pair, lambda name: cfg.run_dir / f"roc-{name}.png")]
@@ -656,8 +615,6 @@ def run_tracked(ctx: RunContext, cfg: Config) -> tuple[dict, dict, str]:
     """`run` as a live MLflow run under the context's run, if any (`tracking.live_run`: open from the start,
     the curves as stages train, the results and the reused stages' curves at the end): (stage summary,
     metrics, run id)."""
-    from scoremix_ray import tracking
-
     with tracking.live_run(cfg, ctx.tracker, parent=ctx.run_id) as rid:
         write_run_config(cfg)
         result, metrics = run(ctx.reporting_to(run_id=rid), cfg)

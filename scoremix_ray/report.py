@@ -6,14 +6,17 @@ import math
 from pathlib import Path
 
 from scoremix_ray.config import Config
-from scoremix_ray.errors import ScoreMixError
+from scoremix_ray.core.evaluation.statistics import holm, paired_interval, paired_p, verdict
+from scoremix_ray.core.methods import get_method
+from scoremix_ray.foundations.errors import ScoreMixError
+from scoremix_ray.foundations.files import new_figure, save_figure
+from scoremix_ray.runtime.checks import with_study_defaults
+from scoremix_ray.runtime.tracking import client, experiment_id, load_runs
 
 
 def strategy_table(cfg: Config, experiment: str | None = None, metric: str = "augmented.verification_accuracy"):
     """One row per (method, strategy): n runs, mean and std of `metric`, and of the paired delta to the
     baseline where the metric has one (augmented.X -> delta.X)."""
-    from scoremix_ray.tracking import load_runs
-
     df = load_runs(cfg, experiment)
     col = f"metrics.{metric}"
     if len(df) == 0 or col not in df:
@@ -37,13 +40,9 @@ def strategy_table(cfg: Config, experiment: str | None = None, metric: str = "au
 
 
 def plot_strategies(table, metric: str, path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [s if m == "scoremix" else m for m, s in zip(table["method"], table["strategy"])]
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(table) + 2), 3.5))
+    fig = new_figure(figsize=(max(4, 0.9 * len(table) + 2), 3.5))
+    ax = fig.subplots()
     ax.bar(labels, table["mean"], yerr=table["std"], capsize=4, color="#4c72b0")
     if "baseline_mean" in table:
         ax.axhline(float(table["baseline_mean"].mean()), color="k", ls="--", lw=1, label="baseline (real only)")
@@ -52,11 +51,11 @@ def plot_strategies(table, metric: str, path: str | Path) -> Path:
     ax.set_ylim(max(0.0, lo - 0.05), None)
     ax.set_ylabel(metric)
     ax.set_title("mean +- std over seeds")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    for label in ax.get_xticklabels():
+        label.set(rotation=30, ha="right")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 
@@ -67,8 +66,6 @@ BASELINE = "baseline (real only)"
 
 def study_runs(cfg: Config):
     """(parent run, its child runs as a DataFrame) of the latest study named `cfg.name` in the experiment."""
-    from scoremix_ray.tracking import client, experiment_id, load_runs
-
     mc = client(cfg)
     parents = mc.search_runs(
         [experiment_id(mc, cfg.tracking.experiment)],
@@ -89,17 +86,13 @@ def study_runs(cfg: Config):
 
 def condition_of(method: str, strategy: str, dose=None) -> str:
     """ "method / strategy" for methods that make new classes, else the method; " @ <dose>" in a dose study."""
-    from scoremix_ray.methods import get_method
-
     name = f"{method} / {strategy}" if get_method(method).new_classes else method
     return name if dose is None else f"{name} @ {int(dose)}"
 
 
 def study_conditions(cfg: Config) -> list[str]:
     """Every condition of the study, in the config's order (the report lists each, run or not)."""
-    from scoremix_ray.methods import get_method
-
-    st = cfg.study
+    st = with_study_defaults(cfg).study
     return [
         condition_of(m, s, d)
         for m in st.methods
@@ -112,8 +105,6 @@ def study_table(cfg: Config, runs, metric: str):
     """One row per condition (the baseline first): cells run and failed, mean +- std of `metric` over
     cells, and the paired difference to the baseline of the same cell with its interval and verdict."""
     import pandas as pd
-
-    from scoremix_ray.evaluation.statistics import paired_interval, paired_p, verdict
 
     st = cfg.study
     aug, delta, base = (f"metrics.{s}.{metric}".replace("@", "_at_") for s in ("augmented", "delta", "baseline"))
@@ -167,7 +158,6 @@ def with_conditions(runs, cfg: Config):
 def with_holm(table, confidence: float):
     """A table of tests (`diff`, `p`) with Holm's adjusted p over its rows and the verdict it allows
     (family-wise error 1 - confidence)."""
-    from scoremix_ray.evaluation.statistics import holm
 
     def verdict(diff: float, p: float) -> str:
         if p != p:
@@ -199,8 +189,6 @@ def contrast_table(cfg: Config, runs, metric: str, contrasts=CONTRASTS):
     """Condition A minus condition B, paired by cell (both ran on the same split, generator and baseline):
     mean, interval, p and verdict of each contrast whose two conditions ran, Holm-adjusted over them."""
     import pandas as pd
-
-    from scoremix_ray.evaluation.statistics import paired_interval, paired_p, verdict
 
     st = cfg.study
     aug = f"metrics.augmented.{metric}".replace("@", "_at_")
@@ -399,17 +387,11 @@ def _md_table(intro: str, first: str, keys: list[str], rows: list[str]) -> list[
 
 def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
     """One panel per metric: each condition's mean paired difference to the baseline with its interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = list(tables)
     first = tables[metrics[0]]
     conds = [c for c in first["condition"] if c != BASELINE]
-    fig, axes = plt.subplots(
-        1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 0.38 * len(conds) + 1.4), sharey=True, squeeze=False
-    )
+    fig = new_figure(figsize=(3.2 * len(metrics) + 1.5, 0.38 * len(conds) + 1.4))
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)
     y = list(range(len(conds)))[::-1]
     for ax, m in zip(axes[0], metrics):
         t = tables[m].set_index("condition").loc[conds]
@@ -427,8 +409,7 @@ def plot_differences(tables: dict, confidence: float, path: str | Path) -> Path:
     fig.suptitle(f"paired difference to the real-only baseline, {confidence:.0%} CI", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 
@@ -438,14 +419,10 @@ PLOTTED_BENCHMARK_NUMBERS = ("bins.verification_accuracy", ".tar_at_far_1e-4", "
 def plot_dose_response(table, metric: str, per_tuple: int, confidence: float, path: str | Path) -> Path:
     """Gain (difference to the baseline, with its interval) against the dose, one line per condition: the
     rows of a dose study's table ("<condition> @ <dose>")."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = table[table["condition"].str.contains(" @ ")]
     rows = rows.assign(base=rows["condition"].str.split(" @ ").str[0], dose=rows["condition"].str.split(" @ ").str[1])
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = new_figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     for i, (base, r) in enumerate(rows.groupby("base", sort=False)):
         x = r["dose"].astype(int).to_numpy() * (1 + 0.015 * (i - 1.5))  # side by side at one dose
         y = r["diff"].to_numpy(float)
@@ -460,8 +437,7 @@ def plot_dose_response(table, metric: str, per_tuple: int, confidence: float, pa
     ax.set_ylabel(f"{metric} - baseline ({confidence:.0%} CI)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return Path(path)
 
 
@@ -475,6 +451,7 @@ def benchmark_metrics(cfg: Config, runs) -> list[str]:
 
 def write_study_report(cfg: Config) -> dict[str, Path]:
     """`<out>/<name>/report.md`, `differences.png` and `study.json` for the latest study named `cfg.name`."""
+    cfg = with_study_defaults(cfg)
     import json
 
     parent, runs = study_runs(cfg)

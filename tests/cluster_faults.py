@@ -48,7 +48,9 @@ def main(out: Path) -> None:
     fast_failure_detection = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_failure_detection})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    from scoremix_ray.runtime.context import RUNTIME_ENV
+
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False, runtime_env=RUNTIME_ENV)
     cluster.wait_for_nodes()
     report: dict = {"nodes": len(nodes) + 1}
     try:
@@ -69,10 +71,10 @@ def train_scenario(cluster, out: Path) -> dict:
     import torch
 
     from scoremix_ray.config import load_config
-    from scoremix_ray.context import RunContext
-    from scoremix_ray.diffusion.edm import EDMDenoiser
-    from scoremix_ray.distributed.train import fit
+    from scoremix_ray.core.diffusion.edm import EDMDenoiser
     from scoremix_ray.pipeline import data_stage
+    from scoremix_ray.runtime.context import RunContext
+    from scoremix_ray.runtime.train import fit
 
     sets = [
         f"out_dir={out}",
@@ -120,10 +122,10 @@ def generate_scenario(cluster, gen_dir: Path, out: Path) -> dict:
     import pyarrow.parquet as pq
 
     from scoremix_ray.config import Config
-    from scoremix_ray.context import RunContext
-    from scoremix_ray.distributed.generate import generate_shards
-    from scoremix_ray.methods import PlanContext, get_method
-    from scoremix_ray.selection.strategies import Selection
+    from scoremix_ray.core.methods import PlanContext, get_method
+    from scoremix_ray.core.selection.strategies import Selection
+    from scoremix_ray.runtime.context import RunContext
+    from scoremix_ray.runtime.generate import generate_shards
 
     cfg = Config.model_validate(
         {
@@ -185,7 +187,7 @@ def sweep_scenario(cluster, out: Path) -> dict:
 
     from scoremix_ray import pipeline
     from scoremix_ray.config import load_config
-    from scoremix_ray.context import RunContext
+    from scoremix_ray.runtime.context import RunContext
     from tuning.sweep import run_sweep
 
     base = load_config(None, [f"out_dir={out}", *TINY_RUN, f"ray.address={cluster.address}", "ray.use_gpu=false"])

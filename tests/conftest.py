@@ -22,12 +22,15 @@ def ray_session():
     """One local Ray for the whole test session (ray.init costs ~5 s and ~0.7 GB)."""
     import ray
 
+    from scoremix_ray.runtime.context import RUNTIME_ENV
+
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         _temp_dir=str(_SESSION_HOME / "ray"),
         log_to_driver=False,
         configure_logging=False,
+        runtime_env=RUNTIME_ENV,  # the job's Ray settings, as `runtime.context.ensure_ray` passes them
     )
     yield ray
     ray.shutdown()
@@ -36,7 +39,7 @@ def ray_session():
 @pytest.fixture
 def digits_split():
     from scoremix_ray.config import DataConfig
-    from scoremix_ray.data import load_labelled, make_split
+    from scoremix_ray.core.data import load_labelled, make_split
 
     dc = DataConfig(image_size=16, per_class=40, num_pairs=200)
     return make_split(load_labelled("digits", None, 16, 1), dc)
@@ -79,9 +82,9 @@ TINY_RUN = [
 def tiny_generator(tmp_path_factory):
     """A tiny EDM generator trained briefly on 8x8 digits (5 classes): (net, guide_net, split, folder)."""
     from scoremix_ray.config import DataConfig, GeneratorConfig
-    from scoremix_ray.data import load_labelled, make_split
-    from scoremix_ray.data.batches import InMemory
-    from scoremix_ray.diffusion.train import load_generator, train_generator
+    from scoremix_ray.core.data import load_labelled, make_split
+    from scoremix_ray.core.data.batches import InMemory
+    from scoremix_ray.core.diffusion.train import load_generator, train_generator
 
     split = make_split(load_labelled("digits", None, 8, 1), DataConfig(image_size=8, per_class=60, num_pairs=100))
     d = tmp_path_factory.mktemp("tinygen")
@@ -96,8 +99,8 @@ def tiny_recognizer(tiny_generator, tmp_path_factory):
     import numpy as np
 
     from scoremix_ray.config import RecognizerConfig
-    from scoremix_ray.data.batches import InMemory
-    from scoremix_ray.recognition.train import Recognizer, class_centres, embed, train_recognizer
+    from scoremix_ray.core.data.batches import InMemory
+    from scoremix_ray.core.recognition.train import Recognizer, class_centres, embed, train_recognizer
 
     split = tiny_generator[2]
     d = tmp_path_factory.mktemp("rec")
@@ -115,9 +118,9 @@ def tiny_benchmarks(tmp_path_factory) -> str:
     import numpy as np
     from face_fixtures import make_ijb, make_tinyface
 
-    from scoremix_ray.data import load_labelled
-    from scoremix_ray.data.images import encode_png
-    from scoremix_ray.data.recordio import write_bin
+    from scoremix_ray.core.data import load_labelled
+    from scoremix_ray.core.data.images import encode_png
+    from scoremix_ray.core.data.recordio import write_bin
 
     d = tmp_path_factory.mktemp("benchmarks")
     digits = load_labelled("digits", None, 8, 1)

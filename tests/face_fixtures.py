@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scoremix_ray.data.align import ARCFACE_TEMPLATE
+from scoremix_ray.core.data.align import ARCFACE_TEMPLATE
 
 
 def _face(rng: np.random.Generator, subject: int, side: int = 48) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from scoremix_ray.config import ConfigError, load_config
-from scoremix_ray.errors import ScoreMixError
+from scoremix_ray.foundations.errors import ScoreMixError
 
 
 def _cli(*args, cwd=None, timeout=120):
@@ -70,8 +70,8 @@ def test_a_changed_source_is_a_new_data_stage(tmp_path, caplog):
 
 
 def test_recordio_fingerprint_reads_sizes_and_times_only(tmp_path):
-    from scoremix_ray.data.readers import fingerprint
-    from scoremix_ray.data.recordio import pack, write_indexed
+    from scoremix_ray.core.data.readers import fingerprint
+    from scoremix_ray.core.data.recordio import pack, write_indexed
 
     rec = tmp_path / "train.rec"
     write_indexed(rec, [pack(float(i % 2), _png(np.full((4, 4), i, np.uint8))) for i in range(4)])
@@ -108,7 +108,7 @@ def test_config_file_errors_name_the_line(tmp_path):
 
 
 def test_inputs_are_checked_before_any_work(tmp_path):
-    from scoremix_ray.checks import check_inputs, within
+    from scoremix_ray.runtime.checks import check_inputs, within
 
     def check(*sets):
         return check_inputs(load_config(None, [f"out_dir={tmp_path / 'out'}", *sets]))
@@ -140,7 +140,7 @@ def test_inputs_are_checked_before_any_work(tmp_path):
 
 
 def test_an_unreachable_ray_cluster_fails_within_its_limit():
-    from scoremix_ray.context import reach_ray
+    from scoremix_ray.runtime.context import reach_ray
 
     t0 = time.monotonic()
     with pytest.raises(ScoreMixError, match=r"cannot reach the Ray cluster at 127.0.0.1:1 .*connect_timeout_s"):
@@ -190,8 +190,8 @@ def test_images_in_16_bit_and_odd_shapes(tmp_path, caplog):
     """16-bit grey keeps its levels (PIL alone clips it white); float images in [0, 1] scale up; a non-square
     image is centre-cropped, with a note, not stretched."""
     from scoremix_ray.config import DataConfig
-    from scoremix_ray.data.images import decode
-    from scoremix_ray.data.readers import scan
+    from scoremix_ray.core.data.images import decode
+    from scoremix_ray.core.data.readers import scan
     from scoremix_ray.pipeline import image_shape
 
     buf = io.BytesIO()
@@ -212,9 +212,9 @@ def test_images_in_16_bit_and_odd_shapes(tmp_path, caplog):
 
 
 def test_broken_links_and_cut_records_are_bad_images_that_skip_leaves_out(tmp_path):
-    from scoremix_ray.data.images import BadImage
-    from scoremix_ray.data.readers import scan
-    from scoremix_ray.data.recordio import pack, write_indexed
+    from scoremix_ray.core.data.images import BadImage
+    from scoremix_ray.core.data.readers import scan
+    from scoremix_ray.core.data.recordio import pack, write_indexed
 
     root = _faces(tmp_path / "faces", classes=2, per_class=3)
     os.symlink(tmp_path / "missing.png", root / "id0" / "9.png")
@@ -236,7 +236,7 @@ def test_broken_links_and_cut_records_are_bad_images_that_skip_leaves_out(tmp_pa
 
 
 def test_undecodable_bytes_name_the_file_not_a_buffer():
-    from scoremix_ray.data.images import BadImage, decode
+    from scoremix_ray.core.data.images import BadImage, decode
 
     with pytest.raises(BadImage) as e:
         decode(b"not an image", 8, 1, "faces/a/1.png")
@@ -245,7 +245,7 @@ def test_undecodable_bytes_name_the_file_not_a_buffer():
 
 
 def test_verification_pairs_are_distinct_and_capped(caplog):
-    from scoremix_ray.data.split import make_pairs
+    from scoremix_ray.core.data.split import make_pairs
 
     labels = np.repeat(np.arange(5), 3)  # 15 images: 15 same-class and 90 different-class pairs
     with caplog.at_level(logging.WARNING, logger="scoremix_ray"):
@@ -268,7 +268,7 @@ class _Exploit:
 
 
 def test_a_crafted_bin_runs_no_code(tmp_path):
-    from scoremix_ray.data.recordio import read_bin
+    from scoremix_ray.core.data.recordio import read_bin
 
     marker = tmp_path / "ran"
     (tmp_path / "evil.bin").write_bytes(pickle.dumps(([_Exploit(marker), b"x"], [True]), protocol=4))
@@ -286,8 +286,8 @@ def test_a_crafted_bin_runs_no_code(tmp_path):
 def test_corrupt_weights_and_metadata_are_one_line(tmp_path, tiny_recognizer):
     import shutil
 
-    from scoremix_ray.checkpoints import load_state, save_checkpoint
-    from scoremix_ray.recognition.train import Recognizer
+    from scoremix_ray.core.recognition.train import Recognizer
+    from scoremix_ray.foundations.checkpoints import load_state, save_checkpoint
 
     d = tmp_path / "rec"
     shutil.copytree(tiny_recognizer / "final", d)
@@ -311,10 +311,10 @@ def test_a_new_bin_is_evaluated_not_trained_again(tmp_path, tiny_recognizer, tin
     import json
     import shutil
 
-    from scoremix_ray.context import RunContext
-    from scoremix_ray.data.images import encode_png
-    from scoremix_ray.data.recordio import write_bin
-    from scoremix_ray.evaluation.benchmarks import with_benchmarks
+    from scoremix_ray.core.data.images import encode_png
+    from scoremix_ray.core.data.recordio import write_bin
+    from scoremix_ray.runtime.benchmarks import with_benchmarks
+    from scoremix_ray.runtime.context import RunContext
 
     d = tmp_path / "rec"
     shutil.copytree(tiny_recognizer, d)
@@ -333,10 +333,10 @@ def test_a_new_bin_is_evaluated_not_trained_again(tmp_path, tiny_recognizer, tin
 
 
 def test_training_shows_progress_within_an_epoch(digits_split, tmp_path, caplog, monkeypatch):
-    from scoremix_ray import progress
     from scoremix_ray.config import RecognizerConfig
-    from scoremix_ray.data.batches import InMemory
-    from scoremix_ray.recognition.train import train_recognizer
+    from scoremix_ray.core.data.batches import InMemory
+    from scoremix_ray.core.recognition.train import train_recognizer
+    from scoremix_ray.foundations import progress
 
     monkeypatch.setattr(progress, "PROGRESS_S", 0.0)
     cfg = RecognizerConfig(widths=(8,), blocks=(1,), embedding_dim=8, epochs=1, batch_size=64)

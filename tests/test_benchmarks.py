@@ -11,17 +11,18 @@ from face_fixtures import make_ijb, make_tinyface
 from torch import nn
 
 from scoremix_ray.config import Config, RecognizerConfig, load_config
-from scoremix_ray.context import RunContext
-from scoremix_ray.errors import ScoreMixError
-from scoremix_ray.evaluation import ijb, tinyface
-from scoremix_ray.evaluation.benchmarks import evaluate, fingerprint, numbers
-from scoremix_ray.recognition.train import Recognizer, embed_images
+from scoremix_ray.core.evaluation import ijb, tinyface
+from scoremix_ray.core.evaluation.benchmarks import fingerprint, numbers
+from scoremix_ray.core.recognition.train import Recognizer, embed_images
+from scoremix_ray.foundations.errors import ScoreMixError
+from scoremix_ray.runtime.benchmarks import evaluate
+from scoremix_ray.runtime.context import RunContext
 
 
 def test_alignment_recovers_a_known_similarity_transform():
     import cv2
 
-    from scoremix_ray.data.align import ARCFACE_TEMPLATE, align, similarity
+    from scoremix_ray.core.data.align import ARCFACE_TEMPLATE, align, similarity
 
     # a face at scale 0.8, turned 10 degrees and moved: its landmarks are the template mapped by the inverse
     a, s, t = math.radians(10), 0.8, np.array([5.0, -3.0])
@@ -110,7 +111,7 @@ def _ctx_cfg(tmp_path, *sets) -> tuple[RunContext, Config]:
 
 
 def test_ijb_folder_end_to_end(tiny_recognizer, tmp_path):
-    from scoremix_ray.data.align import align, read_rgb, to_channels
+    from scoremix_ray.core.data.align import align, read_rgb, to_channels
 
     made = make_ijb(tmp_path / "IJBC")
     bench = ijb.read_ijb(tmp_path / "IJBC")
@@ -151,7 +152,7 @@ def test_ijb_folder_end_to_end(tiny_recognizer, tmp_path):
 
 def test_tinyface_folder_end_to_end(tiny_recognizer, tmp_path):
     from scoremix_ray.config import BenchmarkConfig
-    from scoremix_ray.recognition.train import embed
+    from scoremix_ray.core.recognition.train import embed
 
     make_tinyface(tmp_path / "tinyface")
     files, part, labels = tinyface.read_tinyface(tmp_path / "tinyface")
@@ -254,7 +255,7 @@ def _randomise_statistics(module: nn.Module, seed: int) -> nn.Module:
 
 
 def test_an_arcface_torch_r18_in_and_out(tmp_path):
-    from scoremix_ray.recognition.insightface import arcface_name, backbone_state, load_pretrained
+    from scoremix_ray.core.recognition.insightface import arcface_name, backbone_state, load_pretrained
 
     theirs = _randomise_statistics(ArcfaceIResNet([2, 2, 2, 2]), 0)
     torch.save({"module." + k: v for k, v in theirs.state_dict().items()}, tmp_path / "backbone.pth")  # DDP names
@@ -272,7 +273,7 @@ def test_an_arcface_torch_r18_in_and_out(tmp_path):
 
 
 def test_a_mismatched_checkpoint_is_one_line(tmp_path):
-    from scoremix_ray.recognition.insightface import load_pretrained
+    from scoremix_ray.core.recognition.insightface import load_pretrained
 
     small = Recognizer(RecognizerConfig(widths=(8, 16), blocks=(1, 1), embedding_dim=16), 5, 8, 1)
     torch.save(small.backbone.state_dict(), tmp_path / "small.pth")
@@ -294,7 +295,7 @@ def test_a_mismatched_checkpoint_is_one_line(tmp_path):
 def test_export_round_trip_and_onnx(tiny_recognizer, tmp_path):
     import onnxruntime as ort
 
-    from scoremix_ray.recognition.insightface import export, load_pretrained
+    from scoremix_ray.core.recognition.insightface import export, load_pretrained
 
     info = export(tiny_recognizer / "final", tmp_path / "out")
     assert info["arcface_torch"] is None and info["onnx_max_abs_diff"] < 1e-4
@@ -317,7 +318,7 @@ def test_recognizer_as_an_mlflow_model(tiny_recognizer, tmp_path):
 
     import mlflow.pytorch
 
-    from scoremix_ray import tracking
+    from scoremix_ray.runtime import tracking
 
     stage = tmp_path / "recognizer-x"
     shutil.copytree(tiny_recognizer / "final", stage / "final")
@@ -342,10 +343,10 @@ def test_recognizer_as_an_mlflow_model(tiny_recognizer, tmp_path):
 
 def test_bin_sets_during_training_change_nothing_trained(tiny_benchmarks, tmp_path):
     from scoremix_ray.config import DataConfig
-    from scoremix_ray.data import load_labelled, make_split
-    from scoremix_ray.data.batches import InMemory, schedule
-    from scoremix_ray.distributed.train import bin_check
-    from scoremix_ray.recognition.train import train_recognizer
+    from scoremix_ray.core.data import load_labelled, make_split
+    from scoremix_ray.core.data.batches import InMemory, schedule
+    from scoremix_ray.core.recognition.train import train_recognizer
+    from scoremix_ray.runtime.train import bin_check
 
     split = make_split(load_labelled("digits", None, 8, 1), DataConfig(image_size=8, per_class=20, num_pairs=40))
     cfg = load_config(None, [tiny_benchmarks, "evaluation.bin_every_steps=2"])

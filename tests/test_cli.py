@@ -62,7 +62,7 @@ TINY = [
 def test_train_generator_and_sample(tmp_path, caplog):
     import logging
 
-    from scoremix_ray.errors import ScoreMixError
+    from scoremix_ray.foundations.errors import ScoreMixError
 
     r = _cli("train-generator", "--out", str(tmp_path), *TINY)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -75,7 +75,7 @@ def test_train_generator_and_sample(tmp_path, caplog):
     assert names["train_classes"] == 5
     # the cached generator is reused: sampling does not train again (in this process: a command's start-up is
     # tested above, and each one costs seconds of imports)
-    from scoremix_ray.data import Split
+    from scoremix_ray.core.data import Split
 
     caplog.set_level(logging.INFO, logger="scoremix_ray")
     train_names = Split.load(next(tmp_path.glob("stages/data-*")) / "split.npz").train.class_names
@@ -113,11 +113,11 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
     import json
     import logging
 
-    from scoremix_ray.data import Split
-    from scoremix_ray.data.images import encode_png
-    from scoremix_ray.data.recordio import write_bin
-    from scoremix_ray.errors import ScoreMixError
-    from scoremix_ray.selection import Selection
+    from scoremix_ray.core.data import Split
+    from scoremix_ray.core.data.images import encode_png
+    from scoremix_ray.core.data.recordio import write_bin
+    from scoremix_ray.core.selection import Selection
+    from scoremix_ray.foundations.errors import ScoreMixError
 
     caplog.set_level(logging.INFO, logger="scoremix_ray")
     rec = [
@@ -221,7 +221,7 @@ def test_train_recognizer_select_align_generate(ray_session, tmp_path, caplog):
 )
 def test_checks_on_the_data_stop_before_any_training(tmp_path, args, needle):
     """Right after the data stage (seconds at toy size), before a generator or recognizer is trained."""
-    from scoremix_ray.errors import ScoreMixError
+    from scoremix_ray.foundations.errors import ScoreMixError
 
     with pytest.raises(ScoreMixError, match=re.escape(needle)):
         _in_process(*args, "--out", tmp_path, "--set", "data.image_size=8", "--set", "data.per_class=30")

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from scoremix_ray.checks import check_config
 from scoremix_ray.config import ConfigError, flatten, load_config, parse_override, section_hash
+from scoremix_ray.runtime.checks import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 
 from scoremix_ray.config import DataConfig
-from scoremix_ray.data import load_labelled, make_split
-from scoremix_ray.data.images import from_model, to_model
-from scoremix_ray.data.readers import scan_recordio
-from scoremix_ray.data.recordio import pack, read_bin, write_bin, write_indexed
-from scoremix_ray.errors import ScoreMixError
+from scoremix_ray.core.data import load_labelled, make_split
+from scoremix_ray.core.data.images import from_model, to_model
+from scoremix_ray.core.data.readers import scan_recordio
+from scoremix_ray.core.data.recordio import pack, read_bin, write_bin, write_indexed
+from scoremix_ray.foundations.errors import ScoreMixError
 
 
 def _png(value: int, size=10, mode="L") -> bytes:
@@ -181,7 +181,7 @@ def test_split_errors():
 
 def test_split_roundtrip(tmp_path, digits_split):
     digits_split.save(tmp_path / "s.npz")
-    from scoremix_ray.data import Split
+    from scoremix_ray.core.data import Split
 
     s = Split.load(tmp_path / "s.npz")
     assert np.array_equal(s.pairs, digits_split.pairs) and s.train.class_names == digits_split.train.class_names
@@ -190,8 +190,8 @@ def test_split_roundtrip(tmp_path, digits_split):
 def test_glyphs_source_many_classes_without_look_alikes():
     """The embedded many-class source: >= 100 characters x >= 20 images, built from matplotlib's fonts; Latin A
     and Greek Alpha (one outline in the fonts) are one class, Theta and O are two; the same pixels each build."""
-    from scoremix_ray.data import glyphs
-    from scoremix_ray.data.readers import scan
+    from scoremix_ray.core.data import glyphs
+    from scoremix_ray.core.data.readers import scan
 
     cat = scan("glyphs", None)
     counts = np.bincount(cat.labels)

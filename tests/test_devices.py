@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from scoremix_ray import devices
 from scoremix_ray.config import Config, ConfigError, load_config
-from scoremix_ray.errors import ScoreMixError
-from scoremix_ray.methods import METHODS, PlanContext, RenderContext, get_method
-from scoremix_ray.selection.strategies import Selection
+from scoremix_ray.core.methods import METHODS, PlanContext, RenderContext, get_method
+from scoremix_ray.core.selection.strategies import Selection
+from scoremix_ray.foundations import devices
+from scoremix_ray.foundations.errors import ScoreMixError
 
 SEL = Selection("t", np.array([[0, 3], [1, 2]]), np.zeros(2))
 
@@ -56,7 +56,7 @@ def _meta(module):
 
 @pytest.mark.parametrize("guidance", ["none", "cfg", "autoguidance"])
 def test_every_method_renders_with_the_networks_on_meta(tiny_generator, tiny_recognizer, crossings, guidance):
-    from scoremix_ray.recognition.train import Recognizer
+    from scoremix_ray.core.recognition.train import Recognizer
 
     net, guide, split, _ = tiny_generator
     cfg = _cfg(guidance)
@@ -82,8 +82,8 @@ def test_every_method_renders_with_the_networks_on_meta(tiny_generator, tiny_rec
 
 
 def test_embedding_and_sampler_on_meta_and_a_leak_is_caught(tiny_generator, tiny_recognizer, crossings):
-    from scoremix_ray.diffusion.sampler import generate, heun_sample, karras_sigmas, mixed_denoiser
-    from scoremix_ray.recognition.train import Recognizer, embed
+    from scoremix_ray.core.diffusion.sampler import generate, heun_sample, karras_sigmas, mixed_denoiser
+    from scoremix_ray.core.recognition.train import Recognizer, embed
 
     net, _, split, _ = tiny_generator
     rec = _meta(Recognizer.load(tiny_recognizer / "final"))
@@ -99,7 +99,7 @@ def test_embedding_and_sampler_on_meta_and_a_leak_is_caught(tiny_generator, tiny
 
 
 def test_bf16_autocast_keeps_the_mix_in_float32(tiny_generator):
-    from scoremix_ray.diffusion.sampler import generate
+    from scoremix_ray.core.diffusion.sampler import generate
 
     net = tiny_generator[0]
     labels, weights, seeds = torch.tensor([[0, 3]] * 4), torch.full((4, 2), 0.5), [5, 6, 7, 8]
@@ -114,8 +114,8 @@ def test_bf16_autocast_keeps_the_mix_in_float32(tiny_generator):
 
 
 def test_one_guidance_policy_for_every_path(tiny_generator):
-    from scoremix_ray.methods.common import renoise_and_denoise
-    from scoremix_ray.methods.diffii import regenerate
+    from scoremix_ray.core.methods.common import renoise_and_denoise
+    from scoremix_ray.core.methods.diffii import regenerate
 
     net, guide, split, _ = tiny_generator
     images, labels, seeds = split.train.images[:4], split.train.labels[:4], [1, 2, 3, 4]
@@ -142,7 +142,7 @@ def test_one_guidance_policy_for_every_path(tiny_generator):
 
 
 def test_guidance_the_generator_lacks_is_refused_before_any_work(tiny_generator, tmp_path):
-    from scoremix_ray.diffusion.train import check_guidance, load_for_sampling
+    from scoremix_ray.core.diffusion.train import check_guidance, load_for_sampling
 
     gen_dir = tiny_generator[3]
     net, guide = load_for_sampling(gen_dir, _cfg("autoguidance").sampler)
@@ -168,8 +168,8 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
     """The quality check samples under the run's guidance (it used to fail right after training with
     autoguidance); a trained generator whose check failed is checked again, not trained again."""
     from scoremix_ray import pipeline
-    from scoremix_ray.context import RunContext
-    from scoremix_ray.distributed import train as dtrain
+    from scoremix_ray.runtime import train as dtrain
+    from scoremix_ray.runtime.context import RunContext
 
     _, _, split, gen_dir = tiny_generator
     cfg = load_config(
@@ -212,7 +212,7 @@ def test_generator_stage_checks_quality_with_autoguidance_without_training_again
 
 
 def test_devices_resolve_auto_and_keep_explicit_values():
-    from scoremix_ray.context import RunContext, cluster_gpus
+    from scoremix_ray.runtime.context import RunContext, cluster_gpus
 
     resolve_devices = RunContext(gpus=cluster_gpus()).devices  # what `context.start` does
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scoremix_ray.evaluation.diagnostics import (
+from scoremix_ray.core.evaluation.diagnostics import (
     frechet_distance,
     generator_diagnostics,
     halves,

@@ -3,11 +3,11 @@ import pytest
 import torch
 from conftest import TINY_GEN
 
-from scoremix_ray.checkpoints import latest_checkpoint
 from scoremix_ray.config import GeneratorConfig
-from scoremix_ray.data.batches import InMemory
-from scoremix_ray.diffusion.edm import EDMDenoiser, build_denoiser, loss_weight, precond
-from scoremix_ray.diffusion.train import train_generator
+from scoremix_ray.core.data.batches import InMemory
+from scoremix_ray.core.diffusion.edm import EDMDenoiser, build_denoiser, loss_weight, precond
+from scoremix_ray.core.diffusion.train import train_generator
+from scoremix_ray.foundations.checkpoints import latest_checkpoint
 
 
 def test_preconditioning_identities():
@@ -35,7 +35,7 @@ def test_edm_loss_is_its_formula():
     """edm_loss = mean over images and pixels of lambda(sigma) (D(y + n; sigma) - y)^2 with ln sigma ~
     N(P_mean, P_std^2), n ~ N(0, sigma^2), lambda = (sigma^2 + sd^2) / (sigma sd)^2 (EDM eq. 8 and Table 1),
     written out here from the same random draws; the sigmas seen by the network follow the log-normal."""
-    from scoremix_ray.diffusion.edm import edm_loss
+    from scoremix_ray.core.diffusion.edm import edm_loss
 
     cfg = GeneratorConfig(**TINY_GEN)
     seen = {}
@@ -58,7 +58,7 @@ def test_edm_loss_is_its_formula():
 
 def _digits(size=8, n=5, per=40):
     from scoremix_ray.config import DataConfig
-    from scoremix_ray.data import load_labelled, make_split
+    from scoremix_ray.core.data import load_labelled, make_split
 
     s = make_split(load_labelled("digits", None, size, 1), DataConfig(image_size=size, per_class=per, num_pairs=50))
     return s.train.images, s.train.labels, s.train.num_classes
@@ -112,7 +112,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_load_missing_generator_is_clear(tmp_path):
-    from scoremix_ray.errors import ScoreMixError
+    from scoremix_ray.foundations.errors import ScoreMixError
 
     with pytest.raises(ScoreMixError, match="no trained generator at"):
         EDMDenoiser.load(tmp_path)
@@ -120,7 +120,7 @@ def test_load_missing_generator_is_clear(tmp_path):
 
 def _ema_weights(cfg: GeneratorConfig, steps: int) -> np.ndarray:
     """The weight each step's network has in the EMA after `steps` updates, from the loop's own betas."""
-    from scoremix_ray.diffusion.train import ema_beta
+    from scoremix_ray.core.diffusion.train import ema_beta
 
     betas = np.array([ema_beta(cfg, s) for s in range(steps)])
     later = np.concatenate([np.cumprod(betas[::-1])[::-1][1:], [1.0]])  # product of the betas after step s
@@ -132,7 +132,7 @@ def test_power_ema_has_its_relative_std_at_any_length(std):
     """EDM2's power-function EMA: after t steps the average weights step s about as s^gamma (eq. 121), so its
     standard deviation relative to t is `ema_std` whatever t; gamma from the std is eq. 126's inverse of
     std = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3))) (eq. 123)."""
-    from scoremix_ray.diffusion.train import power_ema_exponent
+    from scoremix_ray.core.diffusion.train import power_ema_exponent
 
     g = power_ema_exponent(std)
     assert np.sqrt((g + 1) / (g + 2) ** 2 / (g + 3)) == pytest.approx(std, rel=1e-9)
@@ -147,7 +147,7 @@ def test_power_ema_has_its_relative_std_at_any_length(std):
 
 
 def test_fixed_ema_and_learning_rate_schedules():
-    from scoremix_ray.diffusion.train import learning_rate
+    from scoremix_ray.core.diffusion.train import learning_rate
 
     fixed = _ema_weights(GeneratorConfig(**{**TINY_GEN, "ema_decay": 0.999}), 1500)
     t = np.arange(1, 1501) / 1500

@@ -9,9 +9,9 @@ import threading
 import time
 
 from scoremix_ray.config import load_config
-from scoremix_ray.context import RunContext
-from scoremix_ray.distributed.train import fit
 from scoremix_ray.pipeline import data_stage
+from scoremix_ray.runtime.context import RunContext
+from scoremix_ray.runtime.train import fit
 
 GEN = [
     "data.image_size=8",
@@ -45,7 +45,7 @@ def _train_workers() -> list[int]:
 
 def test_with_no_restarts_left_a_lost_worker_is_one_line_and_the_checkpoints_stay(ray_session, tmp_path):
 
-    from scoremix_ray.errors import ScoreMixError
+    from scoremix_ray.foundations.errors import ScoreMixError
 
     cfg = load_config(None, [f"out_dir={tmp_path}", *GEN, "ray.max_failures=0"])
     ctx = RunContext(gpus=0, executor="ray")

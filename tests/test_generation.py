@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from scoremix_ray.config import Config
-from scoremix_ray.diffusion.sampler import sample_seed, tuple_key
-from scoremix_ray.errors import ScoreMixError
-from scoremix_ray.generation import read_shards, render_unit, unit_path, units, write_plan
-from scoremix_ray.methods import PlanContext, RenderContext, get_method
-from scoremix_ray.selection.strategies import Selection
+from scoremix_ray.core.diffusion.sampler import sample_seed, tuple_key
+from scoremix_ray.core.generation import read_shards, render_unit, unit_path, units, write_plan
+from scoremix_ray.core.methods import PlanContext, RenderContext, get_method
+from scoremix_ray.core.selection.strategies import Selection
+from scoremix_ray.foundations.errors import ScoreMixError
 
 
 def _cfg(tmp_path, **generation):
@@ -69,8 +69,8 @@ def test_scoremix_plan_rows(tmp_path):
 
 
 def test_actor_pool_is_byte_identical_and_resumes(ray_session, tiny_generator, tmp_path):
-    from scoremix_ray.context import start
-    from scoremix_ray.distributed.generate import generate_shards
+    from scoremix_ray.runtime.context import start
+    from scoremix_ray.runtime.generate import generate_shards
 
     net, _, _, gen_dir = tiny_generator
     cfg = _cfg(tmp_path)
@@ -101,10 +101,10 @@ KILLED_JOB = """
 import sys, ray
 from pathlib import Path
 from scoremix_ray.config import Config
-from scoremix_ray.context import start
-from scoremix_ray.distributed.generate import generate_shards
-from scoremix_ray.methods import PlanContext, get_method
-from scoremix_ray.selection.strategies import Selection
+from scoremix_ray.runtime.context import start
+from scoremix_ray.runtime.generate import generate_shards
+from scoremix_ray.core.methods import PlanContext, get_method
+from scoremix_ray.core.selection.strategies import Selection
 import numpy as np
 ray.init(address=sys.argv[1], log_to_driver=False)
 cfg = Config.model_validate(
@@ -118,8 +118,8 @@ generate_shards(*start(cfg), "scoremix", plan, Path(sys.argv[2]), Path("none.npz
 def test_killed_job_resumes_without_loss_or_duplicates(ray_session, tiny_generator, tmp_path):
     import ray
 
-    from scoremix_ray.context import start
-    from scoremix_ray.distributed.generate import generate_shards
+    from scoremix_ray.runtime.context import start
+    from scoremix_ray.runtime.generate import generate_shards
 
     gen_dir = tiny_generator[3]
     out = tmp_path / "killed"

@@ -27,7 +27,7 @@ def exact_fp32():
 @pytest.mark.parametrize("guidance", ["none", "autoguidance"])
 def test_gpu_and_cpu_images_agree_for_the_same_seeds(tiny_generator, exact_fp32, guidance):
     from scoremix_ray.config import SamplerConfig
-    from scoremix_ray.diffusion.sampler import generate
+    from scoremix_ray.core.diffusion.sampler import generate
 
     net, guide, _, _ = tiny_generator
     scfg = SamplerConfig(steps=8, guidance=guidance, guidance_scale=1.5)
@@ -47,7 +47,7 @@ def test_gpu_and_cpu_images_agree_for_the_same_seeds(tiny_generator, exact_fp32,
 def test_tiny_pipeline_end_to_end_on_one_gpu_with_two_fractional_actors(ray_session, tmp_path):
     from scoremix_ray import pipeline
     from scoremix_ray.config import load_config
-    from scoremix_ray.context import start
+    from scoremix_ray.runtime.context import start
 
     cfg = load_config(
         None,

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from scoremix_ray.config import DataConfig, RecognizerConfig
-from scoremix_ray.data import Split, load_labelled, make_split, scan, write_split
-from scoremix_ray.data.batches import InMemory, Streamed, read_rows, schedule
-from scoremix_ray.data.store import ConcatStore, write_store
+from scoremix_ray.core.data import Split, load_labelled, make_split, scan, write_split
+from scoremix_ray.core.data.batches import InMemory, Streamed, read_rows, schedule
+from scoremix_ray.core.data.store import ConcatStore, write_store
 
 TINY_REC = RecognizerConfig(widths=(8, 16), blocks=(1, 1), embedding_dim=16, epochs=2, batch_size=32)
 
@@ -86,7 +86,7 @@ def test_rank_datasets_give_each_worker_its_rows(tmp_path, ray_session):
     """Each rank's Ray Data stream holds exactly the rows its schedule names, in order, read from the stores
     (real then synthetic rows as one row space)."""
     from scoremix_ray.config import Config
-    from scoremix_ray.distributed.train import rank_datasets
+    from scoremix_ray.runtime.train import rank_datasets
 
     rng = np.random.default_rng(2)
     real = write_store(tmp_path / "r", rng.integers(0, 256, (70, 8, 8, 1), dtype=np.uint8), np.arange(70) % 5, [])
@@ -109,9 +109,9 @@ def test_streamed_training_equals_cached(tmp_path, ray_session, digits_split):
     """A recognizer trained by Ray Train from a Ray Data stream (ray.cache_mb=0) ends with the very weights of the
     same run fed from memory, and of the same run inside an inline sweep trial: same rows, same order."""
     from scoremix_ray.config import Config
-    from scoremix_ray.context import RunContext
-    from scoremix_ray.distributed.train import fit
-    from scoremix_ray.recognition.train import train_recognizer
+    from scoremix_ray.core.recognition.train import train_recognizer
+    from scoremix_ray.runtime.context import RunContext
+    from scoremix_ray.runtime.train import fit
 
     digits_split.save(tmp_path / "data" / "split.npz")
     synth = write_store(tmp_path / "synth", digits_split.train.images[:40], np.full(40, 5), [])
@@ -174,7 +174,7 @@ def test_an_undecodable_image_stops_the_data_stage_or_is_left_out(tmp_path, capl
     import logging
 
     from scoremix_ray.config import load_config
-    from scoremix_ray.data.images import BadImage
+    from scoremix_ray.core.data.images import BadImage
     from scoremix_ray.pipeline import data_stage
 
     root = _folder(tmp_path / "faces", classes=5, per_class=4, size=16)

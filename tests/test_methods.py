@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from scoremix_ray.config import Config
-from scoremix_ray.errors import ScoreMixError
-from scoremix_ray.generation import render_unit
-from scoremix_ray.methods import METHODS, PlanContext, RenderContext, get_method
-from scoremix_ray.methods.common import half_split
-from scoremix_ray.methods.diffii import invert, regenerate, slerp
-from scoremix_ray.selection.strategies import Selection
+from scoremix_ray.core.generation import render_unit
+from scoremix_ray.core.methods import METHODS, PlanContext, RenderContext, get_method
+from scoremix_ray.core.methods.common import half_split
+from scoremix_ray.core.methods.diffii import invert, regenerate, slerp
+from scoremix_ray.core.selection.strategies import Selection
+from scoremix_ray.foundations.errors import ScoreMixError
 
 SEL = Selection("t", np.array([[0, 3], [1, 2]]), np.zeros(2))
 
@@ -33,7 +33,7 @@ def _ctx(tiny_generator, cfg, recognizer_dir=None):
 
 def test_every_method_has_the_same_budget_and_is_deterministic(tiny_generator, tiny_recognizer, tmp_path, monkeypatch):
     """... and a label-preserving method reads only the source rows it renders, never the whole store."""
-    from scoremix_ray.data import ImageStore, Split
+    from scoremix_ray.core.data import ImageStore, Split
 
     get_method("scoremix")
     assert set(METHODS) == {"scoremix", "plain", "mixup", "cutmix", "diffusemix", "diffcoremix", "diffii"}
@@ -75,7 +75,7 @@ def test_actors_load_only_what_the_method_declares(tiny_generator, tiny_recogniz
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scoremix_ray.distributed.generate import UnitRenderer
+    from scoremix_ray.runtime.generate import UnitRenderer
 
     _, _, split, gen_dir = tiny_generator
     split.save(tmp_path / "split.npz")
@@ -140,7 +140,7 @@ def test_half_split_keeps_each_half():
 
 
 def test_diffusemix_halves_come_from_original_and_counterpart(tiny_generator):
-    from scoremix_ray.methods.common import images_of, renoise_and_denoise
+    from scoremix_ray.core.methods.common import images_of, renoise_and_denoise
 
     cfg = _cfg(fractal_weight=0.0)  # no fractal: the two halves are visible as they are
     method = get_method("diffusemix")
@@ -161,7 +161,7 @@ def test_diffusemix_halves_come_from_original_and_counterpart(tiny_generator):
 
 
 def test_diffcoremix_filter_drops_off_class_images(tiny_generator, tiny_recognizer):
-    from scoremix_ray.methods.diffcoremix import keep_mask
+    from scoremix_ray.core.methods.diffcoremix import keep_mask
 
     split = tiny_generator[2]
     ctx = _ctx(tiny_generator, _cfg(filter_tau=0.6), tiny_recognizer)
@@ -211,7 +211,7 @@ def test_slerp_endpoints_and_inversion_round_trip(tiny_generator):
 def test_partner_draws_are_uniform_over_the_right_pool():
     from collections import Counter
 
-    from scoremix_ray.methods.common import draw_partner
+    from scoremix_ray.core.methods.common import draw_partner
 
     labels = np.array([2, 0, 1, 0, 2, 0, 1, 3])
     by_class = np.argsort(labels, kind="stable")

@@ -56,9 +56,9 @@ def test_cluster_yaml_validates_and_listens_on_loopback():
 
 
 def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeypatch):
-    from scoremix_ray.errors import ScoreMixError
+    from scoremix_ray.foundations.errors import ScoreMixError
     from scoremix_ray.report import strategy_table
-    from scoremix_ray.tracking import client, load_runs
+    from scoremix_ray.runtime.tracking import client, load_runs
     from tuning.sweep import run_sweep
 
     tmp_path, base, summary = tiny_sweep
@@ -158,7 +158,7 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeyp
 
 
 def test_shared_mlflow_server_over_http(tmp_path):
-    from scoremix_ray.tracking import client, live_run, log_run, writer
+    from scoremix_ray.runtime.tracking import client, live_run, log_run, writer
 
     port = _free_port()
     server = subprocess.Popen(
@@ -364,7 +364,7 @@ def _wait_for(what, seconds: float, proc: subprocess.Popen):
 
 
 def _runs(base, filter_string: str):
-    from scoremix_ray.tracking import client, experiment_id
+    from scoremix_ray.runtime.tracking import client, experiment_id
 
     mc = client(base)
     return mc.search_runs([experiment_id(mc, base.tracking.experiment)], filter_string=filter_string)

@@ -1,10 +1,10 @@
 """The generator through Ray Train's TorchTrainer, data-parallel with 2 CPU workers."""
 
 from scoremix_ray.config import load_config
-from scoremix_ray.context import start
-from scoremix_ray.diffusion.edm import EDMDenoiser
-from scoremix_ray.distributed.train import fit
+from scoremix_ray.core.diffusion.edm import EDMDenoiser
 from scoremix_ray.pipeline import data_stage
+from scoremix_ray.runtime.context import start
+from scoremix_ray.runtime.train import fit
 
 
 def test_torchtrainer_two_workers(ray_session, tmp_path):

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from scoremix_ray.checkpoints import read_history
 from scoremix_ray.config import RecognizerConfig
-from scoremix_ray.data.batches import InMemory
-from scoremix_ray.evaluation.verification import (
+from scoremix_ray.core.data.batches import InMemory
+from scoremix_ray.core.evaluation.verification import (
     best_threshold,
     closed_set_accuracy,
     kfold_accuracies,
@@ -17,8 +16,9 @@ from scoremix_ray.evaluation.verification import (
     tar_at_far,
     verification_metrics,
 )
-from scoremix_ray.recognition.heads import MarginHead, arcface_target
-from scoremix_ray.recognition.train import Recognizer, class_centres, embed, train_recognizer
+from scoremix_ray.core.recognition.heads import MarginHead, arcface_target
+from scoremix_ray.core.recognition.train import Recognizer, class_centres, embed, train_recognizer
+from scoremix_ray.foundations.checkpoints import read_history
 
 TINY_REC = RecognizerConfig(widths=(8, 16), blocks=(1, 1), embedding_dim=16, epochs=4, batch_size=32)
 
@@ -135,7 +135,7 @@ def test_rank1_and_closed_set():
 
 
 def test_training_beats_chance(digits_split, tmp_path):
-    from scoremix_ray.evaluation.recognizer import evaluate_split
+    from scoremix_ray.core.evaluation.recognizer import evaluate_split
 
     s = digits_split
     cfg = TINY_REC.model_copy(update={"epochs": 12})

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from scoremix_ray.config import SamplerConfig
-from scoremix_ray.diffusion.sampler import (
+from scoremix_ray.core.diffusion.sampler import (
     generate,
     heun_integrate,
     heun_sample,
@@ -13,7 +13,7 @@ from scoremix_ray.diffusion.sampler import (
     seeded_noise,
     trajectory_progress,
 )
-from scoremix_ray.errors import ScoreMixError
+from scoremix_ray.foundations.errors import ScoreMixError
 
 SC = SamplerConfig(steps=8, batch_size=64)
 

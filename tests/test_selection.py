@@ -5,10 +5,10 @@ import itertools
 import numpy as np
 import pytest
 
-from scoremix_ray.errors import ScoreMixError
-from scoremix_ray.evaluation.alignment import alignment, cka, cknna, linear_kernel, metrics, mutual_knn, rbf_kernel
-from scoremix_ray.selection import STRATEGIES, Selection, select
-from scoremix_ray.selection.strategies import Distances, Spaces, top_tuples
+from scoremix_ray.core.evaluation.alignment import alignment, cka, cknna, linear_kernel, metrics, mutual_knn, rbf_kernel
+from scoremix_ray.core.selection import STRATEGIES, Selection, select
+from scoremix_ray.core.selection.strategies import Distances, Spaces, top_tuples
+from scoremix_ray.foundations.errors import ScoreMixError
 
 
 def _angles(deg):
@@ -76,7 +76,7 @@ def test_triplet_top_n_equals_brute_force(largest, exact_limit):
 def test_scalable_searches_equal_exact_on_small_n(largest):
     """Pairs by row blocks and triplets by the threshold search, against the exhaustive answers, on clustered
     data (many near-ties, the hard case for the threshold) and at a block size that forces many blocks."""
-    from scoremix_ray.selection import strategies as st
+    from scoremix_ray.core.selection import strategies as st
 
     rng = np.random.default_rng(7)
     x = rng.normal(size=(12, 16))[rng.integers(0, 12, 150)] + 0.3 * rng.normal(size=(150, 16))
@@ -169,7 +169,7 @@ def _reference_alignment(x, y, topk, permutations, seed):
     kernel, kNN mask and Spearman recomputed from the re-ordered rows."""
     from scipy.stats import spearmanr
 
-    from scoremix_ray.evaluation.alignment import knn_mask
+    from scoremix_ray.core.evaluation.alignment import knn_mask
 
     def hsic(k, l):
         n = len(k)

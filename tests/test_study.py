@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scoremix_ray.config import ConfigError, load_config
-from scoremix_ray.evaluation.statistics import holm, paired_interval, paired_p, verdict
+from scoremix_ray.core.evaluation.statistics import holm, paired_interval, paired_p, verdict
 
 STUDY = str(Path(__file__).resolve().parents[1] / "configs" / "study-digits.yaml")
 
@@ -68,8 +68,8 @@ def test_folds_with_the_same_partition_are_refused(tmp_path):
 def _fake_study(tmp_path):
     """An MLflow store as a study leaves it: a parent tagged as a study and one child per (condition, cell),
     with metrics made up so the paired differences are known; one failed trial; diffii never ran."""
-    from scoremix_ray import tracking
     from scoremix_ray.config import with_overrides
+    from scoremix_ray.runtime import tracking
 
     base = load_config(
         STUDY,
@@ -201,7 +201,7 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
 
     from scoremix_ray.cli import app
     from scoremix_ray.config import GeneratorConfig
-    from scoremix_ray.generation import read_shards
+    from scoremix_ray.core.generation import read_shards
     from tuning.study import run_study
 
     out = tiny_sweep[0]
@@ -254,7 +254,7 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
     # the benchmarks' paired differences beside the configured metrics, in the report and on the MLflow run
     for metric in ("tiny_bin.verification_accuracy", "ijbc.tar_at_far_1e-6", "tinyface.rank1"):
         assert [r["condition"] for r in report["tables"][metric]][1] == "scoremix / random", metric
-    from scoremix_ray.tracking import client
+    from scoremix_ray.runtime.tracking import client
 
     logged = client(load_config(STUDY, sets)).get_run(report["parent_run_id"]).data.metrics
     assert "diff.scoremix.random.tinyface.rank1" in logged and "diff.plain.verification_accuracy" in logged
@@ -287,9 +287,9 @@ def test_tiny_study_over_all_methods_end_to_end(tiny_sweep, tiny_benchmarks):
 def test_dose_study_report(tmp_path):
     """A dose-response study (study.doses) as MLflow leaves it: every condition at each dose, the baseline
     once per cell; the table per (condition, dose), the distant - close contrast at each dose, the plot."""
-    from scoremix_ray import tracking
     from scoremix_ray.config import with_overrides
     from scoremix_ray.report import write_study_report
+    from scoremix_ray.runtime import tracking
 
     base = load_config(
         STUDY,

@@ -20,14 +20,17 @@ import time
 from pathlib import Path
 
 from scoremix_ray.config import Config, ConfigError, to_yaml, with_overrides
+from scoremix_ray.pipeline import data_stage
+from scoremix_ray.report import write_study_report
+from scoremix_ray.runtime import tracking
+from scoremix_ray.runtime.checks import with_study_defaults
+from tuning.sweep import run_sweep
 
 log = logging.getLogger("scoremix_ray")
 
 
 def check_folds(base: Config) -> dict[int, list[str]]:
     """Stage 1 for every fold; two folds with the same class partition would count one fold twice."""
-    from scoremix_ray.pipeline import data_stage
-
     seen: dict[tuple, int] = {}
     out = {}
     for fold in base.study.folds:
@@ -63,10 +66,8 @@ def machine() -> str:
 
 def run_study(base: Config) -> dict:
     """Run (or finish: every stage is cached) the study; log it to MLflow; write the report."""
-    from scoremix_ray import tracking
-    from scoremix_ray.report import write_study_report
-    from tuning.sweep import run_sweep
 
+    base = with_study_defaults(base)
     st = base.study
     if st is None:
         raise ConfigError("this config has no 'study' section (see configs/study-digits.yaml)")

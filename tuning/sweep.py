@@ -21,8 +21,13 @@ import math
 import traceback
 from pathlib import Path
 
+from scoremix_ray import pipeline
 from scoremix_ray.config import Config, ConfigError, section_hash, settings, with_overrides
-from scoremix_ray.context import RunContext
+from scoremix_ray.core.methods import get_method
+from scoremix_ray.runtime import tracking
+from scoremix_ray.runtime.checks import check_config, check_with_data
+from scoremix_ray.runtime.context import RunContext, start
+from scoremix_ray.runtime.train import cached as fits
 
 log = logging.getLogger("scoremix_ray")
 
@@ -45,8 +50,6 @@ def trial_configs(
 ) -> list[Config]:
     """One validated config per point of strategies x methods x seeds x grid; bad values fail here,
     before anything runs. Methods that make no new classes ignore the strategy (run once per seed)."""
-    from scoremix_ray.checks import check_config
-    from scoremix_ray.methods import get_method
 
     grid = grid or {}
     out, seen = [], set()
@@ -104,8 +107,6 @@ def inline_trial(cfg: Config) -> bool:
 
 def fits_in_cache(cfg: Config, split) -> bool:
     """Whether the augmented training set (real + the method's budget of synthetic images) fits ray.cache_mb."""
-    from scoremix_ray.distributed.train import cached as fits
-
     images = split.train.images
     rows = len(images) + (cfg.generation.budget or cfg.selection.count * cfg.generation.per_tuple)
     return fits(cfg, rows * math.prod(images.shape[1:]))
@@ -136,9 +137,6 @@ def _trial(config: dict, ctx: RunContext) -> dict:
     """One Tune trial: the run's stages 4-7 (stages 1-3 are already cached) as a live MLflow child run of the
     context's run (the sweep's parent); a trial an earlier attempt of the same sweep finished returns the
     metrics it wrote, without running again."""
-    from scoremix_ray import pipeline, tracking
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.model_validate(config["config"])
     if tracking.child_status(ctx.tracker, ctx.run_id, cfg.name) == "FINISHED":
         path = cfg.run_dir / "metrics.json"
@@ -198,10 +196,6 @@ def run_sweep(
     sweep finished returns its metrics at once); returns a summary (also `<out>/<name>.json`). `tags` go on
     the MLflow parent run."""
     import ray
-
-    from scoremix_ray import pipeline, tracking
-    from scoremix_ray.checks import check_with_data
-    from scoremix_ray.context import start
 
     # Tune runs each trial in a working folder of its own: a relative out_dir would send the trial's stages
     # (and its reads of the cached shared ones) there
@@ -274,19 +268,9 @@ def run_sweep(
 def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, ctx: RunContext) -> dict:
     """The trials as one Tune run, each handed the trials' context (`ctx`: their executor, the MLflow writer and
     the parent run): {trial name: summary row} (`base.out_dir` absolute: `run_sweep` made it so)."""
-    import os
 
     from ray import tune
 
-    from scoremix_ray import tracking
-
-    # Tune's own Ctrl-C handler ends fit() as if the sweep were done; the sweep's driver handles Ctrl-C and
-    # SIGTERM itself (its open runs are marked KILLED, the command exits 130)
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    # Tune would run each trial in a folder of its own; kept in the job's working folder (the driver's, on its
-    # node), a relative path a trial reads (data.path, a benchmark's, recognizer.pretrained) means what it means
-    # to the driver
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     inline = ctx.executor == "process"
     at_once = concurrency(configs, cpus, gpus, inline)
     log.info(

@@ -1,0 +1,1 @@
+"""Foundations: files, errors, progress, devices, checkpoints. Imports nothing of the project above it."""

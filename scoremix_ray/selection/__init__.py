@@ -1,5 +1,0 @@
-"""Class-tuple selection: which classes ScoreMix mixes into each new synthetic class."""
-
-from scoremix_ray.selection.strategies import STRATEGIES, Selection, select
-
-__all__ = ["STRATEGIES", "Selection", "select"]
