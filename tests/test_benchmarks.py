@@ -318,14 +318,14 @@ def test_recognizer_as_an_mlflow_model(tiny_recognizer, tmp_path):
 
     import mlflow.pytorch
 
-    from scoremix_ray.runtime import tracking
+    from scoremix_ray.runtime import mlflow_store, tracking
 
     stage = tmp_path / "recognizer-x"
     shutil.copytree(tiny_recognizer / "final", stage / "final")
     cfg = load_config(None, [f"out_dir={tmp_path}", "tracking.registered_model=digits"])
     tracker = tracking.Tracker(tracking.tracking_uri(cfg))
     tracking.client(cfg)
-    rid = tracker.do(tracking._open, "models", "m", {}, {}, None)
+    rid = tracker.do(mlflow_store.open_run, "models", "m", {}, {}, None)
     tracking.log_models(tracker, cfg, rid, {"baseline": stage})
     assert (stage / "mlflow_model" / "MLmodel").is_file()
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))

@@ -138,6 +138,7 @@ def _trial(config: dict, ctx: RunContext) -> dict:
     context's run (the sweep's parent); a trial an earlier attempt of the same sweep finished returns the
     metrics it wrote, without running again."""
     cfg = Config.model_validate(config["config"])
+    ctx = ctx.reporting_to(run_id=ctx.tracker.resolve(ctx.run_id))  # the parent run, once the writer opened it
     if tracking.child_status(ctx.tracker, ctx.run_id, cfg.name) == "FINISHED":
         path = cfg.run_dir / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
@@ -228,8 +229,10 @@ def run_sweep(
             "scoremix.trials": str(len(configs)),
             "scoremix.sweep_key": key,
         }
-        # an earlier attempt's parent run is found by the key and reopened
-        with tracking.live_run(parent_cfg, tracker, tags=tags, find=f"tags.scoremix.sweep_key = '{key}'") as parent:
+        # an earlier attempt's parent run is found by the key and reopened; its id is a future the trials read once
+        # they have started (the writer's start-up, ~2 s here, overlaps Tune's and the trials' own)
+        find = f"tags.scoremix.sweep_key = '{key}'"
+        with tracking.live_run(parent_cfg, tracker, tags=tags, find=find, wait=False) as parent:
             cells = shared_settings(configs)
             for i, c in enumerate(cells, 1):
                 log.info(
@@ -252,6 +255,7 @@ def run_sweep(
                     if status == "RUNNING":
                         tracking.finish(tracker, rid, "KILLED", "stopped with the sweep")
                 raise
+    parent = tracker.resolve(parent)
     trials = [results[c.name] for c in configs]
     earlier = sum(bool(t.get("earlier")) for t in trials)
     log.info(

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from scoremix_ray.config import Config
 from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.interrupts import sigterm_interrupts
-from scoremix_ray.runtime.tracking import Tracker
+from scoremix_ray.runtime.mlflow_store import Tracker
 
 log = logging.getLogger("scoremix_ray")
 

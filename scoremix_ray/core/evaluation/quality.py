@@ -7,8 +7,12 @@ FID: a pixel classifier is weak, so a high number means clearly class-like sampl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 MAX_SIDE = 32  # features: images are block-averaged to at most 32 px a side (37k raw features at 112x112 RGB)
 
@@ -24,6 +28,10 @@ def features(images: np.ndarray) -> np.ndarray:
 
 
 def pixel_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> LogisticRegression:
+    # scikit-learn (and the pandas it pulls in) costs ~0.45 s to import: a sweep trial's fresh process, which
+    # never fits one, does not pay it
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(max_iter=2000, random_state=seed).fit(features(images), labels)
 
 
