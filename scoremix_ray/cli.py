@@ -1,4 +1,8 @@
-"""`scoremix-ray` command line. Every command takes `--config FILE` and repeated `--set a.b=value`."""
+"""`scoremix-ray` command line. Every command takes `--config FILE` and repeated `--set a.b=value`.
+
+The only module whose internal imports sit inside functions: each command imports its work when it runs, so
+`--help`, `config show` and a bad flag answer at once instead of after torch, diffusers and Ray load (~4 s).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ from typing import Annotated
 
 import typer
 
-from scoremix_ray.config import Config, load_config, to_yaml
-from scoremix_ray.foundations.errors import ScoreMixError
+from scoremix_ray.config import Config, convex, load_config, to_yaml
+from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.interrupts import STOP_REQUESTED, sigterm_interrupts
 from scoremix_ray.foundations.progress import LOG_FORMAT
 
@@ -52,7 +56,7 @@ def _cfg(
         overrides.append(f"out_dir={out}")
     if uri is not None:
         overrides.append(f"tracking.tracking_uri={uri}")
-    from scoremix_ray.runtime.checks import check_config, check_inputs, with_study_defaults  # torch: start-up
+    from scoremix_ray.runtime.checks import check_config, check_inputs, with_study_defaults  # start-up: torch
 
     cfg = load_config(config, overrides)
     cfg = check_config(cfg) if check else with_study_defaults(cfg)
@@ -89,7 +93,7 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
     """Print counts per split and write a grid PNG of samples per class."""
     import numpy as np
 
-    from scoremix_ray.pipeline import data_stage
+    from scoremix_ray.pipeline import data_stage  # lazy: start-up
 
     split, d = data_stage(_cfg(config, set_, out))
     s = split.summary()
@@ -116,8 +120,8 @@ def data_inspect(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
 def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None) -> None:
     """Run the whole experiment for one strategy: data, generator, baseline recognizer (all three cached),
     select, generate, augmented recognizer, evaluate; prints baseline vs augmented and logs to MLflow."""
-    from scoremix_ray import jobs
-    from scoremix_ray.runtime import tracking
+    from scoremix_ray import jobs  # lazy: start-up
+    from scoremix_ray.runtime import tracking  # lazy: start-up
 
     cfg = _cfg(config, set_, out, tracking_uri)
     result, metrics, run_id, seconds = jobs.experiment(cfg)
@@ -158,7 +162,7 @@ def sweep(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Ray Tune sweep over strategies x methods x seeds (x --grid axes); one MLflow child run per trial."""
-    from tuning.sweep import parse_grid, run_sweep
+    from tuning.sweep import parse_grid, run_sweep  # lazy: start-up
 
     cfg = _cfg(config, set_, out, tracking_uri, check=False)
     try:
@@ -204,7 +208,7 @@ def study(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tra
     """The study of a config's `study` section: every method x strategy on every fold x seed as one Ray Tune
     sweep (stages cached per fold and seed), logged to MLflow; writes and prints the report with paired
     differences to the real-only baseline and their confidence intervals."""
-    from tuning.study import run_study
+    from tuning.study import run_study  # lazy: start-up
 
     cfg = _cfg(config, set_, out, tracking_uri)
     summary = run_study(cfg)
@@ -228,7 +232,7 @@ def report(
 ) -> None:
     """Strategies (and methods) from MLflow: mean +- std over seeds as a table and a bar plot PNG. With a
     study config (a `study` section): the study's markdown table, interval plot and alignment per fold."""
-    from scoremix_ray.report import plot_strategies, strategy_table, write_study_report
+    from scoremix_ray.report import plot_strategies, strategy_table, write_study_report  # lazy: start-up
 
     cfg = _cfg(config, set_, out, tracking_uri)
     if cfg.study is not None:
@@ -244,7 +248,7 @@ def report(
 @app.command("train-generator")
 def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
     """Train (or resume) the class-conditional EDM generator with Ray Train; prints sample quality."""
-    from scoremix_ray import jobs
+    from scoremix_ray import jobs  # lazy: start-up
 
     d, q = jobs.train_generator(_cfg(config, set_, out))
     typer.echo(f"generator: {d / 'final'}")
@@ -257,7 +261,7 @@ def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutO
 def delta_noise(baseline: dict, augmented: dict) -> str:
     """What one run's delta can say: its interval over the verification folds (paired: the same pairs), which
     counts only the draw of pairs; retraining with other seeds moves it more, which only a study measures."""
-    from scoremix_ray.core.evaluation.statistics import paired_interval
+    from scoremix_ray.core.evaluation.statistics import paired_interval  # lazy: start-up
 
     b, a = baseline.get("verification_accuracy_folds"), augmented.get("verification_accuracy_folds")
     folds = ""
@@ -272,7 +276,7 @@ def delta_noise(baseline: dict, augmented: dict) -> str:
 
 def metrics_table(columns: dict[str, dict]) -> str:
     """Rows = metric names, one column per recognizer (or evaluation set); '-' where not measured."""
-    from scoremix_ray.core.evaluation.benchmarks import numbers
+    from scoremix_ray.core.evaluation.benchmarks import numbers  # lazy: start-up
     from scoremix_ray.pipeline import DELTA_KEYS  # the metrics a recognizer has, and the spread of its accuracy
 
     names = list(columns)
@@ -291,7 +295,7 @@ def metrics_table(columns: dict[str, dict]) -> str:
 @app.command("train-recognizer")
 def train_recognizer_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
     """Train (or resume) the baseline recognizer on the real training split with Ray Train; evaluate it."""
-    from scoremix_ray import jobs
+    from scoremix_ray import jobs  # lazy: start-up
 
     d, metrics = jobs.train_recognizer(_cfg(config, set_, out))
     typer.echo(metrics_table({"recognizer": metrics}))
@@ -310,7 +314,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained recognizer on the config's verification pairs and its benchmarks
     (evaluation.benchmarks, plus each --bin); writes metrics.json next to the model."""
-    from scoremix_ray import jobs
+    from scoremix_ray import jobs  # lazy: start-up
 
     sets = list(set_ or []) + [f"evaluation.benchmarks={jobs.with_bins(config, set_, bin_)}"] if bin_ else set_
     cols, path = jobs.evaluate(_cfg(config, sets, out), recognizer)
@@ -326,8 +330,8 @@ def export(
     """Write a trained recognizer for insightface's tools: backbone.pth (insightface's parameter names, loads
     into arcface_torch's IResNet with strict=True when the architecture is one of its) and model.onnx (input
     N x 3 x 112 x 112 RGB, (x - 127.5) / 127.5, dynamic batch), checked against onnxruntime."""
-    from scoremix_ray.core.recognition.insightface import export as export_model
-    from scoremix_ray.jobs import model_folder
+    from scoremix_ray.core.recognition.insightface import export as export_model  # lazy: start-up
+    from scoremix_ray.jobs import model_folder  # lazy: start-up
 
     info = export_model(model_folder(recognizer), to)
     arch = info["arcface_torch"] or "not an arcface_torch IResNet: insightface's names, its classes cannot build it"
@@ -351,7 +355,7 @@ def select_cmd(
     out: OutOpt = None,
 ) -> None:
     """Rank class tuples with a strategy (stages 1-3 are computed or reused); writes pairs.parquet."""
-    from scoremix_ray import jobs
+    from scoremix_ray import jobs  # lazy: start-up
 
     sets = (
         list(set_ or [])
@@ -382,7 +386,7 @@ def generate(
     out: OutOpt = None,
 ) -> None:
     """Render the synthetic classes with the Ray Data actor pool into Parquet shards (resumes if interrupted)."""
-    from scoremix_ray import jobs
+    from scoremix_ray import jobs  # lazy: start-up
 
     cfg = _cfg(config, list(set_ or []) + ([f"generation.per_tuple={per_tuple}"] if per_tuple else []), out)
     d = jobs.generate(cfg, pairs)
@@ -395,7 +399,7 @@ def generate(
 def align(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
     """Alignment of the generator's condition space with the recognizer's class centres, beside each
     metric's permutation null; written to metrics.json under "alignment"."""
-    from scoremix_ray import jobs
+    from scoremix_ray import jobs  # lazy: start-up
 
     a, path = jobs.align(_cfg(config, set_, out))
     typer.echo(
@@ -429,8 +433,7 @@ def sample(
     png: Annotated[Path | None, typer.Option(help="Where to write the grid PNG")] = None,
 ) -> None:
     """Write a PNG grid: plain class-conditional rows (--classes) or ScoreMix rows (--mix)."""
-    from scoremix_ray import jobs
-    from scoremix_ray.config import convex
+    from scoremix_ray import jobs  # lazy: start-up
 
     cfg = _cfg(config, set_, out)
     given_w = _floats(weights, "--weights") if weights else None
@@ -501,7 +504,6 @@ def user_error(e: BaseException) -> BaseException | str:
     """The error to show: the first of ours (`ScoreMixError`, which names the file, key or value) in the chain
     of causes, through Ray's wrappers (a task's `cause`, a Train run's worker failures); else the innermost
     error's type and first line."""
-    from scoremix_ray.foundations.errors import first_line
 
     queue, seen, innermost = [e], set(), None
     while queue:

@@ -11,7 +11,8 @@ from scoremix_ray.core.methods import get_method
 from scoremix_ray.foundations.errors import ScoreMixError
 from scoremix_ray.foundations.files import new_figure, save_figure
 from scoremix_ray.runtime.checks import with_study_defaults
-from scoremix_ray.runtime.tracking import client, experiment_id, load_runs
+from scoremix_ray.runtime.mlflow_store import experiment_id
+from scoremix_ray.runtime.tracking import client, load_runs
 
 
 def strategy_table(cfg: Config, experiment: str | None = None, metric: str = "augmented.verification_accuracy"):

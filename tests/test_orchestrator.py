@@ -364,7 +364,8 @@ def _wait_for(what, seconds: float, proc: subprocess.Popen):
 
 
 def _runs(base, filter_string: str):
-    from scoremix_ray.runtime.tracking import client, experiment_id
+    from scoremix_ray.runtime.mlflow_store import experiment_id
+    from scoremix_ray.runtime.tracking import client
 
     mc = client(base)
     return mc.search_runs([experiment_id(mc, base.tracking.experiment)], filter_string=filter_string)
