@@ -33,6 +33,18 @@ def save_checkpoint(root: Path, step: int, state: dict, keep: int = KEEP) -> Pat
     return d
 
 
+def resume(root: Path, device, **parts) -> tuple[Path | None, dict]:
+    """The newest complete checkpoint under `root` loaded into `parts` (a module or optimizer by the key it was
+    saved under: net=..., ema=..., opt=...): (its folder, its whole state), or (None, {}) to start afresh."""
+    ckpt = latest_checkpoint(root)
+    if ckpt is None:
+        return None, {}
+    state = load_state(ckpt, device)
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    return ckpt, state
+
+
 def load_state(ckpt: Path, device: str = "cpu") -> dict:
     return load_weights(Path(ckpt) / "state.pt", device)
 

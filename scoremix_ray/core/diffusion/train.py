@@ -26,9 +26,8 @@ from scoremix_ray.foundations.checkpoints import (
     KEEP,
     Monitor,
     Report,
-    latest_checkpoint,
-    load_state,
     log_progress,
+    resume,
     resume_history,
     save_checkpoint,
 )
@@ -107,14 +106,9 @@ def train_generator(
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     guide_step = cfg.guide_checkpoint_step or max(1, cfg.steps // 4)
-    step = 0
-    ckpt = latest_checkpoint(ckpt_root)
+    ckpt, state = resume(ckpt_root, device, net=net, ema=ema, opt=opt)
+    step = state.get("step", 0)
     if ckpt is not None:
-        state = load_state(ckpt, device)
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
         log.info("generator: resumed from %s (step %d of %d)", ckpt, step, cfg.steps)
     if rank == 0:
         resume_history(out_dir, step, monitor)

@@ -30,11 +30,10 @@ from scoremix_ray.foundations.checkpoints import (
     KEEP,
     Monitor,
     Report,
-    latest_checkpoint,
-    load_state,
     load_weights,
     log_progress,
     read_meta,
+    resume,
     resume_history,
     save_checkpoint,
     step_generator,
@@ -121,13 +120,9 @@ def train_recognizer(
     net = Recognizer(cfg, num_classes, feed.image_shape[0], feed.image_shape[2]).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     steps_per_epoch, total = sched.steps_per_epoch, sched.total
-    epoch = 0
-    ckpt = latest_checkpoint(ckpt_root)
+    ckpt, state = resume(ckpt_root, device, net=net, opt=opt)
+    epoch = state.get("epoch", 0)
     if ckpt is not None:
-        state = load_state(ckpt, device)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        epoch = state["epoch"]
         log.info("recognizer: resumed from %s (epoch %d of %d)", ckpt, epoch, cfg.epochs)
     if rank == 0:
         resume_history(out_dir, epoch, monitor)
