@@ -102,7 +102,23 @@ class DataConfig(_Section):
         return self
 
 
+class EDM2Config(_Section):
+    """EDM2's magnitude-preserving UNet (`generator.network: edm2`, core/diffusion/edm2.py). Its paper's EDM2-S
+    at 64 px is channels 192, channel_mult 1,2,3,4, num_blocks 3, attention at 16 and 8 px; these defaults are
+    sized for 16-32 px on a CPU."""
+
+    channels: int = Field(32, ge=1)  # of the first level; level i has channels x channel_mult[i]
+    channel_mult: tuple[Annotated[int, Field(ge=1)], ...] = (1, 2, 2)
+    num_blocks: int = Field(1, ge=1)  # residual blocks per level (the decoder has one more)
+    attn_resolutions: tuple[int, ...] = ()  # resolutions (px) with self-attention (64 channels a head)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # in the residual branches, while training
+
+
 class GeneratorConfig(_Section):
+    # unet2d: diffusers' UNet2DModel inside the EDM preconditioning (block_out_channels ... attention below);
+    # edm2: EDM2's magnitude-preserving UNet with its learned loss weighting (the `edm2` section)
+    network: Literal["unet2d", "edm2"] = "unet2d"
+    edm2: EDM2Config = EDM2Config()
     # Architecture of the diffusers UNet2DModel inside the EDM preconditioning.
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = Field(1, ge=1)
@@ -494,7 +510,12 @@ RUN_ONLY: dict[str, tuple[str, ...] | None] = {
 # Settings added after stages were cached, with the value that computes what was computed before they existed:
 # left out of a key while they hold it, so a release that adds an option does not throw away trained stages.
 ADDED_OFF: dict[str, dict[str, Any]] = {
-    "generator": {"lr_decay_steps": None, "ema_std": None},
+    "generator": {
+        "lr_decay_steps": None,
+        "ema_std": None,
+        "network": "unet2d",
+        "edm2": EDM2Config().model_dump(mode="json"),
+    },
 }
 
 
