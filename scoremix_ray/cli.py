@@ -121,6 +121,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
     """Run the whole experiment for one strategy: data, generator, baseline recognizer (all three cached),
     select, generate, augmented recognizer, evaluate; prints baseline vs augmented and logs to MLflow."""
     from scoremix_ray import jobs  # lazy: start-up
+    from scoremix_ray.core.evaluation.diagnostics import readiness_line  # lazy: start-up
     from scoremix_ray.runtime import tracking  # lazy: start-up
 
     cfg = _cfg(config, set_, out, tracking_uri)
@@ -134,6 +135,8 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
         f"alignment (condition vs embedding space): CKA linear {a['cka_linear']:.3f} (null "
         f"{a['cka_linear_null']:.3f}), mutual kNN {a['mutual_knn']:.3f} (null {a['mutual_knn_null']:.3f})"
     )
+    if "precision" in metrics["generator"]:
+        typer.echo(readiness_line(metrics["generator"]))
     typer.echo(f"samples: {result['generate']['grid']}")
     typer.echo(f"mlflow: run {run_id} in {tracking.tracking_uri(cfg)} (mlflow ui --backend-store-uri ...)")
     typer.echo(f"done in {seconds:.0f} s; run folder: {cfg.run_dir} (metrics.json, pairs.parquet)")

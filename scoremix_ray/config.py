@@ -145,6 +145,9 @@ class GeneratorConfig(_Section):
     # None = a quarter of training (a weaker, earlier model, as in "light autoguidance")
     log_every: int = Field(50, ge=1)
     precision: Precision = "fp32"  # the network's forward pass in training; loss and EMA stay fp32
+    # a run whose generator's samples have a precision below this (in the baseline recognizer's embeddings, the
+    # real images' own precision is the reference) stops before generating; None: always generate
+    min_precision: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class SamplerConfig(_Section):
@@ -503,6 +506,7 @@ RUN_ONLY: dict[str, tuple[str, ...] | None] = {
     "evaluation": None,
     "data": ("on_bad_image",),
     "recognizer": ("pretrained",),
+    "generator": ("min_precision",),  # a gate on the run, not what the generator computes
     "sampler": ("batch_size",),
     "generation": ("num_actors", "actor_cpus", "actor_gpus", "threads_per_actor"),
 }

@@ -26,7 +26,13 @@ from scoremix_ray.core.diffusion.sampler import generate, sample_seed
 from scoremix_ray.core.diffusion.train import check_guidance, load_for_sampling, load_generator
 from scoremix_ray.core.evaluation.alignment import alignment
 from scoremix_ray.core.evaluation.benchmarks import numbers, roc_plot
-from scoremix_ray.core.evaluation.diagnostics import generator_diagnostics, halves, mixed_diagnostics
+from scoremix_ray.core.evaluation.diagnostics import (
+    generator_diagnostics,
+    halves,
+    mixed_diagnostics,
+    readiness,
+    readiness_line,
+)
 from scoremix_ray.core.evaluation.quality import class_accuracy, pixel_classifier
 from scoremix_ray.core.evaluation.recognizer import evaluate_recognizer
 from scoremix_ray.core.evaluation.verification import best_threshold, pair_scores
@@ -36,6 +42,7 @@ from scoremix_ray.core.recognition.insightface import arcface_name, load_pretrai
 from scoremix_ray.core.recognition.train import Recognizer, embed, embed_images
 from scoremix_ray.core.selection import select
 from scoremix_ray.core.selection.strategies import Spaces
+from scoremix_ray.foundations.errors import ScoreMixError
 from scoremix_ray.foundations.files import locked, merge_json, write_json
 from scoremix_ray.runtime import tracking, train
 from scoremix_ray.runtime.benchmarks import with_benchmarks
@@ -304,14 +311,22 @@ def diagnostics_stage(ctx: RunContext, cfg: Config, data_dir: Path, gen_dir: Pat
     if space is None:
         space = ctx.on_device(cfg, recognizer_diagnostics, cfg, data_dir / "split.npz", gen_dir, rec_dir)
         quality = merge_json(path, recognizer={**quality.get("recognizer", {}), rec_dir.name: space})
-        log.info(
-            "generator: identity accuracy %.3f (real %.3f), FD %.3g (real %.3g), precision %.3f (real %.3f), "
-            "recall %.3f (real %.3f) in the baseline's embeddings",
-            *(space[k] for k in ("identity_accuracy", "identity_accuracy_real", "fd", "fd_real")),
-            *(space[k] for k in ("precision", "precision_real", "recall", "recall_real")),
-        )
+        log.info("%s; FD %.3g (real %.3g)", readiness_line(space), space["fd"], space["fd_real"])
     pixel = {k: quality[k] for k in ("class_accuracy", "class_accuracy_real", "classes_scored")}
-    return {**pixel, **{k: v for k, v in space.items() if isinstance(v, (int, float))}}
+    numbers = {k: v for k, v in space.items() if isinstance(v, (int, float))}
+    return {**pixel, **numbers, "readiness": readiness(space)}
+
+
+def check_ready(cfg: Config, quality: dict) -> None:
+    """`generator.min_precision`: a generator whose samples' precision (in the baseline's embeddings) is below it
+    stops the run before anything is generated, in one line; every stage written so far stays."""
+    floor = cfg.generator.min_precision
+    if floor is not None and quality["precision"] < floor:
+        raise ScoreMixError(
+            f"generator precision {quality['precision']:.3f} is below generator.min_precision {floor} (real images: "
+            f"{quality['precision_real']:.3f}; {quality['readiness']}): not generating; the data, generator and "
+            f"baseline stages are kept"
+        )
 
 
 def recognizer_stage(
@@ -584,6 +599,8 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
         "generator": {"dir": str(sh.gen_dir), **sh.quality},
         "recognizer": {"dir": str(sh.rec_dir)},
     }
+    if "generator" in method.needs:
+        check_ready(cfg, sh.quality)
     if method.new_classes:
         sel, pairs_path = select_stage(cfg, sh)
         result["select"] = {"pairs": str(pairs_path), "tuples": sel.tuples.tolist()}

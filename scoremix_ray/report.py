@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from scoremix_ray.config import Config
+from scoremix_ray.core.evaluation.diagnostics import readiness
 from scoremix_ray.core.evaluation.statistics import holm, paired_interval, paired_p, verdict
 from scoremix_ray.core.methods import get_method
 from scoremix_ray.foundations.errors import ScoreMixError
@@ -356,15 +357,20 @@ def diagnostics_markdown(generator, mixing) -> list[str]:
     lines = []
     if len(generator):
         keys = [k for k in GENERATOR_KEYS if k in generator and k + "_real" in generator]
+        judged = all(k in keys for k in ("precision", "recall", "identity_accuracy"))
         lines += _md_table(
             "The generator beside real images (per fold, mean over seeds; in brackets the same measure on held-out "
             "real images: the ceiling for accuracies, the floor for FD): pixel-classifier class accuracy, the "
             "baseline recognizer's nearest-centre identity accuracy, and FD / precision / recall in its embedding "
-            "space:",
+            "space; the verdict by `evaluation.diagnostics.readiness` (precision and recall both at least 0.7 of "
+            "their references: ready; 0.4: marginal; below: not ready, mixed classes likely noise):",
             "fold",
-            keys,
+            keys + (["verdict"] if judged else []),
             [
-                f"| {int(r['fold'])} | " + " | ".join(f"{r[k]:.3g} ({r[k + '_real']:.3g})" for k in keys) + " |"
+                f"| {int(r['fold'])} | "
+                + " | ".join(f"{r[k]:.3g} ({r[k + '_real']:.3g})" for k in keys)
+                + (f" | {readiness(r)}" if judged else "")
+                + " |"
                 for _, r in generator.iterrows()
             ],
         )

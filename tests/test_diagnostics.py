@@ -9,6 +9,8 @@ from scoremix_ray.core.evaluation.diagnostics import (
     halves,
     mixed_diagnostics,
     precision_recall,
+    readiness,
+    readiness_line,
 )
 
 
@@ -89,3 +91,18 @@ def test_classes_with_one_real_image_are_left_out():
     one = np.concatenate([keep, np.flatnonzero(labels == 3)[:1]])  # class 3 has a single real image
     out = generator_diagnostics(emb[one], labels[one], emb, labels, seed=0)
     assert out["rows"]["real_a"] + out["rows"]["real_b"] == len(keep) and out["identity_accuracy"] == 1.0
+
+
+def test_readiness_rule():
+    """Precision and recall each as a share of their real reference; the lower share decides: >= 0.7 ready,
+    >= 0.4 marginal, else not ready (the glyphs generator of the README: precision 0.086 of 0.86 -> not ready)."""
+    ref = {"precision_real": 0.9, "recall_real": 0.9, "identity_accuracy": 0.5, "identity_accuracy_real": 1.0}
+    assert readiness({**ref, "precision": 0.63, "recall": 0.9}) == "ready"  # exactly 0.7 of the reference
+    assert readiness({**ref, "precision": 0.62, "recall": 0.9}) == "marginal"
+    assert readiness({**ref, "precision": 0.9, "recall": 0.3}) == "not ready"  # recall alone can fail it
+    glyphs = {**ref, "precision": 0.086, "precision_real": 0.86, "recall": 0.9}
+    line = readiness_line(glyphs)
+    assert (
+        line.startswith("generator not ready (mixed classes are likely noise")
+        and "precision 0.086 (real 0.860)" in line
+    )

@@ -464,3 +464,23 @@ def test_a_sweep_is_the_same_sweep_from_anywhere():
     )
     assert key(strategies=("embedding-distant", "random")) == here
     assert key("generation.per_tuple=9") != here and key(strategies=("random",)) != here and key(name="t") != here
+
+
+def test_min_precision_stops_a_run_before_it_generates(tiny_sweep):
+    """generator.min_precision above what the generator reaches: the run stops in one line naming the figures,
+    after the shared stages (reused) and before any selection or generation; below it, the gate is silent."""
+    from scoremix_ray import pipeline
+    from scoremix_ray.config import with_overrides
+    from scoremix_ray.foundations.errors import ScoreMixError
+    from scoremix_ray.runtime.context import RunContext
+
+    out, base, _ = tiny_sweep
+    cfg = with_overrides(base, ["name=gated", "generator.min_precision=1.0"])
+    before = sorted(p.name for p in (out / "stages").iterdir())
+    with pytest.raises(ScoreMixError, match=r"generator precision 0\.\d+ is below generator.min_precision 1.0 \(real"):
+        pipeline.run(RunContext(), cfg)
+    assert sorted(p.name for p in (out / "stages").iterdir()) == before  # nothing new was computed
+    assert not (cfg.run_dir / "pairs.parquet").exists()
+    quality = pipeline.shared(RunContext(), cfg).quality
+    assert quality["readiness"] in ("ready", "marginal", "not ready")
+    pipeline.check_ready(with_overrides(cfg, ["generator.min_precision=0.0"]), quality)  # no error

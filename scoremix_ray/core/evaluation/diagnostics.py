@@ -127,6 +127,35 @@ def generator_diagnostics(
     }
 
 
+READY, MARGINAL = 0.7, 0.4  # share of the real references that precision and recall must both reach
+
+
+def readiness(d: dict) -> str:
+    """A verdict on a generator from its recognizer-space diagnostics (`generator_diagnostics`), by one rule:
+    precision and recall each as a share of the same measure on held-out real images (their references);
+    "ready" when both reach READY (0.7) of theirs, "marginal" when both reach MARGINAL (0.4), else "not ready".
+    Precision is the share of samples that land among real ones of their class: below MARGINAL of the real
+    share, most samples - and so most of what a mixed class is made from - are off the data, and mixed classes
+    are likely noise to the recognizer. Recall guards the other way (a few good modes, the rest missing)."""
+    share = min(d["precision"] / max(d["precision_real"], 1e-12), d["recall"] / max(d["recall_real"], 1e-12))
+    return "ready" if share >= READY else "marginal" if share >= MARGINAL else "not ready"
+
+
+def readiness_line(d: dict) -> str:
+    """One line a user reads: the verdict and the figures it rests on, beside their references."""
+    verdict = readiness(d)
+    why = {
+        "ready": "its samples sit among real images of their classes",
+        "marginal": "mixed classes may be partly noise",
+        "not ready": "mixed classes are likely noise: train the generator longer or larger before mixing",
+    }[verdict]
+    return (
+        f"generator {verdict} ({why}): precision {d['precision']:.3f} (real {d['precision_real']:.3f}), recall "
+        f"{d['recall']:.3f} (real {d['recall_real']:.3f}), identity accuracy {d['identity_accuracy']:.3f} (real "
+        f"{d['identity_accuracy_real']:.3f}) in the baseline's embeddings"
+    )
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
 
