@@ -1,0 +1,74 @@
+"""The generator's networks side by side on this machine: training images/s (one EDM loss step: forward,
+backward, Adam, at batch 64) and sampling network evaluations/s (one denoiser call at batch 256), for
+`generator.network` unet2d and edm2 at their default sizes, at 16 and 32 px. Ends with one JSON line.
+
+    python benchmarks/network_throughput.py [--steps 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from scoremix_ray.config import GeneratorConfig
+from scoremix_ray.core.diffusion.edm import build_denoiser, edm_loss
+
+
+def rate(fn, n: int, items: int) -> float:
+    fn()  # warm-up: first-call allocations and kernel choices
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n * items / (time.perf_counter() - t0)
+
+
+def measure(network: str, size: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(network=network)
+    net = build_denoiser(cfg, 10, size, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    y, labels, gen = torch.rand(64, 1, size, size) * 2 - 1, torch.arange(64) % 10, torch.Generator().manual_seed(0)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        edm_loss(net.train(), y, labels, cfg, gen).backward()
+        opt.step()
+
+    x, sigma, big = torch.randn(256, 1, size, size), torch.full((256,), 1.0), torch.arange(256) % 10
+
+    def sample_call():
+        with torch.no_grad():
+            net.eval()(x, sigma, big)
+
+    return {
+        "params": sum(p.numel() for p in net.parameters()),
+        "train_img_s": rate(train_step, steps, 64),
+        "sample_evals_s": rate(sample_call, max(2, steps // 4), 256),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    figures = {}
+    for size in (16, 32):
+        u, e = measure("unet2d", size, a.steps), measure("edm2", size, a.steps)
+        figures[f"{size}px"] = {"unet2d": u, "edm2": e}
+        print(
+            f"{size} px: unet2d {u['params'] / 1e6:.2f}M params, train {u['train_img_s']:.0f} img/s, sample "
+            f"{u['sample_evals_s']:.0f} evals/s; edm2 {e['params'] / 1e6:.2f}M, train {e['train_img_s']:.0f} img/s "
+            f"({e['train_img_s'] / u['train_img_s']:.2f}x), sample {e['sample_evals_s']:.0f} evals/s "
+            f"({e['sample_evals_s'] / u['sample_evals_s']:.2f}x)"
+        )
+    rounded = {s: {n: {k: round(v, 1) for k, v in d.items()} for n, d in f.items()} for s, f in figures.items()}
+    print(json.dumps({"threads": a.threads, **rounded}))
+
+
+if __name__ == "__main__":
+    main()
