@@ -73,9 +73,14 @@ def test_loss_decreases(tmp_path):
     assert np.mean(losses[-2:]) < 0.75 * losses[0], losses
 
 
-def test_resume_after_interrupt_continues_exactly(tmp_path):
+# EDM2's network (core/diffusion/edm2.py) too: its forced weight normalisation and log-variance head resume exactly
+NETWORKS = {"unet2d": {}, "edm2": {"network": "edm2", "edm2": {"channels": 16, "channel_mult": [1, 2]}}}
+
+
+@pytest.mark.parametrize("network", list(NETWORKS))
+def test_resume_after_interrupt_continues_exactly(tmp_path, network):
     images, labels, n = _digits()
-    cfg = GeneratorConfig(**{**TINY_GEN, "checkpoint_every": 10})  # 40 steps, a checkpoint (and report) every 10
+    cfg = GeneratorConfig(**{**TINY_GEN, **NETWORKS[network], "checkpoint_every": 10})  # 40 steps, report every 10
     train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "straight")
 
     class Interrupt(Exception):

@@ -141,10 +141,9 @@ def test_the_mixed_sampler_on_edm2_is_the_plain_sampler_on_d_mix():
     assert np.abs(images.astype(int) - plain.astype(int)).mean() > 1  # the mix is not class i alone
 
 
-def test_training_learns_and_resumes_exactly(tmp_path):
-    """The shared training loop on the EDM2 network: the loss falls, and a run interrupted at step 30 and resumed
-    ends on the same weights, bit for bit, as one that was not (the forced normalisation and the log-variance head
-    included)."""
+def test_training_learns(tmp_path):
+    """The shared training loop on the EDM2 network: the loss (with its log-variance term) falls. (Its exact
+    resume is tests/test_edm.py's, for both networks.)"""
     from conftest import TINY_GEN
     from test_edm import _digits
 
@@ -154,25 +153,9 @@ def test_training_learns_and_resumes_exactly(tmp_path):
     images, labels, n = _digits()
     cfg = GeneratorConfig(**{**TINY_GEN, **EDM2, "checkpoint_every": 10})
     losses = []
-    train_generator(
-        InMemory(images, labels), n, cfg, 0, tmp_path / "straight", report=lambda m, c: losses.append(m["loss"])
-    )
-    assert losses[-1] < losses[0], losses
-
-    class Interrupt(Exception):
-        pass
-
-    def crash_at_30(metrics, ckpt):
-        if metrics["step"] == 30:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "resumed", report=crash_at_30)
-    train_generator(InMemory(images, labels), n, cfg, 0, tmp_path / "resumed")
-    a = EDMDenoiser.load(tmp_path / "straight" / "final").state_dict()
-    b = EDMDenoiser.load(tmp_path / "resumed" / "final").state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(k.startswith("unet.logvar_linear") for k in a)
+    train_generator(InMemory(images, labels), n, cfg, 0, tmp_path, report=lambda m, c: losses.append(m["loss"]))
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert any(k.startswith("unet.logvar_linear") for k in EDMDenoiser.load(tmp_path / "final").state_dict())
 
 
 def test_an_edm2_generator_exports_as_an_mlflow_model(tmp_path):
