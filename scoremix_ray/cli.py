@@ -507,7 +507,6 @@ def user_error(e: BaseException) -> BaseException | str:
     """The error to show: the first of ours (`ScoreMixError`, which names the file, key or value) in the chain
     of causes, through Ray's wrappers (a task's `cause`, a Train run's worker failures); else the innermost
     error's type and first line."""
-
     queue, seen, innermost = [e], set(), None
     while queue:
         x = queue.pop(0)

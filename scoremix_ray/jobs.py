@@ -69,7 +69,6 @@ def model_folder(recognizer: Path) -> Path:
 def evaluate(cfg: Config, recognizer: Path) -> tuple[dict, Path]:
     """A trained recognizer on the config's verification pairs and its benchmarks, the metrics merged into the
     `metrics.json` beside the model: ({"recognizer": pairs' metrics and "benchmarks"}, that file)."""
-
     ctx, cfg = start(cfg)
     model_dir = model_folder(recognizer)
     net = Recognizer.load(model_dir, local_device(cfg.ray.use_gpu))
@@ -99,7 +98,6 @@ def select(cfg: Config):
 def generate(cfg: Config, pairs: Path | None) -> Path:
     """Stage 5 for the tuples of a pairs file (checked against the data before any training), or for those the
     config's strategy selects now: the generate stage's folder."""
-
     method = get_method(cfg.generation.method)
     sel = Selection.read(pairs) if pairs is not None else None
     ctx, cfg = start(cfg)

@@ -219,7 +219,6 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     a trained generator whose quality check failed is checked again, not trained again. After training: a
     sample grid (one row per class) and the class accuracy of the samples, under the run's guidance policy.
     """
-
     d = GENERATOR.dir(cfg, {"data": data_dir})
     with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
         if GENERATOR.done(d):
@@ -247,7 +246,6 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
 def sample_images(cfg: Config, gen_dir: Path, labels, weights, seeds: list[int], device: str = "cpu"):
     """Images of rows (classes, convex weights, seed) from the generator in `gen_dir` under the run's sampler
     settings and guidance policy, computed on `device`; uint8 (N, H, W, C) on the host."""
-
     net, guide = load_for_sampling(gen_dir, cfg.sampler, device)
     return generate(net, labels, weights, seeds, cfg.sampler, guide_net=guide)
 
@@ -291,7 +289,6 @@ def recognizer_diagnostics(cfg: Config, split_path: Path, gen_dir: Path, rec_dir
     """The generator's samples of its quality check in the baseline recognizer's embedding space, against the
     real images of the same classes (`evaluation.diagnostics.generator_diagnostics`: identity accuracy, FD,
     precision/recall, each beside its real-image reference)."""
-
     split = Split.load(split_path)
     samples = np.load(gen_dir / "quality_samples.npz")
     real = np.flatnonzero(np.isin(split.train.labels, np.unique(samples["labels"])))
@@ -338,7 +335,6 @@ def recognizer_stage(
 
     The baseline (out=None) is cached by data + recognizer settings + seed, shared by every strategy.
     """
-
     pretrained = cfg.recognizer.pretrained if out is None else None  # the augmented recognizer always trains
     d = out or baseline_dir(cfg, data_dir)
     with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
@@ -374,7 +370,6 @@ def baseline_dir(cfg: Config, data_dir: Path) -> Path:
 def from_pretrained(cfg: Config, split: Split, path: Path, final: Path) -> dict:
     """Stage 3 without training: the configured IResNet with the arcface_torch checkpoint at `path` as its
     backbone, saved as the stage's model (centres and evaluation follow as for a trained one)."""
-
     _, size, _, channels = split.train.images.shape
     net = Recognizer(cfg.recognizer, split.train.num_classes, size, channels)
     load_pretrained(net, path)
@@ -413,7 +408,6 @@ def shared(ctx: RunContext, cfg: Config) -> Shared:
 
 def class_spaces(shared: Shared):
     """The generator's condition vectors and the baseline recognizer's class centres, same class order."""
-
     condition = load_generator(shared.gen_dir).condition_vectors().numpy()
     return Spaces(embedding=np.load(shared.rec_dir / "centres.npy"), condition=condition)
 
@@ -435,7 +429,6 @@ def generate_stage(ctx: RunContext, cfg: Config, shared: Shared, method, selecti
     (`Method.needs`): the same tuples give the same folder whichever strategy chose them, and an interrupted
     generation resumes in place. Actor counts are not in the key: they do not change the bytes.
     """
-
     split = shared.split
     plan = method.plan(PlanContext(cfg, split.train.num_classes, selection, split))
     uses = method.needs  # the key holds only what feeds the bytes: mixup's images do not depend on the generator
@@ -494,7 +487,6 @@ def mixing_diagnostics(cfg: Config, split_path: Path, rec_dir: Path, synth_dir: 
     """The baseline's view of a generation's new classes: their rows' embeddings (MIXED_TUPLES tuples at most),
     the parents of each (from the shards' `classes`), the real class centres and the baseline's threshold (the
     accuracy-best one on the split's verification pairs)."""
-
     split = Split.load(split_path)
     t = read_shards(synth_dir, ["label", "classes"])
     label, first = np.unique(np.asarray(t.column("label")), return_index=True)

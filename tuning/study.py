@@ -66,7 +66,6 @@ def machine() -> str:
 
 def run_study(base: Config) -> dict:
     """Run (or finish: every stage is cached) the study; log it to MLflow; write the report."""
-
     base = with_study_defaults(base)
     st = base.study
     if st is None:

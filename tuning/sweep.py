@@ -50,7 +50,6 @@ def trial_configs(
 ) -> list[Config]:
     """One validated config per point of strategies x methods x seeds x grid; bad values fail here,
     before anything runs. Methods that make no new classes ignore the strategy (run once per seed)."""
-
     grid = grid or {}
     out, seen = [], set()
     for method, strategy, seed, *values in itertools.product(methods, strategies, seeds, *grid.values()):
@@ -272,7 +271,6 @@ def run_sweep(
 def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, ctx: RunContext) -> dict:
     """The trials as one Tune run, each handed the trials' context (`ctx`: their executor, the MLflow writer and
     the parent run): {trial name: summary row} (`base.out_dir` absolute: `run_sweep` made it so)."""
-
     from ray import tune
 
     inline = ctx.executor == "process"

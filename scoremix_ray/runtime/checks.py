@@ -68,7 +68,6 @@ def check_config(cfg: Config) -> Config:
 
 def check_with_data(cfg: Config, split) -> None:
     """Right after the data stage: the selection can be drawn from the training classes."""
-
     sc = cfg.selection
     if get_method(cfg.generation.method).new_classes:
         check_feasible(sc.strategy, split.train.num_classes, sc.count, sc.tuple_size, sc.max_uses_per_class)

@@ -34,7 +34,6 @@ log = logging.getLogger("scoremix_ray")
 def training_set(split_path: str | Path, synthetic: str | Path | None = None):
     """(images, labels, num_classes) to train on: the split's training store, then the synthetic store for the
     augmented recognizer, read as one row space. Nothing is read into memory here."""
-
     train = Split.load(split_path).train
     if synthetic is None:
         return train.images, train.labels, train.num_classes
@@ -121,7 +120,6 @@ def _worker(conf: dict) -> None:
 
 def _train(conf: dict, cfg: Config, feed, n: int, rank: int, world: int, prepare, report, device: str) -> dict:
     """The shared loop with its live curve (rank 0 sends it to the open MLflow run); returns the last metrics."""
-
     live = tracking.monitor(conf["track"], conf["stage"]) if rank == 0 else None  # the curve, to MLflow as it grows
     last: dict = {}
 

@@ -52,7 +52,6 @@ def evaluate_bin_file(path: str | Path, model_dir: str | Path, flip: bool, devic
 
 def evaluate_bin(net: Recognizer, path: str | Path, flip: bool = False) -> dict:
     """An InsightFace verification `.bin` (image pairs stored consecutively), decoded to the model's size."""
-
     blobs, issame = read_bin(path)
     if len(issame) < FOLDS:
         raise ScoreMixError(f"{path}: {len(issame)} pairs are too few for {FOLDS}-fold verification accuracy")
