@@ -40,7 +40,7 @@ class RunContext:
     address: str | None = None  # the Ray cluster to join (`ray.address`); None: a local Ray, started when needed
     executor: Executor = "ray"
     tracker: Tracker | None = None  # where MLflow writes go; None: nothing is tracked
-    run_id: str | None = None  # the open MLflow run the stages' curves go to (a new run is opened under it)
+    run_id: str | None = None  # the open MLflow run the curves go to (or its future: `Tracker.submit`)
     prefix: str = ""  # before the curves' metric names (a sweep's shared stages: one set per fold and seed)
     connect_timeout_s: float = 20.0  # how long joining `address` may take (`connect_timeout_s`)
 
