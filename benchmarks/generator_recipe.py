@@ -14,6 +14,7 @@ Variants (same network, steps, batch and data: the same training time, but edm2-
                 not quite equal time (benchmarks/network_throughput.py: 0.88x unet2d's images/s at 16 px)
   edm2-net-lr   the same at EDM2's learning-rate scale for its normalised weights (lr 1e-2; 2e-3 elsewhere)
   edm2-net-tref EDM2's own schedule too: lr 1e-2 decaying from its t_ref (70k images: ~1100 steps of 64)
+  edm2-1970     the unet2d edm2 recipe for 1970 steps: edm2-net-tref's training time on this box (298 s / 227 s)
   sampler-18/32 the edm generator, its check made with 18 / 32 Heun steps instead of the config's 8
 Each variant's generator stage is trained in this process on the study config's fold, scored by its quality check
 (pixel classifier) and by the baseline recognizer of that fold (trained once, shared): identity accuracy, FD,
@@ -46,6 +47,7 @@ VARIANTS = {
     "edm2-x2": [*EDM, *LR_DECAY, *NOISE, "generator.steps=3000"],  # twice the training: not equal time
     "edm2-net": [*EDM, *LR_DECAY, *NOISE, "generator.network=edm2"],
     "edm2-net-lr": [*EDM, *LR_DECAY, *NOISE, "generator.network=edm2", "generator.lr=0.01"],
+    "edm2-1970": [*EDM, *LR_DECAY, *NOISE, "generator.steps=1970"],
     "edm2-net-tref": [*EDM, *NOISE, "generator.network=edm2", "generator.lr=0.01", "generator.lr_decay_steps=1100"],
 }
 # the same trained generator ("edm") sampled differently: is a shortfall the training's or the sampler's?
