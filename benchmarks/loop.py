@@ -1,15 +1,17 @@
 """Per-trial overhead: one small trial as plain calls in this process vs through the project's sweep path.
 
 The trial: select 2 pairs, generate 16 ScoreMix images, train the augmented recognizer 2 epochs on real +
-synthetic, evaluate it, on cached shared stages (data, generator, baseline: computed first, not timed, by a
-tracked run that leaves its MLflow store, as the earlier command in a real out_dir does).
+synthetic, evaluate it, on cached shared stages (data, generator, baseline and their MLflow models: computed
+first, not timed, by a tracked run that leaves its MLflow store, as the earlier command in a real out_dir does).
   (a) in process: the same functions the stages call, no Ray (`render_unit`, `train_recognizer`,
       `evaluate_recognizer`), writing to folders of their own;
   (b) as a sweep: `run_sweep` with that one trial (Tune trial, Ray Data actor pool, Ray Train, MLflow child
       run), on stage keys (a) did not fill, so it does the same work.
 The difference is what the orchestration costs a trial (target: overhead_s <= 5 on a 2-core box). Then a
 sweep of 4 such trials: what each trial after the first adds (the sweep's start-up paid once, trial processes
-reused). Ends with one JSON line {"inprocess_s", "trial_s", "overhead_s", ..., "per_extra_trial_s"}.
+reused). Then the floor, Tune alone: a one-trial sweep of a function that does nothing, and of one that only
+imports torch and diffusers (what a trial's fresh process must). Ends with one JSON line {"inprocess_s",
+"trial_s", "overhead_s", ..., "per_extra_trial_s", "tune_floor_s", "tune_import_floor_s"}.
 
     python benchmarks/loop.py [--out DIR]
 """
@@ -79,6 +81,31 @@ def in_process(cfg, shared, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _nothing(config: dict) -> dict:
+    return {"done": 1}
+
+
+def _imports(config: dict) -> dict:
+    import torch  # noqa: F401
+    from diffusers import UNet2DModel  # noqa: F401 -- what the generator's network needs
+
+    return {"done": 1}
+
+
+def tune_floor(fn, out: Path) -> float:
+    """Seconds of a one-trial Tune sweep of `fn`, with the project's sweep settings (reused trial processes)."""
+    from ray import tune
+
+    t0 = time.perf_counter()
+    tune.Tuner(
+        fn,
+        param_space={"x": tune.grid_search([0])},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(out / "floor"), verbose=0),
+    ).fit()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=None)
@@ -106,6 +133,7 @@ def main() -> None:
     ctx, cfg = start(base)
     with tracking.writer(cfg) as tracker, tracking.live_run(cfg.model_copy(update={"name": "setup"}), tracker):
         shared = pipeline.shared(ctx, cfg)
+    tracking.save_models(cfg, {"generator": shared.gen_dir, "baseline": shared.rec_dir})  # as `run` logs them
     pipeline.alignment_stage(cfg, shared)
     inproc = in_process(cfg, shared, out / "plain")
     t0 = time.perf_counter()
@@ -122,10 +150,12 @@ def main() -> None:
     sweep4 = time.perf_counter() - t0
     assert not any(t["error"] for t in summary["trials"]), summary["trials"]
     extra = (sweep4 - trial) / (len(four) - 1)
+    floor, import_floor = tune_floor(_nothing, out), tune_floor(_imports, out)
     print(
         f"in process: {inproc:.1f} s; as a sweep trial: {trial:.1f} s ({trial / inproc:.2f}x); "
         f"Ray Data generation inside it: {gen['seconds']:.1f} s for {gen['rendered']} images; a sweep of "
-        f"{len(four)} such trials: {sweep4:.1f} s, {extra:.1f} s per trial after the first"
+        f"{len(four)} such trials: {sweep4:.1f} s, {extra:.1f} s per trial after the first; Tune alone: "
+        f"{floor:.1f} s a trial doing nothing, {import_floor:.1f} s one importing torch and diffusers"
     )
     print(
         json.dumps(
@@ -137,6 +167,8 @@ def main() -> None:
                 "generation_s": round(gen["seconds"], 2),
                 "sweep4_s": round(sweep4, 2),
                 "per_extra_trial_s": round(extra, 2),
+                "tune_floor_s": round(floor, 2),
+                "tune_import_floor_s": round(import_floor, 2),
             }
         )
     )

@@ -266,6 +266,11 @@ class TrackingConfig(_Section):
     tracking_uri: str | None = None  # None = sqlite:///<out>/mlflow.db
     experiment: str = "scoremix-ray"
     log_models: bool = True  # recognizers (and the generator) as MLflow models with a signature
+    # a sweep's or study's models: the shared generator and baseline once, on the parent run; the augmented
+    # recognizer of the best trial (highest augmented.verification_accuracy) on its run, after the trials, or of
+    # every trial ("all": each trial exports its own, ~2 s of a trial process on a 2-core box, and one model
+    # folder per trial in the artifact store)
+    sweep_models: Literal["best", "all"] = "best"
     registered_model: str | None = None  # register them as <name> (augmented), <name>-baseline, <name>-generator
 
 

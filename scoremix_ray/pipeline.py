@@ -620,10 +620,13 @@ def run(ctx: RunContext, cfg: Config) -> tuple[dict, dict]:
     return result, metrics
 
 
-def run_tracked(ctx: RunContext, cfg: Config) -> tuple[dict, dict, str]:
+def run_tracked(
+    ctx: RunContext, cfg: Config, models: tuple[str, ...] = ("generator", "baseline", "augmented")
+) -> tuple[dict, dict, str]:
     """`run` as a live MLflow run under the context's run, if any (`tracking.live_run`: open from the start,
-    the curves as stages train, the results and the reused stages' curves at the end): (stage summary,
-    metrics, run id)."""
+    the curves as stages train, the results and the reused stages' curves at the end), with the MLflow models
+    of the stages named in `models` (a sweep's trial: its own recognizer or none, `tracking.sweep_models`):
+    (stage summary, metrics, run id)."""
     with tracking.live_run(cfg, ctx.tracker, parent=ctx.run_id) as rid:
         write_run_config(cfg)
         result, metrics = run(ctx.reporting_to(run_id=rid), cfg)
@@ -632,5 +635,5 @@ def run_tracked(ctx: RunContext, cfg: Config) -> tuple[dict, dict, str]:
             for name, key in (("generator", "generator"), ("baseline", "recognizer"), ("augmented", "augmented"))
         }
         tracking.log_results(ctx.tracker, rid, metrics, tracking.run_artifacts(cfg, result), stages)
-        tracking.log_models(ctx.tracker, cfg, rid, stages)
+        tracking.log_models(ctx.tracker, cfg, rid, {k: d for k, d in stages.items() if k in models})
     return result, metrics, rid

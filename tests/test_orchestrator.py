@@ -84,7 +84,16 @@ def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeyp
     )
     arts = {a.path for a in mc.list_artifacts(done["run_id"])}
     assert {"samples.png", "pairs.parquet", "metrics.json", "config.yaml", "roc-ijbc.png"} <= arts
-    assert {"generator_model", "baseline_model", "augmented_model"} <= arts  # MLflow models, with signatures
+    # MLflow models, with signatures: the shared ones once, on the parent; the best trial's recognizer on its run
+    assert {"generator_model", "baseline_model"} <= {a.path for a in mc.list_artifacts(parent.info.run_id)}
+    finished = runs[runs["status"] == "FINISHED"]
+    names = [t["name"] for t in summary["trials"] if not t["error"]]  # trial order: the first of equals is best
+    best = max(names, key=lambda n: trials[n]["augmented.verification_accuracy"])
+    assert parent.data.tags["scoremix.best_trial"] == best
+    with_model = [
+        r.run_id for r in finished.itertuples() if "augmented_model" in {a.path for a in mc.list_artifacts(r.run_id)}
+    ]
+    assert with_model == list(finished[finished["tags.mlflow.runName"] == best]["run_id"])
     # the benchmarks: their headline numbers for both recognizers and the paired difference, in every trial
     for key in (
         "tiny_bin.verification_accuracy",

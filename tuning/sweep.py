@@ -143,7 +143,8 @@ def _trial(config: dict, ctx: RunContext) -> dict:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         return {"run_dir": str(cfg.run_dir), "earlier": True, **tracking.flat_metrics(metrics)}
     try:
-        _, metrics, _ = pipeline.run_tracked(ctx, cfg)
+        # its own recognizer's MLflow model only when every trial logs one (the shared ones are on the parent)
+        _, metrics, _ = pipeline.run_tracked(ctx, cfg, ("augmented",) if cfg.tracking.sweep_models == "all" else ())
     except Exception as e:  # noqa: BLE001 -- the trial's own error (bad data, a full disk): a result, not retried
         from ray.exceptions import RayError
 
@@ -233,6 +234,7 @@ def run_sweep(
         find = f"tags.scoremix.sweep_key = '{key}'"
         with tracking.live_run(parent_cfg, tracker, tags=tags, find=find, wait=False) as parent:
             cells = shared_settings(configs)
+            logging_models: list = []  # the shared models' writes, sent while the writer starts, checked after
             for i, c in enumerate(cells, 1):
                 log.info(
                     "sweep: shared stages %d/%d (data.split_seed %d, seed %d)", i, len(cells), c.data.split_seed, c.seed
@@ -240,9 +242,13 @@ def run_sweep(
                 # their curves go to the parent run, one set per (fold, seed) when there are several
                 prefix = f"fold{c.data.split_seed}.seed{c.seed}." if len(cells) > 1 else ""
                 split, data_dir = data[stage_of(c)]
-                pipeline.shared_stages(
+                s = pipeline.shared_stages(
                     ctx.reporting_to(tracker, parent, prefix), widen_for_driver(c, cpus), split, data_dir
                 )
+                # their MLflow models once, on the parent run, before the trials (which then log only their own)
+                folder = f"fold{c.data.split_seed}-seed{c.seed}/" if len(cells) > 1 else ""
+                models = {"generator": s.gen_dir, "baseline": s.rec_dir}
+                logging_models += tracking.log_models(tracker, c, parent, models, folder, wait=False)
             # trials do their own 1-worker CPU work only when each one's training set is cached in memory
             # (streaming needs Ray Data's readers beside the trainer, and the trial would hold their CPUs)
             inline = all(inline_trial(c) and fits_in_cache(c, data[stage_of(c)][0]) for c in configs)
@@ -254,6 +260,10 @@ def run_sweep(
                     if status == "RUNNING":
                         tracking.finish(tracker, rid, "KILLED", "stopped with the sweep")
                 raise
+            for write in logging_models:
+                tracker.resolve(write)
+            if base.tracking.log_models and base.tracking.sweep_models == "best":
+                log_best_model(tracker, parent, configs, results)
     parent = tracker.resolve(parent)
     trials = [results[c.name] for c in configs]
     earlier = sum(bool(t.get("earlier")) for t in trials)
@@ -266,6 +276,28 @@ def run_sweep(
     summary = {"name": name, "parent_run_id": parent, "tracking_uri": tracker.uri, "trials": trials}
     (Path(base.out_dir) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+BEST_BY = "augmented.verification_accuracy"
+
+
+def log_best_model(tracker, parent, configs: list[Config], results: dict) -> None:
+    """The augmented recognizer of the trial with the highest `BEST_BY` as an MLflow model on that trial's run
+    (registered as `tracking.registered_model` when set), and its name as the parent's tag "scoremix.best_trial"."""
+    done = [c for c in configs if not results[c.name]["error"] and BEST_BY in results[c.name]]
+    if not done:
+        return
+    best = max(done, key=lambda c: results[c.name][BEST_BY])  # the first of equals, in trial order
+    rid, _ = tracking.children(tracker, parent)[best.name]
+    stages = json.loads((best.run_dir / "stages.json").read_text())
+    tracking.log_models(tracker, best, rid, {"augmented": Path(stages["augmented"]["dir"])})
+    tracking.set_tag(tracker, parent, "scoremix.best_trial", best.name)
+    log.info(
+        "sweep: best trial %s (%s %.4f): its recognizer is the MLflow model augmented_model",
+        best.name,
+        BEST_BY,
+        results[best.name][BEST_BY],
+    )
 
 
 def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, ctx: RunContext) -> dict:

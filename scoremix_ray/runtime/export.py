@@ -30,12 +30,15 @@ def _requirements() -> list[str]:
     return [f"torch=={version('torch')}", f"scoremix-ray=={version('scoremix-ray')}"]
 
 
-def _save(module, signature, stage_dir: Path, **how) -> Path:
+def _save(stage_dir: Path, model) -> Path:
+    """`<stage>/mlflow_model` from `model()` -> (module, signature, save_model options), called only when the
+    folder is not there yet: loading the network costs more than the check."""
     import mlflow.pytorch
 
     path = Path(stage_dir) / MODEL_DIR
     if (path / "MLmodel").is_file():
         return path
+    module, signature, how = model()
     module = module.cpu().eval()
     # sweep trials share stages: complete or absent, and when another trial's copy landed first, that one stays
     publish_dir(
@@ -49,35 +52,43 @@ def _save(module, signature, stage_dir: Path, **how) -> Path:
 
 def recognizer_model(stage_dir: Path) -> Path:
     """`<stage>/mlflow_model`: the recognizer's backbone, (N, C, H, W) float32 -> (N, D) float32."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
-    net = Recognizer.load(Path(stage_dir) / "final")
-    s, c, d = net.meta["image_size"], net.meta["channels"], net.meta["config"]["embedding_dim"]
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, s, s), "input")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, d), "embedding")]),
-    )
-    example = np.zeros((2, c, s, s), np.float32)  # pt2 (torch.export) traces it: the batch stays free
-    return _save(net.backbone, signature, stage_dir, input_example=example)
+    def model():
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        net = Recognizer.load(Path(stage_dir) / "final")
+        s, c, d = net.meta["image_size"], net.meta["channels"], net.meta["config"]["embedding_dim"]
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, s, s), "input")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, d), "embedding")]),
+        )
+        example = np.zeros((2, c, s, s), np.float32)  # pt2 (torch.export) traces it: the batch stays free
+        return net.backbone, signature, {"input_example": example}
+
+    return _save(stage_dir, model)
 
 
 def generator_model(stage_dir: Path) -> Path:
     """`<stage>/mlflow_model`: the EDM denoiser, (x, sigma, class labels) -> denoised x."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
-    net = load_generator(stage_dir)
-    size = net.unet.config.sample_size
-    x = (-1, net.unet.config.in_channels, size, size)
-    signature = ModelSignature(
-        inputs=Schema(
-            [
-                TensorSpec(np.dtype(np.float32), x, "x"),
-                TensorSpec(np.dtype(np.float32), (-1,), "sigma"),
-                TensorSpec(np.dtype(np.int64), (-1,), "labels"),
-            ]
-        ),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), x, "denoised")]),
-    )
-    return _save(net, signature, stage_dir, serialization_format="pickle")  # the UNet's forward is not traced
+    def model():
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        net = load_generator(stage_dir)
+        size = net.unet.config.sample_size
+        x = (-1, net.unet.config.in_channels, size, size)
+        signature = ModelSignature(
+            inputs=Schema(
+                [
+                    TensorSpec(np.dtype(np.float32), x, "x"),
+                    TensorSpec(np.dtype(np.float32), (-1,), "sigma"),
+                    TensorSpec(np.dtype(np.int64), (-1,), "labels"),
+                ]
+            ),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), x, "denoised")]),
+        )
+        return net, signature, {"serialization_format": "pickle"}  # the UNet's forward is not traced
+
+    return _save(stage_dir, model)

@@ -99,6 +99,10 @@ def log_end(mc, run_id: str, metrics: dict[str, float], artifacts: list[str], cu
     mc.set_tag(run_id, "scoremix.logged", "1")
 
 
+def tag(mc, run_id: str, key: str, value: str) -> None:
+    mc.set_tag(run_id, key, value)
+
+
 def children_of(mc, parent: str) -> dict[str, tuple[str, str]]:
     """{run name: (run id, status)} of a parent's children."""
     exp = mc.get_run(parent).info.experiment_id

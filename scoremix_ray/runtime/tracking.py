@@ -170,17 +170,32 @@ def log_results(tracker: Tracker, run_id: str, metrics: dict, artifacts: list[Pa
     tracker.do(store.log_end, run_id, flat_metrics(metrics), [str(p) for p in artifacts if Path(p).is_file()], curves)
 
 
-def log_models(tracker: Tracker, cfg: Config, run_id: str, stages: dict[str, Path]) -> None:
-    """The run's models (`stages`: generator, baseline, augmented folders) as MLflow models with signatures
-    (`mlflow_models`), at artifact paths "<stage>_model"; registered, when `tracking.registered_model` names
-    it, as <name> (the augmented recognizer), <name>-baseline and <name>-generator."""
+def save_models(cfg: Config, stages: dict[str, Path]) -> dict[str, Path]:
+    """{stage: its MLflow model folder}, saved once per stage folder (`export`) when `tracking.log_models`.
+    A sweep saves its shared stages' models before the trials, so that concurrent trials do not each export
+    the same generator and baseline (only one copy is kept) and a trial exports only its own recognizer."""
     if not cfg.tracking.log_models:
-        return
+        return {}
+    return {s: generator_model(d) if s == "generator" else recognizer_model(d) for s, d in stages.items()}
+
+
+def log_models(
+    tracker: Tracker, cfg: Config, run_id: str, stages: dict[str, Path], folder: str = "", wait: bool = True
+) -> list:
+    """The run's models (`stages`: generator, baseline, augmented folders) as MLflow models with signatures
+    (`mlflow_models`), at artifact paths "<folder><stage>_model"; registered, when `tracking.registered_model`
+    names it, as <name> (the augmented recognizer), <name>-baseline and <name>-generator. `wait=False`: saved
+    here, logged by the writer while this process goes on; the writes' futures are returned (`Tracker.resolve`
+    them to see their errors)."""
+    if not cfg.tracking.log_models:
+        return []
     name = cfg.tracking.registered_model
-    for stage, d in stages.items():
-        path = generator_model(d) if stage == "generator" else recognizer_model(d)
+    out = []
+    for stage, path in save_models(cfg, stages).items():
         registered = None if name is None else name if stage == "augmented" else f"{name}-{stage}"
-        tracker.do(store.log_model_dir, run_id, str(path), f"{stage}_model", registered)
+        args = (store.log_model_dir, run_id, str(path), f"{folder}{stage}_model", registered)
+        out.append(tracker.do(*args) if wait else tracker.submit(*args))
+    return out
 
 
 def run_artifacts(cfg: Config, result: dict | None = None) -> list[Path]:
@@ -223,6 +238,10 @@ def children(tracker: Tracker, parent: str) -> dict[str, tuple[str, str]]:
 def child_status(tracker: Tracker, parent: str, name: str) -> str | None:
     """The status of a sweep's trial `name` as an earlier attempt left it (None: never opened)."""
     return tracker.do(store.status_of_child, parent, name)
+
+
+def set_tag(tracker: Tracker, run_id: str, key: str, value: str) -> None:
+    tracker.do(store.tag, run_id, key, value)
 
 
 def finish(tracker: Tracker, run_id: str, status: str, error: str | None = None) -> None:

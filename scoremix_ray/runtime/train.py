@@ -189,10 +189,6 @@ def fit(
     """Train (or resume) `kind` ("generator" or "recognizer") with `TorchTrainer`, or in this process where the
     context's executor says so; returns the last reported metrics. `synthetic`: the decoded synthetic image
     store added to the recognizer's training set. The curve goes to the context's run."""
-    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.train.v2.api.exceptions import TrainingFailedError
-
     cfg = resolved(cfg)
     out_dir = Path(out_dir).resolve()
     split_path = Path(split_path).resolve()
@@ -232,6 +228,10 @@ def fit(
     if not stream and ctx.in_process(cfg.ray.num_workers, cfg.ray.use_gpu):
         log.info("%s: training in this process (1 worker, CPU)", kind)
         return _train_here(conf, cfg)
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig  # 0.15 s: not for the above
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
     trainer = TorchTrainer(
         _worker,
         train_loop_config=conf,
