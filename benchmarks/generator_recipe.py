@@ -16,6 +16,11 @@ Variants (same network, steps, batch and data: the same training time, but edm2-
   edm2-net-tref EDM2's own schedule too: lr 1e-2 decaying from its t_ref (70k images: ~1100 steps of 64)
   edm2-1970     the unet2d edm2 recipe for 1970 steps: edm2-net-tref's training time on this box (298 s / 227 s)
   sampler-18/32 the edm generator, its check made with 18 / 32 Heun steps instead of the config's 8
+  <v>-snapguide the equal-time finalists (v = edm2-1970, edm2-net-tref) sampled with autoguidance (scale 2) by
+                their EMA snapshot at a quarter of training (generator.guide.kind=snapshot)
+  edm2-1970-snapguide-1.5/3/4  the same at guidance scales 1.5, 3 and 4
+  <v>-guidenet  the same by a guide network of their own (kind=network): half their width, a quarter of their
+                steps, trained as its own stage (its seconds counted in train_s: EDM2's autoguidance)
 Each variant's generator stage is trained in this process on the study config's fold, scored by its quality check
 (pixel classifier) and by the baseline recognizer of that fold (trained once, shared): identity accuracy, FD,
 precision and recall in its embeddings, each with its real-image reference. Stages are cached in --out: a rerun
@@ -50,8 +55,31 @@ VARIANTS = {
     "edm2-1970": [*EDM, *LR_DECAY, *NOISE, "generator.steps=1970"],
     "edm2-net-tref": [*EDM, *NOISE, "generator.network=edm2", "generator.lr=0.01", "generator.lr_decay_steps=1100"],
 }
-# the same trained generator ("edm") sampled differently: is a shortfall the training's or the sampler's?
+# a trained generator (by default "edm"'s) sampled differently: is a shortfall the training's or the sampler's?
 SAMPLER_PROBES = {"sampler-18": ["sampler.steps=18"], "sampler-32": ["sampler.steps=32"]}
+GUIDED = ["sampler.guidance=autoguidance", "sampler.guidance_scale=2"]
+GUIDE_NET = ["generator.guide.kind=network"]
+GUIDE_PROBES = {  # name: (the variant whose generator is sampled, the sampler and guide settings)
+    "edm2-1970-snapguide": ("edm2-1970", GUIDED),
+    "edm2-1970-guidenet": (
+        "edm2-1970",
+        [
+            *GUIDED,
+            *GUIDE_NET,
+            "generator.guide.overrides.steps=490",
+            "generator.guide.overrides.block_out_channels=16,32,32",
+        ],
+    ),
+    "edm2-net-tref-snapguide": ("edm2-net-tref", GUIDED),
+    # the guidance scale: stronger guidance trades recall (diversity) for precision
+    "edm2-1970-snapguide-1.5": ("edm2-1970", ["sampler.guidance=autoguidance", "sampler.guidance_scale=1.5"]),
+    "edm2-1970-snapguide-3": ("edm2-1970", ["sampler.guidance=autoguidance", "sampler.guidance_scale=3"]),
+    "edm2-1970-snapguide-4": ("edm2-1970", ["sampler.guidance=autoguidance", "sampler.guidance_scale=4"]),
+    "edm2-net-tref-guidenet": (
+        "edm2-net-tref",
+        [*GUIDED, *GUIDE_NET, "generator.guide.overrides.steps=275", "generator.guide.overrides.edm2.channels=16"],
+    ),
+}
 SHOWN = ("class_accuracy", "identity_accuracy", "fd", "precision", "recall")
 
 
@@ -85,14 +113,14 @@ def measure(config: Path, fold: int, out: Path, sets: list[str]) -> dict:
     }
 
 
-def probe_sampler(config: Path, fold: int, out: Path, sets: list[str], name: str) -> dict:
-    """The EDM-recipe generator of `fold` (trained by the "edm" variant) checked again under other sampler settings, in
-    a copy of its folder (the stage's own check stays as it is)."""
+def probe_sampler(config: Path, fold: int, out: Path, sets: list[str], name: str, variant: str = "edm") -> dict:
+    """The generator of `fold` trained by `variant` checked again under other sampler settings (with the guide
+    network they may name, trained as its own stage), in a copy of its folder (the stage's check stays as it is)."""
     import shutil
 
     from scoremix_ray import pipeline
 
-    ctx, cfg = fold_config(config, fold, out, EDM)
+    ctx, cfg = fold_config(config, fold, out, VARIANTS[variant])
     split, data_dir = pipeline.data_stage(cfg)
     gen_dir = pipeline.GENERATOR.dir(cfg, {"data": data_dir})
     rec_dir = pipeline.BASELINE.dir(cfg, {"data": data_dir})
@@ -100,18 +128,58 @@ def probe_sampler(config: Path, fold: int, out: Path, sets: list[str], name: str
     if not (probe / "figures.json").is_file():
         shutil.rmtree(probe, ignore_errors=True)
         shutil.copytree(gen_dir, probe, ignore=shutil.ignore_patterns("checkpoints", "ray_train", "mlflow_model"))
-        _, probed = fold_config(config, fold, out, [*EDM, *sets])
+        _, probed = fold_config(config, fold, out, [*VARIANTS[variant], *sets])
+        guide = pipeline.guide_stage(ctx, probed, data_dir)
         t0 = time.perf_counter()
-        pixel = pipeline.generator_quality(probed, data_dir / "split.npz", probe)
+        pixel = pipeline.generator_quality(probed, data_dir / "split.npz", probe, guide)
         space = pipeline.recognizer_diagnostics(probed, data_dir / "split.npz", probe, rec_dir)
         figures = {**pixel, **space, "check_s": time.perf_counter() - t0}
+        if guide:
+            train = json.loads((guide / "train.json").read_text())
+            figures["guide_train_s"] = train["step"] / train["steps_per_s"]
         (probe / "figures.json").write_text(json.dumps(figures))
     figures = json.loads((probe / "figures.json").read_text())
+    main_train = json.loads((gen_dir / "quality.json").read_text())["train"] if variant != "edm" else None
     return {
         **{k: round(v, 4) for k, v in figures.items() if isinstance(v, float)},
-        "train_s": 0.0,
+        # the sampled generator's training (none for the sampler probes of "edm") and its guide network's
+        "train_s": round(
+            (main_train["step"] / main_train["steps_per_s"] if main_train else 0.0) + figures.get("guide_train_s", 0.0),
+            1,
+        ),
         "dir": probe.name,
     }
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Precision and identity accuracy (baseline recognizer's embeddings) against training minutes, one point per
+    variant and fold, with the real images' references as lines: where the box's training time goes."""
+    from scoremix_ray.foundations.files import new_figure, save_figure
+
+    fig = new_figure(figsize=(11, 4.2), layout="constrained")
+    for ax, key, title in zip(
+        fig.subplots(1, 2), ("precision", "identity_accuracy"), ("precision", "identity accuracy")
+    ):
+        for name, by_fold in results.items():
+            for fold, r in by_fold.items():
+                if r["train_s"] <= 0:  # sampler probes of a generator trained elsewhere
+                    continue
+                sets = VARIANTS.get(name) or VARIANTS[GUIDE_PROBES[name][0]]
+                marker = "s" if "generator.network=edm2" in sets else "o"
+                ax.scatter(r["train_s"] / 60, r[key], marker=marker, color="C1" if "guide" in name else "C0")
+                ax.annotate(
+                    f"{name} f{fold}",
+                    (r["train_s"] / 60, r[key]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        real = [r[f"{key}_real"] for by_fold in results.values() for r in by_fold.values()]
+        ax.axhline(sum(real) / len(real), color="grey", linestyle="--", label="real images")
+        ax.set(xlabel="training minutes (generator + guide network)", ylabel=title, title=title)
+        ax.legend(loc="lower right")
+    fig.suptitle("Generator diagnostics on this box (blue: unguided, orange: autoguidance; squares: EDM2's network)")
+    return save_figure(fig, path)
 
 
 def main() -> None:
@@ -119,7 +187,8 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("configs/study-glyphs-dose.yaml"))
     ap.add_argument("--folds", default="0", help="data.split_seed values, comma-separated")
     ap.add_argument("--out", type=Path, default=Path("runs"))
-    ap.add_argument("--variants", default=",".join([*VARIANTS, *SAMPLER_PROBES]))
+    ap.add_argument("--plot", type=Path, default=None, help="draw the diagnostics against training minutes here")
+    ap.add_argument("--variants", default=",".join([*VARIANTS, *SAMPLER_PROBES, *GUIDE_PROBES]))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     folds = [int(f) for f in args.folds.split(",")]
@@ -128,6 +197,9 @@ def main() -> None:
         for fold in folds:
             if name in SAMPLER_PROBES:
                 r = probe_sampler(args.config, fold, args.out, SAMPLER_PROBES[name], name)
+            elif name in GUIDE_PROBES:
+                variant, sets = GUIDE_PROBES[name]
+                r = probe_sampler(args.config, fold, args.out, sets, name, variant)
             else:
                 r = measure(args.config, fold, args.out, VARIANTS[name])
             results.setdefault(name, {})[fold] = r
@@ -143,6 +215,8 @@ def main() -> None:
             if fold in base:
                 r["precision_vs_edm"] = round(r["precision"] / max(base[fold]["precision"], 1e-9), 2)
                 r["fd_vs_edm"] = round(r["fd"] / base[fold]["fd"], 2)
+    if args.plot:
+        print(f"plot: {plot(results, args.plot)}")
     print(json.dumps(results))
 
 

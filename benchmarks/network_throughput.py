@@ -1,6 +1,9 @@
 """The generator's networks side by side on this machine: training images/s (one EDM loss step: forward,
 backward, Adam, at batch 64) and sampling network evaluations/s (one denoiser call at batch 256), for
-`generator.network` unet2d and edm2 at their default sizes, at 16 and 32 px. Ends with one JSON line.
+`generator.network` unet2d and edm2 at their default sizes, at 16 and 32 px. Then what autoguidance costs a
+whole sampler call (64 images, 18 Heun steps, 16 px, per network): unguided, guided by a snapshot of the same
+network (`generator.guide.kind: snapshot`) and by a guide network of half the width (`kind: network`, e.g.
+overrides {edm2.channels: 16}), as images/s and as a ratio to unguided. Ends with one JSON line.
 
     python benchmarks/network_throughput.py [--steps 20] [--threads 2]
 """
@@ -13,8 +16,9 @@ import time
 
 import torch
 
-from scoremix_ray.config import GeneratorConfig
+from scoremix_ray.config import EDM2Config, GeneratorConfig, SamplerConfig
 from scoremix_ray.core.diffusion.edm import build_denoiser, edm_loss
+from scoremix_ray.core.diffusion.sampler import generate
 
 
 def rate(fn, n: int, items: int) -> float:
@@ -50,6 +54,26 @@ def measure(network: str, size: int, steps: int) -> dict:
     }
 
 
+def half_width(cfg: GeneratorConfig) -> GeneratorConfig:
+    """The guide network of `cfg` at half its width."""
+    if cfg.network == "edm2":
+        return cfg.model_copy(update={"edm2": EDM2Config(channels=cfg.edm2.channels // 2)})
+    return cfg.model_copy(update={"block_out_channels": tuple(c // 2 for c in cfg.block_out_channels)})
+
+
+def guided_sampling(network: str, size: int = 16, n: int = 64) -> dict:
+    """Images/s of one sampler call, unguided and under autoguidance by a same-size or a half-width guide."""
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(network=network)
+    net, same, small = (build_denoiser(c, 10, size, 1).eval() for c in (cfg, cfg, half_width(cfg)))
+    labels, weights, seeds = torch.arange(n)[:, None] % 10, torch.ones(n, 1), list(range(n))
+    out = {}
+    for name, guide in (("unguided", None), ("snapshot_guide", same), ("half_width_guide", small)):
+        scfg = SamplerConfig(batch_size=n, guidance="none" if guide is None else "autoguidance", guidance_scale=2.0)
+        out[f"{name}_img_s"] = rate(lambda g=guide, s=scfg: generate(net, labels, weights, seeds, s, guide_net=g), 2, n)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
@@ -65,6 +89,15 @@ def main() -> None:
             f"{u['sample_evals_s']:.0f} evals/s; edm2 {e['params'] / 1e6:.2f}M, train {e['train_img_s']:.0f} img/s "
             f"({e['train_img_s'] / u['train_img_s']:.2f}x), sample {e['sample_evals_s']:.0f} evals/s "
             f"({e['sample_evals_s'] / u['sample_evals_s']:.2f}x)"
+        )
+    for network in ("unet2d", "edm2"):
+        g = guided_sampling(network)
+        r = {k: g[f"{k}_img_s"] / g["unguided_img_s"] for k in ("snapshot_guide", "half_width_guide")}
+        figures[f"guidance_16px_{network}"] = {"": g}
+        print(
+            f"autoguidance, {network} at 16 px: unguided {g['unguided_img_s']:.0f} img/s; a same-size guide "
+            f"{g['snapshot_guide_img_s']:.0f} ({r['snapshot_guide']:.2f}x); a half-width guide network "
+            f"{g['half_width_guide_img_s']:.0f} ({r['half_width_guide']:.2f}x)"
         )
     rounded = {s: {n: {k: round(v, 1) for k, v in d.items()} for n, d in f.items()} for s, f in figures.items()}
     print(json.dumps({"threads": a.threads, **rounded}))

@@ -102,6 +102,18 @@ class DataConfig(_Section):
         return self
 
 
+class GuideConfig(_Section):
+    """Autoguidance's guide (`sampler.guidance: autoguidance`; D = D_guide + g (D - D_guide), arXiv 2406.02507).
+    "snapshot": the main network's EMA at `generator.guide_checkpoint_step`, saved in the generator's stage.
+    "network": a generator of its own, a smaller and/or shorter-trained model as EDM2's autoguidance uses: the
+    main generator's settings with `overrides` (generator keys, e.g. {"steps": 200, "edm2.channels": 16}), trained
+    as its own cached stage, so changing the guide never retrains the main network (and a guide with the
+    settings of an earlier main generator is that generator's stage, reused)."""
+
+    kind: Literal["snapshot", "network"] = "snapshot"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
 class EDM2Config(_Section):
     """EDM2's magnitude-preserving UNet (`generator.network: edm2`, core/diffusion/edm2.py). Its paper's EDM2-S
     at 64 px is channels 192, channel_mult 1,2,3,4, num_blocks 3, attention at 16 and 8 px; these defaults are
@@ -143,6 +155,7 @@ class GeneratorConfig(_Section):
     checkpoint_every: int = Field(250, ge=1)
     guide_checkpoint_step: int | None = None  # keep this step's EMA weights as the autoguidance model;
     # None = a quarter of training (a weaker, earlier model, as in "light autoguidance")
+    guide: GuideConfig = GuideConfig()  # or a guide network of its own (not in this stage's key: its own stage)
     log_every: int = Field(50, ge=1)
     precision: Precision = "fp32"  # the network's forward pass in training; loss and EMA stay fp32
     # a run whose generator's samples have a precision below this (in the baseline recognizer's embeddings, the
@@ -374,11 +387,37 @@ class Config(_Section):
                 f"sampler.guidance=autoguidance needs an earlier, weaker guide: generator.guide_checkpoint_step "
                 f"({guide}) must be below generator.steps ({self.generator.steps})"
             )
+        if self.generator.guide.kind == "network":
+            if not self.generator.guide.overrides:
+                raise ValueError(
+                    "generator.guide.kind=network needs generator.guide.overrides: what makes the guide smaller "
+                    "or shorter-trained than the main network (e.g. {steps: 200})"
+                )
+            guide_config(self)  # an override that is not a generator setting, or leaves the guide the main network
         return self
 
     @property
     def run_dir(self) -> Path:
         return self.out_dir / self.name
+
+
+def guide_config(cfg: Config) -> Config:
+    """The guide network's config (`generator.guide.kind: network`): the main generator's settings with the
+    guide's `overrides` applied, as a generator of its own (with no guide network of its own)."""
+    tree = cfg.model_dump(mode="json")
+    gen = tree["generator"]
+    overrides = gen.pop("guide")["overrides"]
+    for key, value in overrides.items():
+        if key.split(".")[0] in ("guide", "min_precision"):
+            raise ValueError(f"generator.guide.overrides.{key}: not a setting of the guide network")
+        _set_dotted(gen, key, value)
+    try:
+        guide = Config.model_validate(tree)
+    except ValidationError as e:
+        raise ValueError(f"generator.guide.overrides: {_one_line(e)}") from None
+    if settings(guide, "generator") == settings(cfg, "generator"):
+        raise ValueError(f"generator.guide.overrides {overrides} leave the guide the same network as the main one")
+    return guide
 
 
 WEIGHT_ATOL = 1e-4  # how far from 1 the sum of convex mixing weights may be
@@ -516,6 +555,10 @@ RUN_ONLY: dict[str, tuple[str, ...] | None] = {
     "generation": ("num_actors", "actor_cpus", "actor_gpus", "threads_per_actor"),
 }
 
+# Settings that feed a stage of their own: left out of their section's stage key (changing the guide network
+# never retrains the main one), in that stage's key (`guide_config`) and in a sweep's resume key.
+OWN_STAGE: dict[str, tuple[str, ...]] = {"generator": ("guide",)}
+
 # Settings added after stages were cached, with the value that computes what was computed before they existed:
 # left out of a key while they hold it, so a release that adds an option does not throw away trained stages.
 ADDED_OFF: dict[str, dict[str, Any]] = {
@@ -528,14 +571,16 @@ ADDED_OFF: dict[str, dict[str, Any]] = {
 }
 
 
-def settings(cfg: Config, *sections: str) -> dict[str, Any]:
-    """What `cfg` computes: the named sections (or top-level keys) without the run-only settings."""
+def settings(cfg: Config, *sections: str, own_stages: bool = False) -> dict[str, Any]:
+    """What `cfg` computes: the named sections (or top-level keys) without the run-only settings, and without
+    the settings of stages of their own (`OWN_STAGE`) unless `own_stages` (a whole run's key)."""
     tree = cfg.model_dump(mode="json")
     out = {}
     for section in sections:
         skip = RUN_ONLY.get(section, ())
         if skip is None:
             continue
+        skip = skip if own_stages else (*skip, *OWN_STAGE.get(section, ()))
         value, off = tree[section], ADDED_OFF.get(section, {})
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in skip and not (k in off and v == off[k])}

@@ -144,6 +144,7 @@ def sample(
     names = split.train.class_names
     rows, stem, key = sample_rows(names, classes, mix, weights, sweep_weights)
     gen_dir, _ = pipeline.generator_stage(ctx, cfg, data_dir)
+    guide = pipeline.guide_stage(ctx, cfg, data_dir)
     labels, wts, seeds = [], [], []
     for ids, w in rows:
         labels += [ids] * per_class
@@ -157,6 +158,7 @@ def sample(
         torch.tensor(labels),
         torch.tensor(wts, dtype=torch.float32),
         seeds,
+        guide,
     )
     path = png or cfg.run_dir / f"{stem}.png"
     save_grid([images[i * per_class : (i + 1) * per_class] for i in range(len(rows))], path)

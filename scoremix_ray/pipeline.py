@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoremix_ray.config import EMBEDDED, Config, section_hash, settings, to_yaml
+from scoremix_ray.config import EMBEDDED, Config, guide_config, section_hash, settings, to_yaml
 from scoremix_ray.core.data import Split, scan, write_split
 from scoremix_ray.core.data.batches import schedule
 from scoremix_ray.core.data.images import BadImage, save_grid
@@ -220,9 +220,10 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     sample grid (one row per class) and the class accuracy of the samples, under the run's guidance policy.
     """
     d = GENERATOR.dir(cfg, {"data": data_dir})
+    guide = guide_stage(ctx, cfg, data_dir)
     with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
         if GENERATOR.done(d):
-            check_guidance(cfg.sampler, d)  # what the run's guidance needs, before anything samples from it
+            check_guidance(cfg.sampler, d, guide)  # what the run's guidance needs, before anything samples from it
             quality = json.loads((d / "quality.json").read_text())
             # a check from before its real-image reference, or whose samples are gone, is made again (seconds)
             if "class_accuracy_real" in quality and (d / "quality_samples.npz").is_file():
@@ -230,8 +231,8 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
         d.mkdir(parents=True, exist_ok=True)
         if not (d / "train.json").is_file():
             write_json(d / "train.json", train.fit(ctx, cfg, "generator", data_dir / "split.npz", d))
-        check_guidance(cfg.sampler, d)
-        quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d)
+        check_guidance(cfg.sampler, d, guide)
+        quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d, guide)
         quality["train"] = json.loads((d / "train.json").read_text())
         write_json(d / "quality.json", quality)
         log.info(
@@ -243,17 +244,43 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
         return d, quality
 
 
-def sample_images(cfg: Config, gen_dir: Path, labels, weights, seeds: list[int], device: str = "cpu"):
+def guide_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> Path | None:
+    """Stage 2b: autoguidance's guide network (`generator.guide.kind: network`), a generator stage of its own,
+    keyed by its settings (`guide_config`: the main generator's with the guide's overrides); trained, not
+    checked (its samples are never used alone). None: the run samples without a guide network."""
+    if cfg.sampler.guidance != "autoguidance" or cfg.generator.guide.kind != "network":
+        return None
+    gcfg = guide_config(cfg)
+    d = GENERATOR.dir(gcfg, {"data": data_dir})
+    with locked(d / ".lock"):
+        if not (d / "train.json").is_file():
+            d.mkdir(parents=True, exist_ok=True)
+            log.info("guide: training the guide network (generator with %s) -> %s", cfg.generator.guide.overrides, d)
+            write_json(d / "train.json", train.fit(ctx, gcfg, "generator", data_dir / "split.npz", d, stage="guide"))
+    return d
+
+
+def sample_images(
+    cfg: Config, gen_dir: Path, labels, weights, seeds: list[int], guide_dir: Path | None = None, device: str = "cpu"
+):
     """Images of rows (classes, convex weights, seed) from the generator in `gen_dir` under the run's sampler
-    settings and guidance policy, computed on `device`; uint8 (N, H, W, C) on the host."""
-    net, guide = load_for_sampling(gen_dir, cfg.sampler, device)
+    settings and guidance policy (`guide_dir`: its guide network's stage, `guide_stage`), computed on `device`;
+    uint8 (N, H, W, C) on the host."""
+    net, guide = load_for_sampling(gen_dir, cfg.sampler, device, guide_dir)
     return generate(net, labels, weights, seeds, cfg.sampler, guide_net=guide)
 
 
 QUALITY_CLASSES = 32  # classes the quality check samples and scores (a seed-fixed subset above that)
 
 
-def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str = "cpu", per_class: int = 20) -> dict:
+def generator_quality(
+    cfg: Config,
+    split_path: Path,
+    gen_dir: Path,
+    guide_dir: Path | None = None,
+    device: str = "cpu",
+    per_class: int = 20,
+) -> dict:
     """Sample `per_class` images of (up to QUALITY_CLASSES seed-fixed) classes, save a grid and the samples
     (`quality_samples.npz`, for the recognizer-space diagnostics), and score them with a pixel classifier fit on
     one half of those classes' real images; the other half, scored the same way, is the ceiling."""
@@ -263,7 +290,7 @@ def generator_quality(cfg: Config, split_path: Path, gen_dir: Path, device: str 
     classes = quality_classes(cfg, split.train.num_classes)
     labels = torch.from_numpy(classes).repeat_interleave(per_class)
     seeds = [sample_seed(cfg.seed, int(c), i % per_class) for i, c in enumerate(labels)]
-    images = sample_images(cfg, gen_dir, labels[:, None], torch.ones(len(labels), 1), seeds, device)
+    images = sample_images(cfg, gen_dir, labels[:, None], torch.ones(len(labels), 1), seeds, guide_dir, device)
     class_grid(images, labels.numpy(), 10, gen_dir / "samples.png")
     np.savez(gen_dir / "quality_samples.npz", images=images, labels=labels.numpy())
     real = np.flatnonzero(np.isin(split.train.labels, classes))  # only these classes' rows are read
@@ -434,14 +461,17 @@ def generate_stage(ctx: RunContext, cfg: Config, shared: Shared, method, selecti
     uses = method.needs  # the key holds only what feeds the bytes: mixup's images do not depend on the generator
     gen_dir = shared.gen_dir if "generator" in uses else None
     rec_dir = shared.rec_dir if "recognizer" in uses else None
+    guide = guide_stage(ctx, cfg, shared.data_dir) if "guide" in uses else None
     upstream = {"data": shared.data_dir, "generator": gen_dir, "recognizer": rec_dir}
+    if guide:  # only then: the keys of stages generated without a guide network stay as they were
+        upstream["guide"] = guide
     sampler = settings(cfg, "sampler")["sampler"] if gen_dir else None
     d = GENERATE.dir(cfg, upstream, sampler=sampler, plan=plan_digest(plan))
     with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
         if GENERATE.done(d) and json.loads((d / "manifest.json").read_text())["complete"]:
             return d
         manifest = generate_shards(
-            ctx, cfg, method.name, plan, shared.gen_dir, shared.data_dir / "split.npz", d, rec_dir
+            ctx, cfg, method.name, plan, shared.gen_dir, shared.data_dir / "split.npz", d, rec_dir, guide
         )
         write_json(d / "generation.json", {k: v for k, v in manifest.items() if k != "shards"})
         preview(d, split.train.images.shape[1], split.train.images.shape[3])

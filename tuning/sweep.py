@@ -180,7 +180,7 @@ def sweep_key(name: str, configs: list[Config]) -> str:
     """What makes two sweeps the same sweep: its name and what its trials compute (`config.settings`: not where
     or on how many workers, so the same command from another launcher, path or cluster is the same sweep).
     Rerunning it finds its parent run by this key and runs only the trials not yet FINISHED under it."""
-    trials = sorted(json.dumps(settings(c, *Config.model_fields), sort_keys=True) for c in configs)
+    trials = sorted(json.dumps(settings(c, *Config.model_fields, own_stages=True), sort_keys=True) for c in configs)
     return hashlib.sha256((name + "".join(trials)).encode()).hexdigest()[:16]
 
 

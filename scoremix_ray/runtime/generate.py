@@ -39,7 +39,7 @@ class UnitRenderer:
             torch.set_num_threads(g.threads_per_actor or max(1, (os.cpu_count() or 1) // g.num_actors))
         net = guide = None
         if "guide" in self.method.needs:  # the generator and, under autoguidance, its guide
-            net, guide = load_for_sampling(conf["generator_dir"], cfg.sampler, device)
+            net, guide = load_for_sampling(conf["generator_dir"], cfg.sampler, device, conf["guide_dir"])
         elif "generator" in self.method.needs:
             net = load_generator(conf["generator_dir"], device=device)
         needs = self.method.needs
@@ -68,6 +68,7 @@ def generate_shards(
     split_path: Path,
     out_dir: Path,
     recognizer_dir: Path | None = None,
+    guide_dir: Path | None = None,
 ) -> dict:
     """Render every missing unit of `plan` into `out_dir/shards` with a Ray Data actor pool, or in this process
     where the context's executor says so; returns the manifest (plus images/s of this call)."""
@@ -95,6 +96,7 @@ def generate_shards(
             "split_path": str(Path(split_path).resolve()),
             "out_dir": str(out_dir),
             "recognizer_dir": str(Path(recognizer_dir).resolve()) if recognizer_dir else None,
+            "guide_dir": str(Path(guide_dir).resolve()) if guide_dir else None,
         }
     if todo and ctx.in_process(g.num_actors, g.actor_gpus):  # its one actor's work, here
         import torch

@@ -184,11 +184,18 @@ def _train_here(conf: dict, cfg: Config) -> dict:
 
 
 def fit(
-    ctx: RunContext, cfg: Config, kind: str, split_path: Path, out_dir: Path, synthetic: Path | None = None
+    ctx: RunContext,
+    cfg: Config,
+    kind: str,
+    split_path: Path,
+    out_dir: Path,
+    synthetic: Path | None = None,
+    stage: str | None = None,
 ) -> dict:
     """Train (or resume) `kind` ("generator" or "recognizer") with `TorchTrainer`, or in this process where the
     context's executor says so; returns the last reported metrics. `synthetic`: the decoded synthetic image
-    store added to the recognizer's training set. The curve goes to the context's run."""
+    store added to the recognizer's training set. The curve goes to the context's run, as `stage` (default: the kind
+    and set)."""
     cfg = resolved(cfg)
     out_dir = Path(out_dir).resolve()
     split_path = Path(split_path).resolve()
@@ -214,7 +221,7 @@ def fit(
                 kind,
                 max(0.0, free),
             )
-    stage = kind if kind == "generator" else ("augmented" if synthetic else "baseline")
+    stage = stage or (kind if kind == "generator" else ("augmented" if synthetic else "baseline"))
     conf = {
         "kind": kind,
         "config": cfg.model_dump(mode="json"),

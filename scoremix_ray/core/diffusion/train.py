@@ -186,16 +186,22 @@ def load_generator(stage_dir: str | Path, which: str = "final", device: str = "c
     return EDMDenoiser.load(Path(stage_dir) / which, device)
 
 
-def check_guidance(scfg, stage_dir: str | Path) -> None:
+def guide_path(stage_dir: str | Path, guide_dir: str | Path | None = None) -> Path:
+    """Autoguidance's guide: the guide network's stage (`guide_dir`, `generator.guide.kind: network`) or the
+    generator's own EMA snapshot (`<stage>/guide`)."""
+    return Path(guide_dir) / "final" if guide_dir else Path(stage_dir) / "guide"
+
+
+def check_guidance(scfg, stage_dir: str | Path, guide_dir: str | Path | None = None) -> None:
     """Before any generation: the generator in `stage_dir` has what `sampler.guidance` needs (a guide checkpoint
-    for autoguidance, a null label for cfg). Reads only the small metadata files."""
+    or network for autoguidance, a null label for cfg). Reads only the small metadata files."""
     import json
 
     d = Path(stage_dir)
-    if scfg.guidance == "autoguidance" and not (d / "guide" / "edm.json").is_file():
-        raise ScoreMixError(
-            f"sampler.guidance=autoguidance needs the generator's guide checkpoint, missing: {d / 'guide'}"
-        )
+    guide = guide_path(d, guide_dir)
+    if scfg.guidance == "autoguidance" and not (guide / "edm.json").is_file():
+        what = "network" if guide_dir else "checkpoint"
+        raise ScoreMixError(f"sampler.guidance=autoguidance needs the generator's guide {what}, missing: {guide}")
     if scfg.guidance == "cfg":
         meta = d / "final" / "edm.json"
         if meta.is_file() and json.loads(meta.read_text())["null_label"] is None:
@@ -205,8 +211,10 @@ def check_guidance(scfg, stage_dir: str | Path) -> None:
             )
 
 
-def load_for_sampling(stage_dir: str | Path, scfg, device: str = "cpu") -> tuple[EDMDenoiser, EDMDenoiser | None]:
-    """(generator, guide): the guide is loaded only when `sampler.guidance` is autoguidance, once per caller
-    (`check_guidance` has passed: the generator stage runs it before it hands its folder on)."""
-    guide = load_generator(stage_dir, "guide", device) if scfg.guidance == "autoguidance" else None
+def load_for_sampling(
+    stage_dir: str | Path, scfg, device: str = "cpu", guide_dir: str | Path | None = None
+) -> tuple[EDMDenoiser, EDMDenoiser | None]:
+    """(generator, guide): the guide (`guide_path`) is loaded only when `sampler.guidance` is autoguidance, once
+    per caller (`check_guidance` has passed: the generator stage runs it before it hands its folder on)."""
+    guide = EDMDenoiser.load(guide_path(stage_dir, guide_dir), device) if scfg.guidance == "autoguidance" else None
     return load_generator(stage_dir, "final", device), guide
