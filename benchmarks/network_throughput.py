@@ -3,7 +3,9 @@ backward, Adam, at batch 64) and sampling network evaluations/s (one denoiser ca
 `generator.network` unet2d and edm2 at their default sizes, at 16 and 32 px. Then what autoguidance costs a
 whole sampler call (64 images, 18 Heun steps, 16 px, per network): unguided, guided by a snapshot of the same
 network (`generator.guide.kind: snapshot`) and by a guide network of half the width (`kind: network`, e.g.
-overrides {edm2.channels: 16}), as images/s and as a ratio to unguided. Ends with one JSON line.
+overrides {edm2.channels: 16}), as images/s and as a ratio to unguided. Then whether channels_last or
+torch.compile (inductor, CPU) pays for training at 16 px: images/s as a ratio to eager, and the compile's
+seconds. Ends with one JSON line.
 
     python benchmarks/network_throughput.py [--steps 20] [--threads 2]
 """
@@ -29,12 +31,22 @@ def rate(fn, n: int, items: int) -> float:
     return n * items / (time.perf_counter() - t0)
 
 
-def measure(network: str, size: int, steps: int) -> dict:
+def measure(network: str, size: int, steps: int, how: str = "eager") -> dict:
+    """`how`: eager, channels_last (the network's weights and the batch) or compile (`torch.compile` of the
+    network: its first step, the compile, is timed apart)."""
     torch.manual_seed(0)
     cfg = GeneratorConfig(network=network)
     net = build_denoiser(cfg, 10, size, 1)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     y, labels, gen = torch.rand(64, 1, size, size) * 2 - 1, torch.arange(64) % 10, torch.Generator().manual_seed(0)
+    compile_s = 0.0
+    if how == "channels_last":
+        net, y = net.to(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+    elif how == "compile":
+        net.unet = torch.compile(net.unet)
+        t0 = time.perf_counter()
+        edm_loss(net.train(), y, labels, cfg, gen).backward()
+        compile_s = time.perf_counter() - t0
 
     def train_step():
         opt.zero_grad(set_to_none=True)
@@ -47,11 +59,12 @@ def measure(network: str, size: int, steps: int) -> dict:
         with torch.no_grad():
             net.eval()(x, sigma, big)
 
-    return {
-        "params": sum(p.numel() for p in net.parameters()),
-        "train_img_s": rate(train_step, steps, 64),
-        "sample_evals_s": rate(sample_call, max(2, steps // 4), 256),
-    }
+    out = {"params": sum(p.numel() for p in net.parameters()), "train_img_s": rate(train_step, steps, 64)}
+    if how == "eager":
+        out["sample_evals_s"] = rate(sample_call, max(2, steps // 4), 256)
+    if how == "compile":
+        out["compile_s"] = compile_s
+    return out
 
 
 def half_width(cfg: GeneratorConfig) -> GeneratorConfig:
@@ -98,6 +111,14 @@ def main() -> None:
             f"autoguidance, {network} at 16 px: unguided {g['unguided_img_s']:.0f} img/s; a same-size guide "
             f"{g['snapshot_guide_img_s']:.0f} ({r['snapshot_guide']:.2f}x); a half-width guide network "
             f"{g['half_width_guide_img_s']:.0f} ({r['half_width_guide']:.2f}x)"
+        )
+    for network in ("unet2d", "edm2"):
+        eager = figures["16px"][network]["train_img_s"]
+        cl, comp = measure(network, 16, a.steps, "channels_last"), measure(network, 16, a.steps, "compile")
+        figures[f"layout_16px_{network}"] = {"channels_last": cl, "compile": comp}
+        print(
+            f"training {network} at 16 px: channels_last {cl['train_img_s'] / eager:.2f}x eager, torch.compile "
+            f"{comp['train_img_s'] / eager:.2f}x (after {comp['compile_s']:.0f} s of compiling)"
         )
     rounded = {s: {n: {k: round(v, 1) for k, v in d.items()} for n, d in f.items()} for s, f in figures.items()}
     print(json.dumps({"threads": a.threads, **rounded}))
