@@ -16,6 +16,7 @@ Variants (same network, steps, batch and data: the same training time, but edm2-
   edm2-net-tref EDM2's own schedule too: lr 1e-2 decaying from its t_ref (70k images: ~1100 steps of 64)
   edm2-1970     the unet2d edm2 recipe for 1970 steps: edm2-net-tref's training time on this box (298 s / 227 s)
   edm2-net-tref-x2  edm2-net-tref for 3000 steps: twice the studies' compute, as edm2-x2 is for unet2d
+  edm2-net-tref-4000  for 4000 steps: the moonshot's 15 minutes of this box's training
   sampler-18/32 the edm generator, its check made with 18 / 32 Heun steps instead of the config's 8
   <v>-snapguide the finalists (v = edm2-1970, edm2-net-tref at equal time; edm2-x2, edm2-net-tref-x2 at twice
                 the compute) sampled with autoguidance (scale 2) by their EMA snapshot at a quarter of training
@@ -64,6 +65,14 @@ VARIANTS = {
         "generator.lr_decay_steps=1100",
         "generator.steps=3000",
     ],
+    "edm2-net-tref-4000": [
+        *EDM,
+        *NOISE,
+        "generator.network=edm2",
+        "generator.lr=0.01",
+        "generator.lr_decay_steps=1100",
+        "generator.steps=4000",
+    ],
 }
 # a trained generator (by default "edm"'s) sampled differently: is a shortfall the training's or the sampler's?
 SAMPLER_PROBES = {"sampler-18": ["sampler.steps=18"], "sampler-32": ["sampler.steps=32"]}
@@ -83,6 +92,7 @@ GUIDE_PROBES = {  # name: (the variant whose generator is sampled, the sampler a
     "edm2-net-tref-snapguide": ("edm2-net-tref", GUIDED),
     "edm2-x2-snapguide": ("edm2-x2", GUIDED),
     "edm2-net-tref-x2-snapguide": ("edm2-net-tref-x2", GUIDED),
+    "edm2-net-tref-4000-snapguide": ("edm2-net-tref-4000", GUIDED),
     # the guidance scale: stronger guidance trades recall (diversity) for precision
     "edm2-1970-snapguide-1.5": ("edm2-1970", ["sampler.guidance=autoguidance", "sampler.guidance_scale=1.5"]),
     "edm2-1970-snapguide-3": ("edm2-1970", ["sampler.guidance=autoguidance", "sampler.guidance_scale=3"]),
