@@ -200,7 +200,11 @@ def plot(results: dict, path: Path) -> Path:
         ax.axhline(sum(real) / len(real), color="grey", linestyle="--", label="real images")
         ax.set(xlabel="training minutes (generator + guide network)", ylabel=title, title=title)
         ax.legend(loc="lower right")
-    fig.suptitle("Generator diagnostics on this box (blue: unguided, orange: autoguidance; squares: EDM2's network)")
+    fig.suptitle(
+        "Generator diagnostics, glyphs, 2-core CPU (circles: unet2d with EDM2's recipe, squares: EDM2's network "
+        "(edm2-net-*); blue: unguided, orange: autoguidance)",
+        fontsize=10,
+    )
     return save_figure(fig, path)
 
 
