@@ -257,7 +257,7 @@ def train_generator_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutO
     typer.echo(f"generator: {d / 'final'}")
     typer.echo(
         f"class accuracy of samples (pixel classifier): {q['class_accuracy']:.3f}, of held-out real images "
-        f"{q['class_accuracy_real']:.3f}; grid: {d / 'samples.png'}"
+        f"{q['class_accuracy_real']:.3f}; grid: {q.get('grid', d / 'samples.png')}"
     )
 
 

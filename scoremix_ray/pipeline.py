@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoremix_ray.config import EMBEDDED, Config, guide_config, section_hash, settings, to_yaml
+from scoremix_ray.config import EMBEDDED, Config, digest, guide_config, section_hash, settings, to_yaml
 from scoremix_ray.core.data import Split, scan, write_split
 from scoremix_ray.core.data.batches import schedule
 from scoremix_ray.core.data.images import BadImage, save_grid
@@ -222,26 +222,51 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     d = GENERATOR.dir(cfg, {"data": data_dir})
     guide = guide_stage(ctx, cfg, data_dir)
     with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
-        if GENERATOR.done(d):
+        if (d / "train.json").is_file():
             check_guidance(cfg.sampler, d, guide)  # what the run's guidance needs, before anything samples from it
-            quality = json.loads((d / "quality.json").read_text())
+            c = check_dir(cfg, d, guide)
+            quality = json.loads((c / "quality.json").read_text()) if (c / "quality.json").is_file() else {}
             # a check from before its real-image reference, or whose samples are gone, is made again (seconds)
-            if "class_accuracy_real" in quality and (d / "quality_samples.npz").is_file():
+            if "class_accuracy_real" in quality and (c / "quality_samples.npz").is_file():
                 return d, quality
         d.mkdir(parents=True, exist_ok=True)
         if not (d / "train.json").is_file():
             write_json(d / "train.json", train.fit(ctx, cfg, "generator", data_dir / "split.npz", d))
         check_guidance(cfg.sampler, d, guide)
-        quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d, guide)
+        c = check_dir(cfg, d, guide)
+        c.mkdir(parents=True, exist_ok=True)
+        quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d, guide, c)
         quality["train"] = json.loads((d / "train.json").read_text())
-        write_json(d / "quality.json", quality)
+        quality["sampled_with"] = sampling_policy(cfg, guide)
+        quality["grid"] = str(c / "samples.png")
+        write_json(c / "quality.json", quality)
         log.info(
             "generator: class accuracy of samples %.3f, of held-out real images %.3f (grid %s)",
             quality["class_accuracy"],
             quality["class_accuracy_real"],
-            d / "samples.png",
+            c / "samples.png",
         )
         return d, quality
+
+
+def sampling_policy(cfg: Config, guide: Path | None) -> str:
+    """How the run draws samples (its sampler settings and guide network, if any), as a short digest: what a
+    generator's quality check depends on besides the generator."""
+    return digest({"sampler": settings(cfg, "sampler")["sampler"], "guide": guide.name if guide else None})
+
+
+def check_dir(cfg: Config, gen_dir: Path, guide: Path | None) -> Path:
+    """Where the generator's quality check under the run's sampling policy lives: the stage folder itself for the
+    policy of its first check (recorded in its quality.json as "sampled_with"; a check from before that record
+    stands for unguided sampling, the default it was made with), else `checks/<policy>/`, so a run that samples
+    with other guidance gets a check and a readiness verdict of its own samples."""
+    policy, top = sampling_policy(cfg, guide), gen_dir / "quality.json"
+    if not top.is_file():
+        return gen_dir
+    recorded = json.loads(top.read_text()).get("sampled_with")
+    if recorded == policy or (recorded is None and cfg.sampler.guidance == "none"):
+        return gen_dir
+    return gen_dir / "checks" / policy
 
 
 def guide_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> Path | None:
@@ -278,12 +303,14 @@ def generator_quality(
     split_path: Path,
     gen_dir: Path,
     guide_dir: Path | None = None,
+    out_dir: Path | None = None,
     device: str = "cpu",
     per_class: int = 20,
 ) -> dict:
     """Sample `per_class` images of (up to QUALITY_CLASSES seed-fixed) classes, save a grid and the samples
-    (`quality_samples.npz`, for the recognizer-space diagnostics), and score them with a pixel classifier fit on
-    one half of those classes' real images; the other half, scored the same way, is the ceiling."""
+    (`quality_samples.npz`, for the recognizer-space diagnostics) in `out_dir` (default: the generator's folder),
+    and score them with a pixel classifier fit on one half of those classes' real images; the other half, scored
+    the same way, is the ceiling."""
     import torch
 
     split = Split.load(split_path)
@@ -291,8 +318,9 @@ def generator_quality(
     labels = torch.from_numpy(classes).repeat_interleave(per_class)
     seeds = [sample_seed(cfg.seed, int(c), i % per_class) for i, c in enumerate(labels)]
     images = sample_images(cfg, gen_dir, labels[:, None], torch.ones(len(labels), 1), seeds, guide_dir, device)
-    class_grid(images, labels.numpy(), 10, gen_dir / "samples.png")
-    np.savez(gen_dir / "quality_samples.npz", images=images, labels=labels.numpy())
+    out_dir = Path(out_dir or gen_dir)
+    class_grid(images, labels.numpy(), 10, out_dir / "samples.png")
+    np.savez(out_dir / "quality_samples.npz", images=images, labels=labels.numpy())
     real = np.flatnonzero(np.isin(split.train.labels, classes))  # only these classes' rows are read
     x, y = split.train.images[real], split.train.labels[real]
     a, b = halves(y, cfg.seed)
@@ -312,12 +340,13 @@ def quality_classes(cfg: Config, n: int) -> np.ndarray:
     return np.sort(np.random.default_rng([cfg.seed, 11]).choice(n, QUALITY_CLASSES, replace=False))
 
 
-def recognizer_diagnostics(cfg: Config, split_path: Path, gen_dir: Path, rec_dir: Path, device: str = "cpu") -> dict:
-    """The generator's samples of its quality check in the baseline recognizer's embedding space, against the
-    real images of the same classes (`evaluation.diagnostics.generator_diagnostics`: identity accuracy, FD,
-    precision/recall, each beside its real-image reference)."""
+def recognizer_diagnostics(cfg: Config, split_path: Path, checked: Path, rec_dir: Path, device: str = "cpu") -> dict:
+    """The generator's samples of its quality check (in the folder `checked`: `check_dir`) in the baseline
+    recognizer's embedding space, against the real images of the same classes
+    (`evaluation.diagnostics.generator_diagnostics`: identity accuracy, FD, precision/recall, each beside its
+    real-image reference)."""
     split = Split.load(split_path)
-    samples = np.load(gen_dir / "quality_samples.npz")
+    samples = np.load(checked / "quality_samples.npz")
     real = np.flatnonzero(np.isin(split.train.labels, np.unique(samples["labels"])))
     net = Recognizer.load(rec_dir / "final", device)
     real_emb = embed_images(net, split.train.images[real], device)
@@ -326,14 +355,15 @@ def recognizer_diagnostics(cfg: Config, split_path: Path, gen_dir: Path, rec_dir
 
 
 def diagnostics_stage(ctx: RunContext, cfg: Config, data_dir: Path, gen_dir: Path, rec_dir: Path) -> dict:
-    """The generator's checks as one flat dict: the pixel classifier's (with the generator stage) and the
-    baseline recognizer's, computed once per (generator, baseline) and kept in the generator's quality.json
-    under "recognizer" -> the baseline's folder name."""
-    path = gen_dir / "quality.json"
+    """The generator's checks under the run's sampling policy as one flat dict: the pixel classifier's (with the
+    generator stage) and the baseline recognizer's, computed once per (generator, sampling policy, baseline) and
+    kept in that check's quality.json (`check_dir`) under "recognizer" -> the baseline's folder name."""
+    checked = check_dir(cfg, gen_dir, guide_stage(ctx, cfg, data_dir))
+    path = checked / "quality.json"
     quality = json.loads(path.read_text())
     space = quality.get("recognizer", {}).get(rec_dir.name)
     if space is None:
-        space = ctx.on_device(cfg, recognizer_diagnostics, cfg, data_dir / "split.npz", gen_dir, rec_dir)
+        space = ctx.on_device(cfg, recognizer_diagnostics, cfg, data_dir / "split.npz", checked, rec_dir)
         quality = merge_json(path, recognizer={**quality.get("recognizer", {}), rec_dir.name: space})
         log.info("%s; FD %.3g (real %.3g)", readiness_line(space), space["fd"], space["fd_real"])
     pixel = {k: quality[k] for k in ("class_accuracy", "class_accuracy_real", "classes_scored")}

@@ -111,3 +111,41 @@ def test_the_guide_network_is_its_own_stage_and_never_retrains_the_main_one(tiny
     unguided = snapshot.model_copy(update={"sampler": snapshot.sampler.model_copy(update={"guidance": "none"})})
     assert not np.array_equal(by_narrow, pipeline.sample_images(snapshot, main, *rows))
     assert not np.array_equal(by_narrow, pipeline.sample_images(unguided, main, *rows))
+
+
+def test_each_sampling_policy_gets_its_own_quality_check_and_verdict(tiny_generator, tiny_recognizer, tmp_path):
+    """The generator's check (and so the readiness verdict) is of the samples the run draws: a run that samples
+    with other guidance than the stage's first check gets a check of its own, the first one stays as it was."""
+    from scoremix_ray import pipeline
+    from scoremix_ray.runtime.context import RunContext
+
+    _, _, split, gen_dir = tiny_generator
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    split.save(data_dir / "split.npz")
+    unguided, guided = _cfg(tmp_path, "sampler.guidance=none"), _cfg(tmp_path)
+    main = pipeline.GENERATOR.dir(unguided, {"data": data_dir})
+    assert main == pipeline.GENERATOR.dir(guided, {"data": data_dir})  # one generator, two sampling policies
+    shutil.copytree(gen_dir, main)
+    (main / "train.json").write_text(json.dumps({"step": 120}))
+    ctx = RunContext(executor="process")
+
+    _, first = pipeline.generator_stage(ctx, unguided, data_dir)
+    assert first["sampled_with"] == pipeline.sampling_policy(unguided, None) and not (main / "checks").exists()
+    top = (main / "quality.json").read_text()
+    _, second = pipeline.generator_stage(ctx, guided, data_dir)
+    own = main / "checks" / pipeline.sampling_policy(guided, None)
+    assert second["grid"] == str(own / "samples.png") and (own / "quality_samples.npz").is_file()
+    assert (main / "quality.json").read_text() == top  # the first check untouched
+    a, b = np.load(main / "quality_samples.npz"), np.load(own / "quality_samples.npz")
+    assert np.array_equal(a["labels"], b["labels"]) and not np.array_equal(a["images"], b["images"])
+
+    plain = pipeline.diagnostics_stage(ctx, unguided, data_dir, main, tiny_recognizer)
+    steered = pipeline.diagnostics_stage(ctx, guided, data_dir, main, tiny_recognizer)
+    assert plain["fd"] != steered["fd"]  # each of its own samples, each kept with its check
+    assert json.loads((own / "quality.json").read_text())["recognizer"][tiny_recognizer.name]["fd"] == steered["fd"]
+    assert pipeline.generator_stage(ctx, guided, data_dir)[1]["grid"] == second["grid"]  # reused, not redone
+    # a check from before the record stands for the unguided default it was made with
+    legacy = {k: v for k, v in json.loads(top).items() if k != "sampled_with"}
+    (main / "quality.json").write_text(json.dumps(legacy))
+    assert pipeline.check_dir(unguided, main, None) == main and pipeline.check_dir(guided, main, None) == own
