@@ -39,7 +39,8 @@ class UnitRenderer:
             torch.set_num_threads(g.threads_per_actor or max(1, (os.cpu_count() or 1) // g.num_actors))
         net = guide = None
         if "guide" in self.method.needs:  # the generator and, under autoguidance, its guide
-            net, guide = load_for_sampling(conf["generator_dir"], cfg.sampler, device, conf["guide_dir"])
+            # the guide network's stage, when the run has one (a conf without the key: none)
+            net, guide = load_for_sampling(conf["generator_dir"], cfg.sampler, device, conf.get("guide_dir"))
         elif "generator" in self.method.needs:
             net = load_generator(conf["generator_dir"], device=device)
         needs = self.method.needs
