@@ -222,18 +222,15 @@ def generator_stage(ctx: RunContext, cfg: Config, data_dir: Path) -> tuple[Path,
     d = GENERATOR.dir(cfg, {"data": data_dir})
     guide = guide_stage(ctx, cfg, data_dir)
     with locked(d / ".lock"):  # one writer a stage: a second trial waits, then reuses it
-        if (d / "train.json").is_file():
-            check_guidance(cfg.sampler, d, guide)  # what the run's guidance needs, before anything samples from it
-            c = check_dir(cfg, d, guide)
-            quality = json.loads((c / "quality.json").read_text()) if (c / "quality.json").is_file() else {}
-            # a check from before its real-image reference, or whose samples are gone, is made again (seconds)
-            if "class_accuracy_real" in quality and (c / "quality_samples.npz").is_file():
-                return d, quality
         d.mkdir(parents=True, exist_ok=True)
         if not (d / "train.json").is_file():
             write_json(d / "train.json", train.fit(ctx, cfg, "generator", data_dir / "split.npz", d))
-        check_guidance(cfg.sampler, d, guide)
+        check_guidance(cfg.sampler, d, guide)  # what the run's guidance needs, before anything samples from it
         c = check_dir(cfg, d, guide)
+        quality = json.loads((c / "quality.json").read_text()) if (c / "quality.json").is_file() else {}
+        # a check from before its real-image reference, or whose samples are gone, is made again (seconds)
+        if "class_accuracy_real" in quality and (c / "quality_samples.npz").is_file():
+            return d, quality
         c.mkdir(parents=True, exist_ok=True)
         quality = ctx.on_device(cfg, generator_quality, cfg, data_dir / "split.npz", d, guide, c)
         quality["train"] = json.loads((d / "train.json").read_text())

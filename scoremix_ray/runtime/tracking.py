@@ -172,8 +172,8 @@ def log_results(tracker: Tracker, run_id: str, metrics: dict, artifacts: list[Pa
 
 def save_models(cfg: Config, stages: dict[str, Path]) -> dict[str, Path]:
     """{stage: its MLflow model folder}, saved once per stage folder (`export`) when `tracking.log_models`.
-    A sweep saves its shared stages' models before the trials, so that concurrent trials do not each export
-    the same generator and baseline (only one copy is kept) and a trial exports only its own recognizer."""
+    A sweep logs its shared stages' models before the trials (on the parent run), so concurrent trials do not
+    each export the same generator and baseline."""
     if not cfg.tracking.log_models:
         return {}
     return {s: generator_model(d) if s == "generator" else recognizer_model(d) for s, d in stages.items()}
