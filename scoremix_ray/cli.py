@@ -21,7 +21,7 @@ import typer
 from scoremix_ray.config import Config, convex, load_config, to_yaml
 from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.interrupts import STOP_REQUESTED, sigterm_interrupts
-from scoremix_ray.foundations.progress import LOG_FORMAT
+from scoremix_ray.foundations.progress import LOG_FORMAT, quiet_libraries
 
 app = typer.Typer(
     add_completion=False,
@@ -138,7 +138,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
     if "precision" in metrics["generator"]:
         typer.echo(readiness_line(metrics["generator"]))
     typer.echo(f"samples: {result['generate']['grid']}")
-    typer.echo(f"mlflow: run {run_id} in {tracking.tracking_uri(cfg)} (mlflow ui --backend-store-uri ...)")
+    typer.echo(f"mlflow: {tracking.ui_hint(cfg, run_id)}")
     typer.echo(f"done in {seconds:.0f} s; run folder: {cfg.run_dir} (metrics.json, pairs.parquet)")
 
 
@@ -165,6 +165,7 @@ def sweep(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Ray Tune sweep over strategies x methods x seeds (x --grid axes); one MLflow child run per trial."""
+    from scoremix_ray.runtime import tracking  # lazy: start-up
     from tuning.sweep import parse_grid, run_sweep  # lazy: start-up
 
     cfg = _cfg(config, set_, out, tracking_uri, check=False)
@@ -181,6 +182,7 @@ def sweep(
         name,
     )
     _trials_summary(summary)
+    typer.echo(f"mlflow: {tracking.ui_hint(cfg, summary['parent_run_id'], runs_of_experiment=True)}")
     typer.echo(f"compare: scoremix-ray report --out {cfg.out_dir}")
     _exit_if_failed(summary)
 
@@ -211,6 +213,7 @@ def study(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tra
     """The study of a config's `study` section: every method x strategy on every fold x seed as one Ray Tune
     sweep (stages cached per fold and seed), logged to MLflow; writes and prints the report with paired
     differences to the real-only baseline and their confidence intervals."""
+    from scoremix_ray.runtime import tracking  # lazy: start-up
     from tuning.study import run_study  # lazy: start-up
 
     cfg = _cfg(config, set_, out, tracking_uri)
@@ -218,6 +221,7 @@ def study(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tra
     typer.echo(Path(summary["report"]["markdown"]).read_text())
     typer.echo(f"study: {summary['wall_time_s']:.0f} s")
     _trials_summary(summary)
+    typer.echo(f"mlflow: {tracking.ui_hint(cfg, summary['parent_run_id'], runs_of_experiment=True)}")
     typer.echo(f"report: {summary['report']['markdown']} (plot {summary['report']['plot']})")
     _exit_if_failed(summary)
 
@@ -462,6 +466,7 @@ def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("SCOREMIX_DEBUG") == "1"
     sys.argv = [a for a in sys.argv if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")  # the one place: process start
+    quiet_libraries()
     # Tune's own Ctrl-C handler ends a sweep's fit() as if it were done; this process handles Ctrl-C and SIGTERM
     # itself (open runs marked KILLED, exit 130). Read by Tune in this process: set here, before anything starts.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")

@@ -692,5 +692,6 @@ def run_tracked(
             for name, key in (("generator", "generator"), ("baseline", "recognizer"), ("augmented", "augmented"))
         }
         tracking.log_results(ctx.tracker, rid, metrics, tracking.run_artifacts(cfg, result), stages)
+        tracking.log_datasets(ctx.tracker, rid, tracking.datasets(cfg, result))
         tracking.log_models(ctx.tracker, cfg, rid, {k: d for k, d in stages.items() if k in models})
     return result, metrics, rid

@@ -167,10 +167,12 @@ def test_an_edm2_generator_exports_as_an_mlflow_model(tmp_path):
 
     net = _net(classes=3).eval()
     net.save(tmp_path / "final")
-    loaded = mlflow.pytorch.load_model(str(generator_model(tmp_path)))
-    x, s, c = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 2.0]), torch.tensor([0, 2])
+    path = generator_model(tmp_path)
+    assert [p.name for p in (path / "data").iterdir()] == ["model.pt2"]  # a torch.export graph, not a pickle
+    loaded = mlflow.pytorch.load_model(str(path))
+    x, s, c = torch.randn(3, 1, 8, 8), torch.tensor([0.5, 2.0, 9.0]), torch.tensor([0, 2, 1])  # a batch of its own
     with torch.no_grad():
-        assert torch.allclose(loaded(x, s, c), net(x, s, c))
+        assert torch.allclose(loaded(x, s, c), net(x, s, c), atol=1e-6)
 
 
 def test_edm2_samples_on_the_networks_device_and_under_bf16(monkeypatch):

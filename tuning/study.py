@@ -13,6 +13,7 @@ MLflow runs into the table, the interval plot and the alignment per fold.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -72,8 +73,11 @@ def run_study(base: Config) -> dict:
         raise ConfigError("this config has no 'study' section (see configs/study-digits.yaml)")
     start = time.time()
     partitions = check_folds(base)
+    folds_file = Path(base.out_dir) / f"{base.name}-folds.json"  # every fold's classes: too long for a log line
+    folds_file.parent.mkdir(parents=True, exist_ok=True)
+    folds_file.write_text(json.dumps({str(f): list(c) for f, c in partitions.items()}, indent=1))
     for fold, classes in partitions.items():
-        log.info("study: fold %d trains on classes %s", fold, ",".join(classes))
+        log.info("study: fold %d trains on %d classes (%s, ...; all in %s)", fold, len(classes), classes[0], folds_file)
     tags = {"scoremix.kind": "study", "scoremix.config_sha": hashlib.sha256(to_yaml(base).encode()).hexdigest()[:12]}
     summary = run_sweep(
         base,

@@ -24,6 +24,7 @@ from pathlib import Path
 from scoremix_ray import pipeline
 from scoremix_ray.config import Config, ConfigError, section_hash, settings, with_overrides
 from scoremix_ray.core.methods import get_method
+from scoremix_ray.foundations.progress import Progress, lines_to
 from scoremix_ray.runtime import tracking
 from scoremix_ray.runtime.checks import check_config, check_with_data
 from scoremix_ray.runtime.context import RunContext, start
@@ -143,8 +144,10 @@ def _trial(config: dict, ctx: RunContext) -> dict:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         return {"run_dir": str(cfg.run_dir), "earlier": True, **tracking.flat_metrics(metrics)}
     try:
-        # its own recognizer's MLflow model only when every trial logs one (the shared ones are on the parent)
-        _, metrics, _ = pipeline.run_tracked(ctx, cfg, ("augmented",) if cfg.tracking.sweep_models == "all" else ())
+        # its own recognizer's MLflow model only when every trial logs one (the shared ones are on the parent);
+        # its log lines to <out>/logs/<trial>.log, the driver's console says when it ends (`_progress`)
+        with lines_to(Path(cfg.out_dir) / "logs" / f"{cfg.name}.log"):
+            _, metrics, _ = pipeline.run_tracked(ctx, cfg, ("augmented",) if cfg.tracking.sweep_models == "all" else ())
     except Exception as e:  # noqa: BLE001 -- the trial's own error (bad data, a full disk): a result, not retried
         from ray.exceptions import RayError
 
@@ -300,6 +303,38 @@ def log_best_model(tracker, parent, configs: list[Config], results: dict) -> Non
     )
 
 
+def _progress(total: int, out_dir: str):
+    """A Tune callback on the driver: one line per finished trial (its headline metric and log file) and one
+    every `PROGRESS_S` with the trials done and the time left."""
+    from ray import tune
+
+    class Lines(tune.Callback):
+        def __init__(self):
+            self.done, self.progress = 0, Progress("sweep", total, "trials")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            result = trial.last_result or {}
+            score = result.get(BEST_BY)
+            error = (str(result.get("error") or "").strip().splitlines() or ["?"])[-1][:300]
+            self.line(trial, f"{BEST_BY} {score:.4f}" if score is not None else f"failed: {error}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            self.line(trial, "its process died (retried up to ray.max_failures)")
+
+        def line(self, trial, what: str) -> None:
+            name = trial.config["config"]["name"]
+            log.info(
+                "sweep: %d/%d %s: %s (log %s)", self.done, total, name, what, Path(out_dir) / "logs" / f"{name}.log"
+            )
+
+        def on_step_end(self, iteration, trials, **info):
+            self.progress.tick(self.done, f"{sum(t.status == 'RUNNING' for t in trials)} running")
+
+    return Lines()
+
+
 def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: float, ctx: RunContext) -> dict:
     """The trials as one Tune run, each handed the trials' context (`ctx`: their executor, the MLflow writer and
     the parent run): {trial name: summary row} (`base.out_dir` absolute: `run_sweep` made it so)."""
@@ -330,6 +365,8 @@ def _tune(configs: list[Config], name: str, base: Config, cpus: float, gpus: flo
             # a trial whose process or node died is run again (its stages resume from their checkpoints); a
             # trial's own error comes back as its result (`_trial`) and is not retried
             failure_config=tune.FailureConfig(max_failures=base.ray.max_failures, fail_fast=False),
+            verbose=0,  # Tune's status tables: `_progress` says instead what a user needs, one line a trial
+            callbacks=[_progress(len(configs), base.out_dir)],
         ),
     )
     out = {}

@@ -4,19 +4,52 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 log = logging.getLogger("scoremix_ray")
 LOG_FORMAT = "%(asctime)s %(message)s"  # every process's log lines: the command's, Ray workers'
+
+
+def quiet_libraries() -> None:
+    """Ray Data's console lines at WARNING and above (ray_data_logging.yaml beside this file, through Ray Data's
+    RAY_DATA_LOGGING_CONFIG; a user's own setting wins). Before Ray Data is imported: it reads the setting then."""
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
 
 
 def worker_setup() -> None:
     """Where a Ray worker process starts (the setup hook of `runtime.context.RUNTIME_ENV`): its log lines like
     the command's. Kept here, with nothing heavy imported, since every worker process runs it."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    quiet_libraries()
 
 
-PROGRESS_S = 30.0  # the longest silence between two progress lines (a first line after as long)
+@contextmanager
+def lines_to(path: Path) -> Iterator[Path]:
+    """This process's log lines of the block in full to `path` (appended), its console only their warnings and
+    errors: a sweep's trial, whose lines would otherwise interleave with every other trial's on the driver."""
+    root = logging.getLogger()
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    levels = [h.level for h in consoles]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
+    root.addHandler(handler)
+    for h in consoles:
+        h.setLevel(max(h.level, logging.WARNING))
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        for h, level in zip(consoles, levels):
+            h.setLevel(level)
+
+
+PROGRESS_S = 15.0  # the longest silence between two progress lines (a first line after as long)
 
 
 def duration(seconds: float) -> str:
@@ -49,16 +82,24 @@ class Progress:
         rate = (done - self.first) / max(now - self.start, 1e-9)
         left = (self.total - done) / rate if rate > 0 else float("inf")
         log.info(
-            "%s: %d/%d %s, %.0f %s/s, about %s left%s",
+            "%s: %d/%d %s, %s %s/s, about %s left%s",
             self.what,
             done,
             self.total,
             self.unit,
-            rate,
+            f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}",
             self.unit,
             duration(left) if left != float("inf") else "? s",
             f"; {extra}" if extra else "",
         )
+
+    def say(self, msg: str, *args, last: bool = False) -> None:
+        """A stage's own status line (a training's loss at its log step): logged when a progress line would be
+        (`every_s` since the last), or when it is the `last`; the others only go to the stage's history."""
+        now = time.monotonic()
+        if last or now - self.last >= self.every_s:
+            self.last = now
+            log.info(msg, *args)
 
     def over(self, starts):
         """`starts` (the first item of each batch), ticked as each batch begins."""

@@ -14,6 +14,7 @@ frozen, picklable value: a sweep hands it to its trials, a trial derives its own
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -108,10 +109,13 @@ def start(cfg: Config, ray: bool = False, executor: Executor = "ray") -> tuple[R
 # Ray settings of every worker this job starts: passed to `ray.init` (a test's Ray passes the same), never
 # written to os.environ. RAY_CHDIR_TO_TRIAL_DIR=0: Tune would run each trial in a folder of its own; kept in the
 # job's working folder, a relative path a trial reads (data.path, a benchmark's, recognizer.pretrained) means
-# what it means to the driver.
+# what it means to the driver. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0: Ray Train's watcher actor only tells a
+# training function that asks (`ray.train.get_preemption_info`; ours resume from step checkpoints instead), and
+# it is created with its workers' handles as object-store arguments and max_restarts=-1, which core_worker
+# reports as an ERROR at every training start (ray-project/ray#53727).
 RUNTIME_ENV = {
     "worker_process_setup_hook": "scoremix_ray.foundations.progress.worker_setup",  # a light import
-    "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"},
+    "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"},
 }
 
 
@@ -124,6 +128,8 @@ def ensure_ray(address: str | None, timeout_s: float = 20.0) -> None:
         return
     if address:
         reach_ray(address, timeout_s)
+    else:  # a new local Ray: token auth on, as Ray's default, said here rather than in its notice on every start
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         ray.init(address=address, log_to_driver=True, configure_logging=False, runtime_env=RUNTIME_ENV)
     except ConnectionError as e:  # "auto" with no cluster running here
@@ -135,7 +141,6 @@ def ensure_ray(address: str | None, timeout_s: float = 20.0) -> None:
 def reach_ray(address: str, timeout_s: float) -> None:
     """The GCS port of `address` (host:port, ray://host:port, or "auto" through RAY_ADDRESS and the address
     file of the cluster started on this machine) accepts a connection within `timeout_s`."""
-    import os
     import socket
     import tempfile
     from pathlib import Path

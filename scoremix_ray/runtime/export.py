@@ -5,9 +5,9 @@ and logged into each run that used the stage (`tracking.log_models`).
 The recognizer is logged as its backbone alone: the margin head is a training device, and at 10k identities
 it is the larger part (10k x 512 floats). It is saved in MLflow's default "pt2" format (a torch.export graph:
 loading it needs torch, not this package). Input: N x C x H x W float, RGB, (x - 127.5) / 127.5; output: the
-embedding, not normalised. The generator is the EDM denoiser D(x; sigma, class), pickled (its diffusers UNet
-is not traced here): its signature names the three inputs; load it with `mlflow.pytorch.load_model` where
-scoremix-ray is installed (pyfunc's single-input `predict` does not fit it).
+embedding, not normalised. The generator is the EDM denoiser D(x; sigma, class), also a torch.export graph
+(either network traces; no pickle, whose loading can run arbitrary code): its signature names the three
+inputs; load it with `mlflow.pytorch.load_model` (pyfunc's single-input `predict` does not fit it).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def recognizer_model(stage_dir: Path) -> Path:
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, d), "embedding")]),
         )
         example = np.zeros((2, c, s, s), np.float32)  # pt2 (torch.export) traces it: the batch stays free
-        return net.backbone, signature, {"input_example": example}
+        return net.backbone, signature, {"input_example": example, "serialization_format": "pt2"}
 
     return _save(stage_dir, model)
 
@@ -89,6 +89,8 @@ def generator_model(stage_dir: Path) -> Path:
             ),
             outputs=Schema([TensorSpec(np.dtype(np.float32), x, "denoised")]),
         )
-        return net, signature, {"serialization_format": "pickle"}  # the UNet's forward is not traced
+        # traced with a batch of 2: the batch stays free (a batch of 1 would be fixed at 1)
+        example = (np.zeros((2, *x[1:]), np.float32), np.array([0.5, 2.0], np.float32), np.array([0, 0]))
+        return net, signature, {"input_example": example, "serialization_format": "pt2"}
 
     return _save(stage_dir, model)

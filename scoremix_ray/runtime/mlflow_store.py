@@ -26,9 +26,19 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment in the view its kind names; without the tag it guesses, and on runs with no
+# model of MLflow's own it guesses GenAI (traces, sessions, token usage)
+KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(mc, name: str) -> str:
     exp = mc.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else mc.create_experiment(name)
+    if exp is None:
+        return mc.create_experiment(name, tags=KIND)
+    for k, v in KIND.items():
+        if exp.tags.get(k) != v:  # an experiment from before the tag
+            mc.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
 
 
 def child_filter(parent: str, name: str) -> str:
@@ -97,6 +107,24 @@ def log_end(mc, run_id: str, metrics: dict[str, float], artifacts: list[str], cu
     for path in artifacts:
         mc.log_artifact(run_id, path)
     mc.set_tag(run_id, "scoremix.logged", "1")
+
+
+def log_datasets(mc, run_id: str, datasets: list[dict]) -> None:
+    """The run's inputs as MLflow datasets (the UI's Dataset column): each {name, digest, source, profile,
+    context}; a dataset the run already lists (a resumed trial) is not added again."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    have = {(i.dataset.name, i.dataset.digest) for i in mc.get_run(run_id).inputs.dataset_inputs}
+    inputs = [
+        DatasetInput(
+            Dataset(d["name"], d["digest"], "local", json.dumps({"uri": d["source"]}), None, json.dumps(d["profile"])),
+            [InputTag("mlflow.data.context", d["context"])],
+        )
+        for d in datasets
+        if (d["name"], d["digest"]) not in have
+    ]
+    if inputs:
+        mc.log_inputs(run_id, datasets=inputs)
 
 
 def tag(mc, run_id: str, key: str, value: str) -> None:

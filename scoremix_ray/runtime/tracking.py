@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import traceback
 from collections.abc import Iterator
@@ -39,6 +40,24 @@ METRIC_SECTIONS = ("baseline", "augmented", "delta", "alignment", "generator", "
 
 def tracking_uri(cfg: Config) -> str:
     return cfg.tracking.tracking_uri or f"sqlite:///{(Path(cfg.out_dir) / 'mlflow.db').resolve()}"
+
+
+def ui_link(server: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of a run (or of the experiment's runs) in its model-training view: MLflow 3.17's UI
+    opens every experiment as a GenAI app (traces, token usage) unless the link or its toggle says otherwise."""
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
+def ui_hint(cfg: Config, run_id: str, runs_of_experiment: bool = False) -> str:
+    """Where to look at `run_id` (or, `runs_of_experiment`, at its experiment's runs: a sweep's trials): the UI
+    link on a tracking server, else the command that serves the store, then the link."""
+    uri = tracking_uri(cfg)
+    eid = client(cfg).get_run(run_id).info.experiment_id
+    page = None if runs_of_experiment else run_id
+    if uri.startswith("http"):
+        return ui_link(uri, eid, page)
+    return f"mlflow ui --backend-store-uri {uri}, then {ui_link('http://127.0.0.1:5000', eid, page)}"
 
 
 def client(cfg: Config):
@@ -168,6 +187,42 @@ def log_results(tracker: Tracker, run_id: str, metrics: dict, artifacts: list[Pa
     name -> stage folder with a `history.jsonl`)."""
     curves = {name: read_history(d) for name, d in stages.items()}
     tracker.do(store.log_end, run_id, flat_metrics(metrics), [str(p) for p in artifacts if Path(p).is_file()], curves)
+
+
+def datasets(cfg: Config, result: dict) -> list[dict]:
+    """A run's data as MLflow datasets: the data stage it trained and evaluated on ("training", named for its
+    source and split seed) and the synthetic classes it added ("synthetic"), each keyed by its stage folder."""
+    data = result["data"]
+    out = [
+        {
+            "name": f"{cfg.data.source}-split{cfg.data.split_seed}",
+            "digest": Path(data["dir"]).name.rpartition("-")[2],
+            "source": data["dir"],
+            "profile": {k: v for k, v in data.items() if k != "dir"},
+            "context": "training",
+        }
+    ]
+    if "generate" in result:
+        synth = Path(result["generate"]["dir"])
+        rows = (
+            json.loads((synth / "manifest.json").read_text()).get("rows_written")
+            if (synth / "manifest.json").is_file()
+            else None
+        )
+        out.append(
+            {
+                "name": f"{cfg.generation.method}-{cfg.selection.strategy}-{cfg.selection.count}",
+                "digest": synth.name.rpartition("-")[2],
+                "source": str(synth),
+                "profile": {"images": rows, "method": cfg.generation.method, "strategy": cfg.selection.strategy},
+                "context": "synthetic",
+            }
+        )
+    return out
+
+
+def log_datasets(tracker: Tracker, run_id: str, sets: list[dict]) -> None:
+    tracker.do(store.log_datasets, run_id, sets)
 
 
 def save_models(cfg: Config, stages: dict[str, Path]) -> dict[str, Path]:

@@ -161,14 +161,15 @@ def train_generator(
                 "steps_per_s": len(losses) / dt,
                 "images_per_s": seen / dt,
             }
-            if rank == 0:
-                log.info(
+            if rank == 0:  # every log point is in history.jsonl and the run's curve; the console gets one in 15 s
+                progress.say(
                     "generator: step %d/%d loss %.4f  %.2f steps/s  %.0f img/s",
                     step,
                     cfg.steps,
                     metrics["loss"],
                     metrics["steps_per_s"],
                     metrics["images_per_s"],
+                    last=step == cfg.steps,
                 )
                 log_progress(out_dir, metrics, step, monitor)
             if report is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):

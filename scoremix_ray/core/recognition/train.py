@@ -185,14 +185,15 @@ def train_recognizer(
             "lr": opt.param_groups[0]["lr"],
             "images_per_s": seen * world_size / dt,
         }
-        if rank == 0:
-            log.info(
+        if rank == 0:  # every epoch is in history.jsonl and the run's curve; the console gets one in 15 s
+            progress.say(
                 "recognizer: epoch %d/%d loss %.3f  train acc %.3f  %.0f img/s",
                 epoch,
                 cfg.epochs,
                 metrics["loss"],
                 metrics["train_accuracy"],
                 metrics["images_per_s"],
+                last=epoch == cfg.epochs,
             )
             log_progress(out_dir, metrics, epoch, monitor)
         if report is not None and at_checkpoint:  # a Ray Train report costs ~1 s here: not every epoch
