@@ -142,6 +142,22 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, track
     typer.echo(f"done in {seconds:.0f} s; run folder: {cfg.run_dir} (metrics.json, pairs.parquet)")
 
 
+@app.command()
+def preflight(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, tracking_uri: UriOpt = None) -> None:
+    """Before a long job on a cluster (submit it as the job would run): every node sees out_dir and the tracking
+    server, runs the driver's Python, torch, Ray and scoremix-ray, under token auth. One line per failure."""
+    from scoremix_ray import jobs  # lazy: start-up
+
+    cfg = _cfg(config, set_, out, tracking_uri)
+    failures = jobs.check_cluster(cfg)
+    for line in failures:
+        typer.echo(f"preflight: {line}", err=True)
+    if failures:
+        raise typer.Exit(1)
+    store = cfg.tracking.tracking_uri or "SQLite in out_dir"
+    typer.echo(f"preflight: every node is ready (out_dir {Path(cfg.out_dir).resolve()}, tracking {store})")
+
+
 def _list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
@@ -470,6 +486,11 @@ def main() -> None:
     # Tune's own Ctrl-C handler ends a sweep's fit() as if it were done; this process handles Ctrl-C and SIGTERM
     # itself (open runs marked KILLED, exit 130). Read by Tune in this process: set here, before anything starts.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # A local Ray started here runs with token auth, Ray's own default, said here rather than by its notice on every
+    # start. Before Ray is imported: its client reads the mode once. Not for a job of a cluster (RAY_ADDRESS set):
+    # its processes have the cluster's mode.
+    if "RAY_ADDRESS" not in os.environ:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     sigterm_interrupts()  # from the start: a `kill` during the imports or the first contact says "stopped" too
     try:
         app()

@@ -24,15 +24,23 @@ from scoremix_ray.runtime import tracking
 from scoremix_ray.runtime.benchmarks import with_benchmarks
 from scoremix_ray.runtime.checks import check_with_data
 from scoremix_ray.runtime.context import start
+from scoremix_ray.runtime.preflight import on_a_cluster, preflight
 
 
 def experiment(cfg: Config) -> tuple[dict, dict, str, float]:
     """`run`: the whole experiment as a live MLflow run: (stage summary, metrics, run id, seconds)."""
     t0 = time.time()
     ctx, cfg = start(cfg, ray=True)  # the MLflow writer is a Ray actor
+    on_a_cluster(cfg)  # every node sees out_dir and the tracking store, runs the same Python (else one line)
     with tracking.writer(cfg) as tracker:  # the MLflow run is open (and live) from here to the end
         result, metrics, run_id = pipeline.run_tracked(ctx.reporting_to(tracker), cfg)
     return result, metrics, run_id, time.time() - t0
+
+
+def check_cluster(cfg: Config) -> list[str]:
+    """`preflight`: join the cluster (ray.address, or the job's), check every node; the failures, one line each."""
+    start(cfg, ray=True)
+    return preflight(cfg)
 
 
 def train_generator(cfg: Config) -> tuple[Path, dict]:

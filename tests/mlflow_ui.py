@@ -34,40 +34,47 @@ def missing() -> list[str]:
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def start_server(store: Path, port: int, artifacts: Path | None = None) -> subprocess.Popen:
+    """`mlflow server` on the SQLite store `store` at 127.0.0.1:`port` (its output in `<store>.server.log`),
+    once it answers."""
+    log = Path(store).with_suffix(".server.log")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--backend-store-uri", f"sqlite:///{Path(store).resolve()}"]
+    cmd += ["--artifacts-destination", str(artifacts)] if artifacts else []
+    proc = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240  # its imports take a minute on a busy 2-core box
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                stop_server(proc)
+                raise RuntimeError(f"mlflow server on {store} did not answer:\n{log.read_text()[-2000:]}") from None
+            time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+    proc.wait(30)
+
+
 @contextmanager
 def server(store: Path):
-    """`mlflow server` on the SQLite store `store`, loopback only; yields its URL."""
-    port = _free_port()
-    log = Path(store).with_suffix(".server.log")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--backend-store-uri", f"sqlite:///{Path(store).resolve()}", "--workers", "1"],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """`mlflow server` on the SQLite store `store`, loopback only, while the block runs; yields its URL."""
+    port = free_port()
+    proc = start_server(store, port)
     try:
-        deadline = time.monotonic() + 240  # its imports take a minute on a busy 2-core box
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    tail = log.read_text()[-2000:]
-                    raise RuntimeError(f"mlflow server on {store} did not answer at {url}:\n{tail}") from None
-                time.sleep(0.5)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+        stop_server(proc)
 
 
 @contextmanager

@@ -240,3 +240,23 @@ def test_a_run_says_how_noisy_its_delta_is():
     assert "over its 10 folds of pairs the accuracy delta is +0.0100 [-0.0007, +0.0207] (95%)" in line
     assert "scoremix-ray study" in line and "\n" not in line
     assert "accuracy delta" not in delta_noise({}, {}) and "scoremix-ray study" in delta_noise({}, {})
+
+
+def test_a_healthy_run_prints_few_lines_and_no_warning(ray_session, tmp_path):
+    """`scoremix-ray run` on configs/tiny.yaml as a job would run it (stdout not a terminal, on a running Ray):
+    every stage trained fresh, Train workers and generation actors included. At most 100 lines, none an ERROR or
+    a WARNING (Ray's, MLflow's or ours); the whole log is in <out>/logs."""
+    address = ray_session.get_runtime_context().gcs_address
+    r = subprocess.run(
+        [sys.executable, "-m", "scoremix_ray", "run", "--config", "configs/tiny.yaml", "--out", str(tmp_path)]
+        + ["--set", f"ray.address={address}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = (r.stdout + r.stderr).splitlines()
+    assert r.returncode == 0, "\n".join(lines[-40:])
+    noisy = [line for line in lines if re.search(r"\bERROR\b|\bWARNING\b|Warning:|Traceback", line)]
+    assert not noisy, "\n".join(noisy)
+    assert len(lines) <= 100, "\n".join(lines)
+    assert "done in" in lines[-1] and list((tmp_path / "logs").glob("*-run-*.log"))

@@ -28,6 +28,7 @@ from scoremix_ray.foundations.progress import Progress, lines_to
 from scoremix_ray.runtime import tracking
 from scoremix_ray.runtime.checks import check_config, check_with_data
 from scoremix_ray.runtime.context import RunContext, start
+from scoremix_ray.runtime.preflight import on_a_cluster
 from scoremix_ray.runtime.train import cached as fits
 
 log = logging.getLogger("scoremix_ray")
@@ -207,6 +208,7 @@ def run_sweep(
     configs = trial_configs(base, strategies, seeds, methods or [base.generation.method], grid)
     key = sweep_key(name, configs)
     ctx, base = start(base, ray=True)
+    on_a_cluster(base)  # before any trial: every node sees out_dir and the tracking store (else one line)
     with tracking.writer(base) as tracker:  # its process starts while the data is checked
         import ray.tune  # noqa: F401 -- ~1 s of imports, here in parallel with the writer's start, not after it
 

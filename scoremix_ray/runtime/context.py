@@ -128,8 +128,6 @@ def ensure_ray(address: str | None, timeout_s: float = 20.0) -> None:
         return
     if address:
         reach_ray(address, timeout_s)
-    else:  # a new local Ray: token auth on, as Ray's default, said here rather than in its notice on every start
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         ray.init(address=address, log_to_driver=True, configure_logging=False, runtime_env=RUNTIME_ENV)
     except ConnectionError as e:  # "auto" with no cluster running here

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,16 +86,18 @@ def _compute(ctx, cfg: Config, model_dir: Path, reader, cache: Path, flip: bool,
         for attempt in range(cfg.ray.max_failures + 1):
             # no Ray actor restarts (see runtime/generate.py `_pool` for why): a lost actor ends the pass, and
             # the pass runs again; rows are written by face index, so a face embedded twice writes the same row
-            ds = ray.data.range(len(reader), override_num_blocks=blocks).map_batches(
-                FaceEmbedder,
-                fn_constructor_args=(*args, gpu, threads),
-                batch_size=e.batch_size,
-                batch_format="numpy",
-                compute=ActorPoolStrategy(size=e.num_actors),
-                num_cpus=e.actor_cpus,
-                num_gpus=1 if gpu else None,
-                max_restarts=0,
-            )
+            with warnings.catch_warnings():  # max_restarts: see runtime/generate.py `_pool`
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                ds = ray.data.range(len(reader), override_num_blocks=blocks).map_batches(
+                    FaceEmbedder,
+                    fn_constructor_args=(*args, gpu, threads),
+                    batch_size=e.batch_size,
+                    batch_format="numpy",
+                    compute=ActorPoolStrategy(size=e.num_actors),
+                    num_cpus=e.actor_cpus,
+                    num_gpus=1 if gpu else None,
+                    max_restarts=0,
+                )
             try:
                 done = 0
                 for b in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 from scoremix_ray.config import Config
@@ -74,16 +75,20 @@ def _pool(todo: list[tuple[int, int, int]], conf: dict, g):
     ds = ray.data.from_items(
         [{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo], override_num_blocks=len(todo)
     )
-    ds = ds.map_batches(
-        UnitRenderer,
-        fn_constructor_kwargs={"conf": conf},
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
-        num_cpus=g.actor_cpus,
-        num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
-        max_restarts=0,
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for max_restarts: the extra keyword (ray_remote_args, deprecated for
+        # 2.64) is its only way in until then
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            UnitRenderer,
+            fn_constructor_kwargs={"conf": conf},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
+            num_cpus=g.actor_cpus,
+            num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
+            max_restarts=0,
+        )
     log.info(
         "generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)",
         len(todo),

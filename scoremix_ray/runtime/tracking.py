@@ -10,8 +10,9 @@ rerunning the same sweep reopens them (a child is found by its parent and name),
 One writer per SQLite store: SQLite lets one process write at a time (the others wait, then fail with
 "database is locked"), so while a job runs, every write of every process (the driver, Tune trials, Ray
 Train workers) goes through one Ray actor per store, placed on the driver's node (where the file is) and
-ended with the job (`writer`). A tracking server (`tracking.tracking_uri: http://...`) serialises writes
-itself: every process writes to it directly. Default store: `sqlite:///<out_dir>/mlflow.db`.
+ended with the job (`writer`). The same for a tracking server on the driver's loopback (a cluster head's:
+the other nodes cannot reach it). A tracking server elsewhere (`tracking.tracking_uri: http://...`)
+serialises writes itself: every process writes to it directly. Default store: `sqlite:///<out_dir>/mlflow.db`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 from scoremix_ray.config import Config, flatten
 from scoremix_ray.core.evaluation.benchmarks import numbers
@@ -77,13 +79,21 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
+def on_loopback(uri: str) -> bool:
+    """A tracking server on this machine's loopback (a cluster head's, reached through SSH tunnels from outside):
+    only processes on this node reach it, so the job's writes go through the writer actor here."""
+    host = urlparse(uri).hostname or ""
+    return uri.startswith("http") and (host == "localhost" or host.startswith("127.") or host == "::1")
+
+
 @contextmanager
 def writer(cfg: Config) -> Iterator[Tracker]:
-    """The job's Tracker: for a SQLite store, start its writer actor on this node (or join the one an
-    enclosing job started) and end it, after its queued writes, when the job ends."""
+    """The job's Tracker: for a SQLite store or a server on this node's loopback (`on_loopback`), start its
+    writer actor on this node (or join the one an enclosing job started) and end it, after its queued writes,
+    when the job ends."""
     uri = tracking_uri(cfg)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    if not uri.startswith("sqlite:"):
+    if not (uri.startswith("sqlite:") or on_loopback(uri)):
         yield Tracker(uri)
         return
     import ray

@@ -235,7 +235,7 @@ def fit(
     if not stream and ctx.in_process(cfg.ray.num_workers, cfg.ray.use_gpu):
         log.info("%s: training in this process (1 worker, CPU)", kind)
         return _train_here(conf, cfg)
-    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig  # 0.15 s: not for the above
+    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # 0.15 s: not above
     from ray.train.torch import TorchTrainer
     from ray.train.v2.api.exceptions import TrainingFailedError
 
@@ -252,6 +252,9 @@ def fit(
             name=kind,
             storage_path=str(out_dir / "ray_train"),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            # Train's own lines (worker group starts, each checkpoint) at WARNING on the console; all of them stay
+            # in Ray's session logs (ray-train-*.log); the stage's progress lines are ours and still show
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets=rank_datasets(kind, cfg, images, labels, out_dir) if stream else None,
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ingest_options(cfg)),
