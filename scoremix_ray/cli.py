@@ -21,7 +21,7 @@ import typer
 from scoremix_ray.config import Config, convex, load_config, to_yaml
 from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.interrupts import STOP_REQUESTED, sigterm_interrupts
-from scoremix_ray.foundations.progress import LOG_FORMAT, quiet_libraries
+from scoremix_ray.foundations.progress import LOG_FORMAT, log_setup
 
 app = typer.Typer(
     add_completion=False,
@@ -481,8 +481,7 @@ def main() -> None:
 
     debug = "--debug" in sys.argv or os.environ.get("SCOREMIX_DEBUG") == "1"
     sys.argv = [a for a in sys.argv if a != "--debug"]
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")  # the one place: process start
-    quiet_libraries()
+    log_setup()  # the one place: process start
     # Tune's own Ctrl-C handler ends a sweep's fit() as if it were done; this process handles Ctrl-C and SIGTERM
     # itself (open runs marked KILLED, exit 130). Read by Tune in this process: set here, before anything starts.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")

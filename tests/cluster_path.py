@@ -12,7 +12,8 @@ step with its time, then one JSON line of them.
 How the tested config differs from the shipped one (everything else is cluster-onprem.yaml as shipped):
 - addresses, SSH user and key: 127.0.0.1 / 127.0.0.2, this user, a key made here (sshd runs with its own config,
   host key and authorized keys in a temporary folder, listening on those two addresses only);
-- the project's Python: this checkout's venv, already installed (setup checks it imports; it installs nothing);
+- the project's Python: this checkout's venv, already installed (setup checks it imports; it installs nothing;
+  its line in ~/.bashrc is added as shipped and taken out again at the end);
 - the shared folder and the MLflow server's port: a temporary folder and a free port;
 - the worker's start: no `ray stop` (on one machine it would stop the head) and its own node address and ports.
 """
@@ -131,10 +132,16 @@ def tested_config(tmp: Path, mlflow_port: int) -> Path:
     def here(cmd: str) -> str:
         return cmd.replace("$HOME/scoremix-venv", str(VENV)).replace(shipped_venv, str(VENV))
 
-    cfg["setup_commands"] = [f"{BIN / 'python'} -c 'import scoremix_ray, torch, ray'"]  # installed: reuse it
+    # installed: reuse it; on the login PATH as the shipped config puts its venv (`ray down` runs a bare `ray stop`)
+    cfg["setup_commands"] = [f"{BIN / 'python'} -c 'import scoremix_ray, torch, ray'"] + [
+        here(c) for c in cfg["setup_commands"] if "bashrc" in c
+    ]
     shared = tmp / "shared"
     cfg["head_setup_commands"] = [
-        here(c).replace("/shared/scoremix", str(shared)).replace("--port 5000", f"--port {mlflow_port}")
+        here(c)
+        .replace("/shared/scoremix", str(shared))
+        .replace("--port 5000", f"--port {mlflow_port}")
+        .replace(":5000/", f":{mlflow_port}/")
         for c in cfg["head_setup_commands"]
     ]
     cfg["head_start_ray_commands"] = [
@@ -161,18 +168,22 @@ def tested_config(tmp: Path, mlflow_port: int) -> Path:
 
 def wait_for_nodes(n: int, env: dict, seconds: float = 300) -> None:
     """Until `n` nodes are alive (the autoscaler on the head starts the worker over SSH after `ray up`)."""
-    t0 = time.monotonic()
+    t0, count = time.monotonic(), "import ray; ray.init(); print('ALIVE', sum(x['Alive'] for x in ray.nodes()))"
+    r = None
     while time.monotonic() - t0 < seconds:
         r = subprocess.run(
-            [str(BIN / "ray"), "status", f"--address={HEAD}:6379"], env=env, capture_output=True, text=True
+            [str(BIN / "python"), "-c", count],
+            env={**os.environ, **env, "RAY_ADDRESS": f"{HEAD}:6379"},
+            capture_output=True,
+            text=True,
         )
-        active = r.stdout.split("Active:")[-1].split("Pending:")[0]
-        if sum(int(line.split()[0]) for line in active.splitlines() if line.strip()[:1].isdigit()) >= n:
+        alive = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("ALIVE ")]
+        if alive and alive[0] >= n:
             steps["nodes up"] = round(time.monotonic() - t0, 1)
             print(f"nodes up: {steps['nodes up']} s ({n})", flush=True)
             return
         time.sleep(3)
-    raise PathFailed(f"{n} nodes were not up within {seconds} s:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    raise PathFailed(f"{n} nodes were not up within {seconds} s:\n{(r.stdout + r.stderr)[-2000:] if r else ''}")
 
 
 def submit(name: str, args: list[str], env: dict) -> str:
@@ -199,7 +210,7 @@ def submit(name: str, args: list[str], env: dict) -> str:
         timeout=900,
     )
     status = step(f"status {name}", [str(BIN / "ray"), "job", "status", "--address", DASHBOARD, sid], env=env)
-    if "SUCCEEDED" not in status.stdout + status.stderr:
+    if "succeeded" not in status.stdout + status.stderr:  # "Job ... succeeded"
         raise PathFailed(f"job {sid} is not SUCCEEDED: {status.stdout[-500:]}")
     return step(f"logs {name}", [str(BIN / "ray"), "job", "logs", "--address", DASHBOARD, sid], env=env).stdout
 
@@ -210,6 +221,8 @@ def main() -> dict:
     mlflow_port = free_port()
     uri = f"http://127.0.0.1:{mlflow_port}"
     env = {"RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    bashrc = Path.home() / ".bashrc"
+    before = bashrc.read_text() if bashrc.is_file() else None
     sshd = start_sshd(tmp)
     config = tested_config(tmp, mlflow_port)
     out = tmp / "shared" / "runs"
@@ -218,6 +231,16 @@ def main() -> dict:
         step("token", [str(BIN / "ray"), "get-auth-token", "--generate"], env={"RAY_AUTH_MODE": "token"})
         step("ray up", [str(BIN / "ray"), "up", "-y", str(config), "--no-config-cache"], env=env, timeout=900)
         wait_for_nodes(2, env)
+        t0 = time.monotonic()  # the head's MLflow server, started in the background by its set-up
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() - t0 > 180:
+                    raise PathFailed(f"the head's MLflow server does not answer at {uri}") from None
+                time.sleep(1)
+        steps["mlflow up"] = round(time.monotonic() - t0, 1)
         common = ["--config", "configs/tiny.yaml", "--out", str(out), "--tracking-uri", uri]
         log = submit("preflight", ["preflight", *common], env)
         if "every node is ready" not in log:
@@ -244,6 +267,10 @@ def main() -> dict:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, check=False)  # the worker's raylet
         sshd.terminate()
         sshd.wait(10)
+        if before is None:
+            bashrc.unlink(missing_ok=True)
+        else:
+            bashrc.write_text(before)
     return report
 
 

@@ -55,6 +55,28 @@ def test_cluster_yaml_validates_and_listens_on_loopback():
         validate_config(prepare_config(bad))
 
 
+def test_the_onprem_cluster_yaml_validates_with_token_auth_and_the_venv_on_path():
+    """cluster-onprem.yaml (its whole path runs in tests/cluster_path.py): Ray's schema, the token copied to every
+    node and required (RAY_AUTH_MODE=token at every `ray start`), the venv first on PATH where Ray starts (a job's
+    `scoremix-ray`), the MLflow server and dashboard on the head's loopback."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    for name in ("cluster-onprem.yaml", "cluster.yaml"):
+        text = (ROOT / name).read_text()
+        cfg = yaml.safe_load(text)
+        validate_config(prepare_config(cfg))
+        assert any("auth_token" in k for k in cfg["file_mounts"]), name
+        # the venv on the login PATH, whole (an unquoted " #" in YAML would end the command there)
+        assert any(c.endswith("# scoremix venv' >> ~/.bashrc") for c in cfg["setup_commands"]), name
+        for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
+            if "ray start" in c:
+                assert "RAY_AUTH_MODE=token" in c and "venv/bin:$PATH" in c, (name, c)
+        assert "0.0.0.0" not in text, name
+    onprem = yaml.safe_load((ROOT / "cluster-onprem.yaml").read_text())
+    assert onprem["provider"]["type"] == "local" and onprem["provider"]["worker_ips"]
+    assert "--host 127.0.0.1" in " ".join(onprem["head_setup_commands"])
+
+
 def test_sweep_with_a_failing_trial_then_report_and_notebook(tiny_sweep, monkeypatch):
     from scoremix_ray.foundations.errors import ScoreMixError
     from scoremix_ray.report import strategy_table

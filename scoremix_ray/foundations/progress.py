@@ -20,11 +20,25 @@ def quiet_libraries() -> None:
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
 
 
+def _ours_or_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.startswith("scoremix_ray")
+
+
+def log_setup() -> None:
+    """A process's logging, where it starts (the command's, every Ray worker's): its console shows this project's
+    lines from INFO and every other library's (Ray Train's, Tune's, torch's) from WARNING; a log file added to
+    the root (the command's, `cli._log_to`) gets them all. A library's own handlers are its own."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    for h in logging.getLogger().handlers:
+        if type(h) is logging.StreamHandler:
+            h.addFilter(_ours_or_warnings)
+    quiet_libraries()
+
+
 def worker_setup() -> None:
     """Where a Ray worker process starts (the setup hook of `runtime.context.RUNTIME_ENV`): its log lines like
     the command's. Kept here, with nothing heavy imported, since every worker process runs it."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
-    quiet_libraries()
+    log_setup()
 
 
 @contextmanager
