@@ -251,6 +251,7 @@ def main() -> dict:
         log = submit("sweep", ["sweep", "--strategies", "random,embedding-distant", "--name", "cluster", *common], env)
         if "2 trials, 0 failed" not in log:
             raise PathFailed(f"the sweep did not finish its 2 trials:\n{log[-2000:]}")
+        report["sweep_log_lines"] = len(log.splitlines())
         from mlflow.tracking import MlflowClient
 
         mc = MlflowClient(uri)
