@@ -1,14 +1,17 @@
 """The tiny sweep's MLflow store in the MLflow UI, in headless Chromium (tests/mlflow_ui.py): what a user opening
-the printed link sees. Needs Debian's chromium and chromium-driver (`.ci/run` installs them); missing, the test
-fails and says what to install, it does not skip."""
+the printed link sees. `pytest -m e2e` (a step of `.ci/run`, so the default suite needs no browser). Needs Debian's
+chromium and chromium-driver (`.ci/run` installs them); missing, the test fails and says what to install, it does
+not skip."""
 
 from __future__ import annotations
 
+import pytest
 from mlflow_ui import ML_VIEW, look, missing, server
 
 from scoremix_ray.runtime.tracking import ui_link
 
 
+@pytest.mark.e2e
 def test_the_sweep_in_the_mlflow_ui(tiny_sweep, tmp_path):
     assert not missing(), f"missing: {missing()} (apt-get install chromium chromium-driver; pip install -e '.[test]')"
     out, base, summary = tiny_sweep

@@ -1,5 +1,5 @@
 """The tracking server down for 60 s in the middle of a sweep, then back (`pytest -m e2e`, its own step of
-`.ci/run`: ~4 min, most of it the outage). Every trial finishes, and every metric and curve point is in the
+`.ci/run`: ~3.5 min, most of it the outage). Every trial finishes, and every metric and curve point is in the
 server exactly once: the writes wait out the outage (MLflow's client retries a request for ~4 min,
 MLFLOW_HTTP_REQUEST_MAX_RETRIES) and land when the server is back."""
 

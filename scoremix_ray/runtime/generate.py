@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 from scoremix_ray.config import Config
@@ -64,31 +63,27 @@ class UnitRenderer:
 
 
 def _pool(todo: list[tuple[int, int, int]], conf: dict, g):
-    """The units `todo` through a pool of `UnitRenderer` actors. Without Ray's actor restarts
-    (`max_restarts=0`): Ray Data hands its actors their set-up as object-store references (its map
-    transformer and DataContext, `ray.put`), and an actor restarted from such arguments fails if they are gone,
-    which core_worker reports as an ERROR at every pool start (ray-project/ray#53727). A lost actor ends the
-    pass instead, and `generate_shards` renders the units still missing with a new pool."""
+    """The units `todo` through a pool of `UnitRenderer` actors, restarted by Ray Data when lost (its default).
+    Ray Data hands its actors their set-up as object-store references (its map transformer and DataContext,
+    `ray.put`) with max_restarts=-1, which core_worker reports as an ERROR at every pool start
+    (ray-project/ray#53727). Running the pool with max_restarts=0 removed the line but broke recovery from a
+    lost node on a cluster (the failed pool's actors kept their CPUs; tests/cluster_faults.py): kept as Ray does
+    it. A pass that still fails has its missing units rendered by a new pool (`generate_shards`)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     ds = ray.data.from_items(
         [{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo], override_num_blocks=len(todo)
     )
-    with warnings.catch_warnings():
-        # Ray 2.60 has no named parameter for max_restarts: the extra keyword (ray_remote_args, deprecated for
-        # 2.64) is its only way in until then
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ds.map_batches(
-            UnitRenderer,
-            fn_constructor_kwargs={"conf": conf},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
-            num_cpus=g.actor_cpus,
-            num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
-            max_restarts=0,
-        )
+    ds = ds.map_batches(
+        UnitRenderer,
+        fn_constructor_kwargs={"conf": conf},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
+        num_cpus=g.actor_cpus,
+        num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
+    )
     log.info(
         "generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)",
         len(todo),
