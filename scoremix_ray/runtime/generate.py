@@ -18,7 +18,6 @@ from scoremix_ray.core.diffusion.train import load_for_sampling, load_generator
 from scoremix_ray.core.generation import missing_units, render_unit, write_manifest, write_plan
 from scoremix_ray.core.methods import RenderContext, get_method
 from scoremix_ray.foundations.devices import local_device
-from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.progress import Progress
 from scoremix_ray.runtime.context import RunContext, resolved
 
@@ -62,38 +61,6 @@ class UnitRenderer:
         return out
 
 
-def _pool(todo: list[tuple[int, int, int]], conf: dict, g):
-    """The units `todo` through a pool of `UnitRenderer` actors, restarted by Ray Data when lost (its default).
-    Ray Data hands its actors their set-up as object-store references (its map transformer and DataContext,
-    `ray.put`) with max_restarts=-1, which core_worker reports as an ERROR at every pool start
-    (ray-project/ray#53727). Running the pool with max_restarts=0 removed the line but broke recovery from a
-    lost node on a cluster (the failed pool's actors kept their CPUs; tests/cluster_faults.py): kept as Ray does
-    it. A pass that still fails has its missing units rendered by a new pool (`generate_shards`)."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    ds = ray.data.from_items(
-        [{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo], override_num_blocks=len(todo)
-    )
-    ds = ds.map_batches(
-        UnitRenderer,
-        fn_constructor_kwargs={"conf": conf},
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
-        num_cpus=g.actor_cpus,
-        num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
-    )
-    log.info(
-        "generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)",
-        len(todo),
-        min(g.num_actors, len(todo)),
-        g.actor_cpus,
-        g.actor_gpus,
-    )
-    return ds
-
-
 def generate_shards(
     ctx: RunContext,
     cfg: Config,
@@ -108,6 +75,7 @@ def generate_shards(
     """Render every missing unit of `plan` into `out_dir/shards` with a Ray Data actor pool, or in this process
     where the context's executor says so; returns the manifest (plus images/s of this call)."""
     import ray
+    from ray.data import ActorPoolStrategy
 
     g = resolved(cfg).generation
     out_dir = Path(out_dir).resolve()
@@ -149,26 +117,35 @@ def generate_shards(
             torch.set_num_threads(threads)
     elif todo:
         ctx.ray()
+        ds = ray.data.from_items(
+            [{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo], override_num_blocks=len(todo)
+        )
+        # Ray Data's own actor restarts: its set-up refs (ray.put) with max_restarts=-1 make core_worker log one
+        # ERROR at the pool's start (ray-project/ray#53727); max_restarts=0 removed it but broke node-loss
+        # recovery (tests/cluster_faults.py: the failed pool's actors kept their CPUs)
+        ds = ds.map_batches(
+            UnitRenderer,
+            fn_constructor_kwargs={"conf": conf},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
+            num_cpus=g.actor_cpus,
+            num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
+        )
+        log.info(
+            "generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)",
+            len(todo),
+            min(g.num_actors, len(todo)),
+            g.actor_cpus,
+            g.actor_gpus,
+        )
         progress = Progress("generate", len(plan)).begin_at(done_before)
-        for attempt in range(cfg.ray.max_failures + 1):
-            try:
-                for row in _pool(todo, conf, g).iter_rows():  # streaming: shards are on disk as units finish
-                    if not rendered:
-                        first = (time.time(), int(row["rows"]))  # actors are warm from here on
-                    rendered += int(row["rows"])
-                    used.add(str(row["device"]))
-                    progress.tick(done_before + rendered)
-                break
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
-                # an actor or its node is gone: units are written whole or not at all, so what is missing now
-                # is exactly what to render again, by a new pool (see `_pool` for why not Ray's actor restarts)
-                todo = missing_units(out_dir, len(plan), g.unit_size)
-                if attempt == cfg.ray.max_failures:
-                    raise ScoreMixError(
-                        f"generate: {len(todo)} unit(s) still missing after {attempt} restart(s) of the actor "
-                        f"pool (ray.max_failures): {first_line(e)}"
-                    ) from e
-                log.info("generate: an actor was lost (%s); %d unit(s) left, new pool", first_line(e), len(todo))
+        for row in ds.iter_rows():  # streaming: shards are on disk as units finish
+            if not rendered:
+                first = (time.time(), int(row["rows"]))  # actors are warm from here on
+            rendered += int(row["rows"])
+            used.add(str(row["device"]))
+            progress.tick(done_before + rendered)
     dt = time.time() - t0
     # once warm: the units after the first, over the time since the first came back (actor start excluded)
     steady = (rendered - first[1]) / (time.time() - first[0]) if rendered > first[1] else 0.0
