@@ -5,7 +5,8 @@ and two 1-CPU worker nodes), run in a process of its own (a test session already
 
 1. The node running the generator's Train worker is removed mid-training: the worker group restarts on the
    other node and resumes from the newest checkpoint; then the same training uninterrupted, for its weights.
-2. A node is removed while two generation actors render: the actor pool goes on on the other node.
+2. A node is removed while two generation actors render: a new actor pool renders the units left on the other
+   node (the pool runs without Ray's actor restarts, runtime/generate.py `_pool`).
 Prints one JSON line of what happened; tests/test_faults.py asserts on it.
 """
 
@@ -152,7 +153,7 @@ def generate_scenario(cluster, gen_dir: Path, out: Path) -> dict:
         time.sleep(0.05)
     actors = workers(cluster, "MapWorker")
     before = len(list((out / "shards").glob("*.parquet")))
-    cluster.remove_node(actors[0][1], allow_graceful=False)  # its actors restart on the node left (0.5 CPU each)
+    cluster.remove_node(actors[0][1], allow_graceful=False)  # a new pool renders the rest on the node left
     job.join(timeout=300)
     elapsed = time.monotonic() - t0
 

@@ -150,6 +150,32 @@ def test_ijb_folder_end_to_end(tiny_recognizer, tmp_path):
         ijb.read_ijb(tmp_path / "IJBC")
 
 
+def test_embeddings_through_the_ray_data_pool_equal_this_process(ray_session, tiny_recognizer, tmp_path):
+    """IJB faces embedded by two Ray Data actors (runtime/embed.py, the pool without Ray's actor restarts) give
+    the rows this process gives, each face at its own index."""
+    from scoremix_ray.core.evaluation.ijb import AlignedCrops
+    from scoremix_ray.runtime.embed import embeddings
+
+    make_ijb(tmp_path / "IJBC")
+    bench = ijb.read_ijb(tmp_path / "IJBC")
+    reader = AlignedCrops(bench.root, bench.names, bench.landmarks)
+    got = {}
+    for executor in ("process", "ray"):
+        ctx = RunContext(gpus=0, executor=executor)
+        cfg = ctx.devices(
+            load_config(
+                None,
+                [f"out_dir={tmp_path}", "ray.use_gpu=false", "evaluation.batch_size=5"]
+                + ["evaluation.num_actors=2", "evaluation.actor_cpus=0.5"],
+            )
+        )
+        (tmp_path / executor).mkdir()
+        got[executor] = np.array(
+            embeddings(ctx, cfg, tiny_recognizer / "final", reader, tmp_path / executor, True, False)
+        )
+    assert got["ray"].shape == (len(bench.names), 16) and np.allclose(got["ray"], got["process"], atol=1e-5)
+
+
 def test_tinyface_folder_end_to_end(tiny_recognizer, tmp_path):
     from scoremix_ray.config import BenchmarkConfig
     from scoremix_ray.core.recognition.train import embed

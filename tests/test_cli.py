@@ -245,8 +245,9 @@ def test_a_run_says_how_noisy_its_delta_is():
 @pytest.mark.e2e
 def test_a_healthy_run_prints_few_lines_and_no_warning(ray_session, tmp_path):
     """`scoremix-ray run` on configs/tiny.yaml as a job would run it (stdout not a terminal, on a running Ray):
-    every stage trained fresh, Train workers and generation actors included. At most 100 lines, no WARNING (Ray's,
-    MLflow's or ours) and no ERROR but the one named below; the whole log is in <out>/logs."""
+    every stage trained fresh, Train workers and generation actors included. At most 100 lines, no WARNING or ERROR
+    (Ray's, MLflow's or ours; core_worker's notice of ray-project/ray#53727 included); the whole log
+    is in <out>/logs."""
     address = ray_session.get_runtime_context().gcs_address
     r = subprocess.run(
         [sys.executable, "-m", "scoremix_ray", "run", "--config", "configs/tiny.yaml", "--out", str(tmp_path)]
@@ -257,11 +258,9 @@ def test_a_healthy_run_prints_few_lines_and_no_warning(ray_session, tmp_path):
     )
     lines = (r.stdout + r.stderr).splitlines()
     assert r.returncode == 0, "\n".join(lines[-40:])
-    # one known ERROR stays: core_worker's notice at the generation pool's start (ray-project/ray#53727; Ray Data's
-    # own restart set-up, kept because running the pool without restarts broke node-loss recovery)
-    known = [line for line in lines if "has constructor arguments in the object store and max_restarts > 0" in line]
-    assert len(known) <= 1
     noisy = [line for line in lines if re.search(r"\bERROR\b|\bWARNING\b|Warning:|Traceback| E \d+ ", line)]
-    assert [line for line in noisy if line not in known] == [], "\n".join(noisy)
+    assert noisy == [], "\n".join(noisy)
+    # Ray Train's per-checkpoint INFO line, from a logger its LoggingConfig does not hold (progress.quiet_console)
+    assert not [line for line in lines if "Reporting training result" in line]
     assert len(lines) <= 100, "\n".join(lines)
     assert "done in" in r.stdout.splitlines()[-1] and list((tmp_path / "logs").glob("*-run-*.log"))

@@ -26,9 +26,10 @@ GEN = [
 ]
 
 
-def _train_workers() -> list[int]:
-    """Pids of this test session's live Ray Train workers: their title names the actor class, and this process
-    is among their ancestors (it started the session's Ray; another Ray on the machine has workers of that name)."""
+def _train_workers(title: str = "ray::RayTrainWorker") -> list[int]:
+    """Pids of this test session's live Ray workers whose title starts with `title` (the actor class; Train
+    workers by default), this process among their ancestors (it started the session's Ray; another Ray on the
+    machine has workers of that name)."""
     out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines()[1:]]
     parent = {int(pid): int(ppid) for pid, ppid, *_ in rows}
@@ -40,7 +41,7 @@ def _train_workers() -> list[int]:
                 return True
         return False
 
-    return [int(pid) for pid, _, *args in rows if args and "ray::RayTrainWorker" in args[0] and ours(int(pid))]
+    return [int(pid) for pid, _, *args in rows if args and args[0].startswith(title) and ours(int(pid))]
 
 
 def test_with_no_restarts_left_a_lost_worker_is_one_line_and_the_checkpoints_stay(ray_session, tmp_path):
@@ -72,6 +73,57 @@ def test_with_no_restarts_left_a_lost_worker_is_one_line_and_the_checkpoints_sta
     line = str(errors[0])
     assert "\n" not in line and line.startswith("generator: training failed after 0 restart(s) (ray.max_failures): ")
     assert f"checkpoints are kept in {d / 'checkpoints'}" in line and first.is_file()
+
+
+def test_with_no_restarts_left_a_lost_generation_actor_is_one_line_and_its_units_stay(
+    ray_session, tiny_generator, tmp_path
+):
+    """The generation pool runs without Ray's actor restarts (runtime/generate.py `_pool`: ray-project/ray#53727);
+    with ray.max_failures=0 a SIGKILLed actor ends the stage in one line that counts what is missing, and what
+    was written stays for the next run to resume from."""
+    import numpy as np
+
+    from scoremix_ray.config import Config
+    from scoremix_ray.core.generation import missing_units
+    from scoremix_ray.core.methods import PlanContext, get_method
+    from scoremix_ray.core.selection.strategies import Selection
+    from scoremix_ray.foundations.errors import ScoreMixError
+    from scoremix_ray.runtime.generate import generate_shards
+
+    cfg = Config.model_validate(
+        {
+            "data": {"image_size": 8},
+            "sampler": {"steps": 20},
+            "generation": {"per_tuple": 40, "unit_size": 4, "num_actors": 1},
+            "ray": {"max_failures": 0},
+        }
+    )
+    ctx = RunContext(gpus=0, executor="ray")
+    cfg = ctx.devices(cfg)
+    plan = get_method("scoremix").plan(
+        PlanContext(cfg, 5, Selection("t", np.array([[0, 3], [1, 2], [2, 4]]), np.zeros(3)))
+    )
+    out, errors = tmp_path / "gen", []
+
+    def generate():
+        try:
+            generate_shards(ctx, cfg, "scoremix", plan, tiny_generator[3], tmp_path / "none.npz", out)
+        except ScoreMixError as e:
+            errors.append(e)
+
+    job = threading.Thread(target=generate)
+    job.start()
+    deadline = time.monotonic() + 120
+    while not list((out / "shards").glob("unit-*.parquet")) and time.monotonic() < deadline and job.is_alive():
+        time.sleep(0.05)
+    os.kill(_train_workers("ray::MapWorker")[0], signal.SIGKILL)
+    job.join(timeout=120)
+    assert len(errors) == 1, "the lost actor did not end the stage"
+    line, left = str(errors[0]), missing_units(out, len(plan), 4)
+    assert "\n" not in line and line.startswith(
+        f"generate: {len(left)} unit(s) still missing after 0 restart(s) of the actor pool (ray.max_failures): "
+    )
+    assert 0 < len(left) < 30 and list((out / "shards").glob("unit-*.parquet"))
 
 
 def test_nodes_lost_on_a_three_node_cluster(tmp_path):

@@ -29,10 +29,18 @@ def log_setup() -> None:
     lines from INFO and every other library's (Ray Train's, Tune's, torch's) from WARNING; a log file added to
     the root (the command's, `cli._log_to`) gets them all. A library's own handlers are its own."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
-    for h in logging.getLogger().handlers:
-        if type(h) is logging.StreamHandler:
-            h.addFilter(_ours_or_warnings)
+    quiet_console()
     quiet_libraries()
+
+
+def quiet_console() -> None:
+    """The root's console handlers (not its files) pass this project's lines from INFO, others' from WARNING.
+    Called again at the start of a Ray Train worker's function: Train replaces the worker's root handlers with
+    its own console, whose level filter (LoggingConfig) holds only loggers named `ray.train.*`, and its
+    "Reporting training result" INFO line comes from a logger named by its file path (Ray 2.60)."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.addFilter(_ours_or_warnings)  # once: addFilter skips a filter already there
 
 
 def worker_setup() -> None:

@@ -7,8 +7,10 @@ cache of that (recognizer, benchmark), read again instead of recomputed.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from scoremix_ray.config import Config
 from scoremix_ray.core.recognition.train import Recognizer, embed_images
 from scoremix_ray.foundations.checkpoints import read_meta
 from scoremix_ray.foundations.devices import local_device
+from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.files import locked
 from scoremix_ray.foundations.progress import Progress
 from scoremix_ray.runtime.context import resolved
@@ -80,21 +83,41 @@ def _compute(ctx, cfg: Config, model_dir: Path, reader, cache: Path, flip: bool,
 
         ctx.ray()
         threads = max(1, int(e.actor_cpus)) if not gpu else None
-        ds = ray.data.range(len(reader), override_num_blocks=max(1, min(len(reader) // e.batch_size, 4 * e.num_actors)))
-        ds = ds.map_batches(
-            FaceEmbedder,
-            fn_constructor_args=(*args, gpu, threads),
-            batch_size=e.batch_size,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(size=e.num_actors),
-            num_cpus=e.actor_cpus,
-            num_gpus=1 if gpu else None,
-        )
-        done = 0
-        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            out[b["id"]] = b["emb"]
-            done += len(b["id"])
-            progress.tick(done)
+        blocks = max(1, min(len(reader) // e.batch_size, 4 * e.num_actors))
+        for attempt in range(cfg.ray.max_failures + 1):
+            ds = ray.data.range(len(reader), override_num_blocks=blocks)
+            with warnings.catch_warnings():
+                # no Ray actor restarts (see runtime/generate.py `_pool` for why): a lost actor ends the pass, and
+                # the pass runs again; rows are written by face index, so a face embedded twice writes the same
+                # row. Ray 2.60 takes max_restarts only as an extra keyword (deprecated for 2.64)
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                ds = ds.map_batches(
+                    FaceEmbedder,
+                    fn_constructor_args=(*args, gpu, threads),
+                    batch_size=e.batch_size,
+                    batch_format="numpy",
+                    compute=ActorPoolStrategy(size=e.num_actors),
+                    num_cpus=e.actor_cpus,
+                    num_gpus=1 if gpu else None,
+                    max_restarts=0,
+                )
+            try:
+                done = 0
+                for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    out[b["id"]] = b["emb"]
+                    done += len(b["id"])
+                    progress.tick(done)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as err:
+                lost = first_line(err)
+            del ds
+            gc.collect()  # the failed pass's actors, held by the traceback's cycles, end now (generate.py)
+            if attempt == cfg.ray.max_failures:
+                raise ScoreMixError(
+                    f"embed {cache.name}: failed after {attempt} restart(s) of the actor pool (ray.max_failures): "
+                    f"{lost}"
+                )
+            log.info("embed %s: an actor was lost (%s); the pass again", cache.name, lost)
     out.flush()
     del out
     os.replace(tmp, path)  # complete or absent

@@ -8,9 +8,11 @@ sees only one small metadata row per unit.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 from scoremix_ray.config import Config
@@ -18,6 +20,7 @@ from scoremix_ray.core.diffusion.train import load_for_sampling, load_generator
 from scoremix_ray.core.generation import missing_units, render_unit, write_manifest, write_plan
 from scoremix_ray.core.methods import RenderContext, get_method
 from scoremix_ray.foundations.devices import local_device
+from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.progress import Progress
 from scoremix_ray.runtime.context import RunContext, resolved
 
@@ -61,6 +64,43 @@ class UnitRenderer:
         return out
 
 
+def _pool(todo: list[tuple[int, int, int]], conf: dict, g):
+    """The units `todo` through a pool of `UnitRenderer` actors. Without Ray's actor restarts
+    (`max_restarts=0`): Ray Data hands its actors their set-up as object-store references (its map
+    transformer and DataContext, `ray.put`), and an actor restarted from such arguments fails if they are gone,
+    which core_worker reports as an ERROR at every pool start (ray-project/ray#53727). A lost actor ends the
+    pass instead, and `generate_shards` renders the units still missing with a new pool (a node lost
+    mid-generation: tests/cluster_faults.py)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    ds = ray.data.from_items(
+        [{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo], override_num_blocks=len(todo)
+    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for max_restarts: the extra keyword (ray_remote_args, deprecated for
+        # 2.64) is its only way in until then
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            UnitRenderer,
+            fn_constructor_kwargs={"conf": conf},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
+            num_cpus=g.actor_cpus,
+            num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
+            max_restarts=0,
+        )
+    log.info(
+        "generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)",
+        len(todo),
+        min(g.num_actors, len(todo)),
+        g.actor_cpus,
+        g.actor_gpus,
+    )
+    return ds
+
+
 def generate_shards(
     ctx: RunContext,
     cfg: Config,
@@ -75,7 +115,6 @@ def generate_shards(
     """Render every missing unit of `plan` into `out_dir/shards` with a Ray Data actor pool, or in this process
     where the context's executor says so; returns the manifest (plus images/s of this call)."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     g = resolved(cfg).generation
     out_dir = Path(out_dir).resolve()
@@ -117,35 +156,31 @@ def generate_shards(
             torch.set_num_threads(threads)
     elif todo:
         ctx.ray()
-        ds = ray.data.from_items(
-            [{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo], override_num_blocks=len(todo)
-        )
-        # Ray Data's own actor restarts: its set-up refs (ray.put) with max_restarts=-1 make core_worker log one
-        # ERROR at the pool's start (ray-project/ray#53727); max_restarts=0 removed it but broke node-loss
-        # recovery (tests/cluster_faults.py: the failed pool's actors kept their CPUs)
-        ds = ds.map_batches(
-            UnitRenderer,
-            fn_constructor_kwargs={"conf": conf},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
-            num_cpus=g.actor_cpus,
-            num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
-        )
-        log.info(
-            "generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)",
-            len(todo),
-            min(g.num_actors, len(todo)),
-            g.actor_cpus,
-            g.actor_gpus,
-        )
         progress = Progress("generate", len(plan)).begin_at(done_before)
-        for row in ds.iter_rows():  # streaming: shards are on disk as units finish
-            if not rendered:
-                first = (time.time(), int(row["rows"]))  # actors are warm from here on
-            rendered += int(row["rows"])
-            used.add(str(row["device"]))
-            progress.tick(done_before + rendered)
+        for attempt in range(cfg.ray.max_failures + 1):
+            try:
+                for row in _pool(todo, conf, g).iter_rows():  # streaming: shards are on disk as units finish
+                    if not rendered:
+                        first = (time.time(), int(row["rows"]))  # actors are warm from here on
+                    rendered += int(row["rows"])
+                    used.add(str(row["device"]))
+                    progress.tick(done_before + rendered)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+                lost = first_line(e)
+            # the failed pass's executor, and with it the handles of its actors still alive, hangs in reference
+            # cycles of the traceback: collected now, those actors end after their unit and give back their
+            # CPUs (else the new pool below can wait for them for ever on a full cluster)
+            gc.collect()
+            # an actor or its node is gone: units are written whole or not at all, so what is missing now is
+            # exactly what to render again, by a new pool (see `_pool` for why not Ray's actor restarts)
+            todo = missing_units(out_dir, len(plan), g.unit_size)
+            if attempt == cfg.ray.max_failures:
+                raise ScoreMixError(
+                    f"generate: {len(todo)} unit(s) still missing after {attempt} restart(s) of the actor "
+                    f"pool (ray.max_failures): {lost}"
+                )
+            log.info("generate: an actor was lost (%s); %d unit(s) left, new pool", lost, len(todo))
     dt = time.time() - t0
     # once warm: the units after the first, over the time since the first came back (actor start excluded)
     steady = (rendered - first[1]) / (time.time() - first[0]) if rendered > first[1] else 0.0

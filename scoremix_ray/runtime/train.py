@@ -25,6 +25,7 @@ from scoremix_ray.core.diffusion.train import train_generator
 from scoremix_ray.core.evaluation.recognizer import evaluate_bin
 from scoremix_ray.core.recognition.train import train_recognizer
 from scoremix_ray.foundations.errors import ScoreMixError, first_line
+from scoremix_ray.foundations.progress import quiet_console
 from scoremix_ray.runtime import tracking
 from scoremix_ray.runtime.context import RunContext, resolved
 
@@ -96,6 +97,7 @@ def _worker(conf: dict) -> None:
     import torch
     from ray.train import Checkpoint
 
+    quiet_console()  # Train's console handler, installed before this function runs, as the process's own
     cfg = Config.model_validate(conf["config"])
     torch.set_num_threads(max(1, round(cfg.ray.cpus_per_worker)))  # 1.99 CPUs in a sweep: still 2 threads
     ctx = ray.train.get_context()
