@@ -7,10 +7,8 @@ cache of that (recognizer, benchmark), read again instead of recomputed.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,9 @@ from scoremix_ray.config import Config
 from scoremix_ray.core.recognition.train import Recognizer, embed_images
 from scoremix_ray.foundations.checkpoints import read_meta
 from scoremix_ray.foundations.devices import local_device
-from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.files import locked
 from scoremix_ray.foundations.progress import Progress
+from scoremix_ray.runtime.actor_pools import map_on_actors, with_new_pools
 from scoremix_ray.runtime.context import resolved
 
 log = logging.getLogger("scoremix_ray")
@@ -78,46 +76,41 @@ def _compute(ctx, cfg: Config, model_dir: Path, reader, cache: Path, flip: bool,
         finally:
             torch.set_num_threads(threads)
     else:
-        import ray
-        from ray.data import ActorPoolStrategy
-
         ctx.ray()
-        threads = max(1, int(e.actor_cpus)) if not gpu else None
-        blocks = max(1, min(len(reader) // e.batch_size, 4 * e.num_actors))
-        for attempt in range(cfg.ray.max_failures + 1):
-            ds = ray.data.range(len(reader), override_num_blocks=blocks)
-            with warnings.catch_warnings():
-                # no Ray actor restarts (see runtime/generate.py `_pool` for why): a lost actor ends the pass, and
-                # the pass runs again; rows are written by face index, so a face embedded twice writes the same
-                # row. Ray 2.60 takes max_restarts only as an extra keyword (deprecated for 2.64)
-                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-                ds = ds.map_batches(
-                    FaceEmbedder,
-                    fn_constructor_args=(*args, gpu, threads),
-                    batch_size=e.batch_size,
-                    batch_format="numpy",
-                    compute=ActorPoolStrategy(size=e.num_actors),
-                    num_cpus=e.actor_cpus,
-                    num_gpus=1 if gpu else None,
-                    max_restarts=0,
-                )
-            try:
-                done = 0
-                for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    out[b["id"]] = b["emb"]
-                    done += len(b["id"])
-                    progress.tick(done)
-                break
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as err:
-                lost = first_line(err)
-            del ds
-            gc.collect()  # the failed pass's actors, held by the traceback's cycles, end now (generate.py)
-            if attempt == cfg.ray.max_failures:
-                raise ScoreMixError(
-                    f"embed {cache.name}: failed after {attempt} restart(s) of the actor pool (ray.max_failures): "
-                    f"{lost}"
-                )
-            log.info("embed %s: an actor was lost (%s); the pass again", cache.name, lost)
+        _on_actors(cfg, args, gpu, out, progress, f"embed {cache.name}")
     out.flush()
     del out
     os.replace(tmp, path)  # complete or absent
+
+
+def _on_actors(cfg: Config, args: tuple, gpu: bool, out: np.ndarray, progress: Progress, what: str) -> None:
+    """Every face's row of `out` by a pool of `FaceEmbedder` actors, without Ray's actor restarts
+    (`actor_pools`): a pass that loses an actor is run again whole, rows being written by face index (a face
+    embedded twice writes the same row)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    e, n = cfg.evaluation, len(args[1])
+    threads = max(1, int(e.actor_cpus)) if not gpu else None
+    blocks = max(1, min(n // e.batch_size, 4 * e.num_actors))
+    done = 0
+
+    def one_pass():
+        nonlocal done
+        done = 0
+        ds = map_on_actors(
+            ray.data.range(n, override_num_blocks=blocks),
+            FaceEmbedder,
+            fn_constructor_args=(*args, gpu, threads),
+            batch_size=e.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=e.num_actors),
+            num_cpus=e.actor_cpus,
+            num_gpus=1 if gpu else None,
+        )
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            out[b["id"]] = b["emb"]
+            done += len(b["id"])
+            progress.tick(done)
+
+    with_new_pools(what, cfg.ray.max_failures, one_pass, lambda: f"{n - done} of {n} face(s) not embedded")

@@ -8,11 +8,9 @@ sees only one small metadata row per unit.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 from scoremix_ray.config import Config
@@ -20,8 +18,8 @@ from scoremix_ray.core.diffusion.train import load_for_sampling, load_generator
 from scoremix_ray.core.generation import missing_units, render_unit, write_manifest, write_plan
 from scoremix_ray.core.methods import RenderContext, get_method
 from scoremix_ray.foundations.devices import local_device
-from scoremix_ray.foundations.errors import ScoreMixError, first_line
 from scoremix_ray.foundations.progress import Progress
+from scoremix_ray.runtime.actor_pools import map_on_actors, with_new_pools
 from scoremix_ray.runtime.context import RunContext, resolved
 
 log = logging.getLogger("scoremix_ray")
@@ -65,32 +63,23 @@ class UnitRenderer:
 
 
 def _pool(todo: list[tuple[int, int, int]], conf: dict, g):
-    """The units `todo` through a pool of `UnitRenderer` actors. Without Ray's actor restarts
-    (`max_restarts=0`): Ray Data hands its actors their set-up as object-store references (its map
-    transformer and DataContext, `ray.put`), and an actor restarted from such arguments fails if they are gone,
-    which core_worker reports as an ERROR at every pool start (ray-project/ray#53727). A lost actor ends the
-    pass instead, and `generate_shards` renders the units still missing with a new pool (a node lost
-    mid-generation: tests/cluster_faults.py)."""
+    """The units `todo` through a pool of `UnitRenderer` actors, without Ray's actor restarts (`actor_pools`)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     ds = ray.data.from_items(
         [{"unit": u, "start": lo, "stop": hi} for u, lo, hi in todo], override_num_blocks=len(todo)
     )
-    with warnings.catch_warnings():
-        # Ray 2.60 has no named parameter for max_restarts: the extra keyword (ray_remote_args, deprecated for
-        # 2.64) is its only way in until then
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ds.map_batches(
-            UnitRenderer,
-            fn_constructor_kwargs={"conf": conf},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
-            num_cpus=g.actor_cpus,
-            num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
-            max_restarts=0,
-        )
+    ds = map_on_actors(
+        ds,
+        UnitRenderer,
+        fn_constructor_kwargs={"conf": conf},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=min(g.num_actors, len(todo))),
+        num_cpus=g.actor_cpus,
+        num_gpus=g.actor_gpus or None,  # a fraction packs several actors on one GPU
+    )
     log.info(
         "generate: %d unit(s) on %d actor(s) x (%g CPU, %g GPU)",
         len(todo),
@@ -114,8 +103,6 @@ def generate_shards(
 ) -> dict:
     """Render every missing unit of `plan` into `out_dir/shards` with a Ray Data actor pool, or in this process
     where the context's executor says so; returns the manifest (plus images/s of this call)."""
-    import ray
-
     g = resolved(cfg).generation
     out_dir = Path(out_dir).resolve()
     write_plan(out_dir, plan)
@@ -157,30 +144,22 @@ def generate_shards(
     elif todo:
         ctx.ray()
         progress = Progress("generate", len(plan)).begin_at(done_before)
-        for attempt in range(cfg.ray.max_failures + 1):
-            try:
-                for row in _pool(todo, conf, g).iter_rows():  # streaming: shards are on disk as units finish
-                    if not rendered:
-                        first = (time.time(), int(row["rows"]))  # actors are warm from here on
-                    rendered += int(row["rows"])
-                    used.add(str(row["device"]))
-                    progress.tick(done_before + rendered)
-                break
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
-                lost = first_line(e)
-            # the failed pass's executor, and with it the handles of its actors still alive, hangs in reference
-            # cycles of the traceback: collected now, those actors end after their unit and give back their
-            # CPUs (else the new pool below can wait for them for ever on a full cluster)
-            gc.collect()
-            # an actor or its node is gone: units are written whole or not at all, so what is missing now is
-            # exactly what to render again, by a new pool (see `_pool` for why not Ray's actor restarts)
-            todo = missing_units(out_dir, len(plan), g.unit_size)
-            if attempt == cfg.ray.max_failures:
-                raise ScoreMixError(
-                    f"generate: {len(todo)} unit(s) still missing after {attempt} restart(s) of the actor "
-                    f"pool (ray.max_failures): {lost}"
-                )
-            log.info("generate: an actor was lost (%s); %d unit(s) left, new pool", lost, len(todo))
+
+        def one_pass():
+            # units are written whole or not at all, so what is missing now is exactly what to render (all of
+            # `todo` at first; after a lost actor, what it and the others had not finished)
+            nonlocal rendered, first
+            for row in _pool(missing_units(out_dir, len(plan), g.unit_size), conf, g).iter_rows():  # streaming
+                if not rendered:
+                    first = (time.time(), int(row["rows"]))  # actors are warm from here on
+                rendered += int(row["rows"])
+                used.add(str(row["device"]))
+                progress.tick(done_before + rendered)
+
+        def left() -> str:
+            return f"{len(missing_units(out_dir, len(plan), g.unit_size))} unit(s) still missing"
+
+        with_new_pools("generate", cfg.ray.max_failures, one_pass, left)
     dt = time.time() - t0
     # once warm: the units after the first, over the time since the first came back (actor start excluded)
     steady = (rendered - first[1]) / (time.time() - first[0]) if rendered > first[1] else 0.0
