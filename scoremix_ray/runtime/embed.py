@@ -90,7 +90,7 @@ def _on_actors(cfg: Config, args: tuple, gpu: bool, out: np.ndarray, progress: P
     import ray
     from ray.data import ActorPoolStrategy
 
-    e, n = cfg.evaluation, len(args[1])
+    e, n = cfg.evaluation, len(out)
     threads = max(1, int(e.actor_cpus)) if not gpu else None
     blocks = max(1, min(n // e.batch_size, 4 * e.num_actors))
     done = 0

@@ -145,11 +145,13 @@ def generate_shards(
         ctx.ray()
         progress = Progress("generate", len(plan)).begin_at(done_before)
 
+        pending = todo
+
         def one_pass():
-            # units are written whole or not at all, so what is missing now is exactly what to render (all of
-            # `todo` at first; after a lost actor, what it and the others had not finished)
             nonlocal rendered, first
-            for row in _pool(missing_units(out_dir, len(plan), g.unit_size), conf, g).iter_rows():  # streaming
+            if not pending:  # the actor lost had finished its units: nothing to render again
+                return
+            for row in _pool(pending, conf, g).iter_rows():  # streaming: shards are on disk as units finish
                 if not rendered:
                     first = (time.time(), int(row["rows"]))  # actors are warm from here on
                 rendered += int(row["rows"])
@@ -157,7 +159,11 @@ def generate_shards(
                 progress.tick(done_before + rendered)
 
         def left() -> str:
-            return f"{len(missing_units(out_dir, len(plan), g.unit_size))} unit(s) still missing"
+            # called after each lost pass (`with_new_pools`): units are written whole or not at all, so what is
+            # missing now is exactly what the next pass renders
+            nonlocal pending
+            pending = missing_units(out_dir, len(plan), g.unit_size)
+            return f"{len(pending)} unit(s) still missing"
 
         with_new_pools("generate", cfg.ray.max_failures, one_pass, left)
     dt = time.time() - t0
